@@ -1,0 +1,116 @@
+"""params.yaml loaded into typed, frozen objects; an unknown or missing key fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int
+    labels: tuple[str, str]
+
+
+class IngestParams(_Section):
+    source: str
+    sha256: str | None
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    min_official_val_images: int = Field(ge=0)
+    max_images: int | None = Field(gt=0)
+
+
+class PreprocessParams(_Section):
+    image_size: int = Field(ge=16, le=1024)
+    intensity: Literal["none", "equalize", "clahe"]
+    clahe_clip_limit: float = Field(gt=0)
+    clahe_tile_grid: int = Field(ge=1)
+
+
+class AugmentParams(_Section):
+    enabled: bool
+    crop_scale_min: float = Field(gt=0, le=1)
+    rotation_degrees: float = Field(ge=0, le=45)
+    brightness: float = Field(ge=0, le=1)
+    contrast: float = Field(ge=0, le=1)
+    gamma: float = Field(ge=0, le=2)
+    noise_std: float = Field(ge=0, le=1)
+    jpeg_quality_min: int = Field(ge=1, le=100)
+
+
+class TrainParams(_Section):
+    architecture: Literal["simple", "resnet"]
+    width: int = Field(ge=4)
+    depth: int = Field(ge=1, le=6)
+    dropout: float = Field(ge=0, lt=1)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(ge=0)
+    label_smoothing: float = Field(ge=0, lt=0.5)
+    class_weight: Literal["balanced", "none"]
+    early_stopping_patience: int = Field(ge=1)
+    distribution: Literal["auto", "default", "mirrored", "multi_worker_mirrored"]
+    augment: AugmentParams
+
+
+class EvaluateParams(_Section):
+    threshold_policy: Literal["youden", "target_sensitivity", "fixed"]
+    target_sensitivity: float = Field(gt=0, le=1)
+    fixed_threshold: float = Field(ge=0, le=1)
+    bootstrap_samples: int = Field(ge=100)
+    calibration_bins: int = Field(ge=2)
+
+
+class ExportParams(_Section):
+    opset: int = Field(ge=13)
+    parity_tolerance: float = Field(gt=0)
+
+
+class Params(_Section):
+    base: BaseParams
+    ingest: IngestParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    export_onnx: ExportParams
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the contract; the message names the key."""
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Validate a params mapping; every problem is reported with its dotted key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            elif item["type"] == "missing":
+                problems.append(f"missing key '{key}'")
+            else:
+                problems.append(f"'{key}': {item['msg']}")
+        raise ParamsError("params.yaml: " + "; ".join(problems)) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    with open(path) as handle:
+        raw = yaml.safe_load(handle)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return parse_params(raw)

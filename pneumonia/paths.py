@@ -1,0 +1,32 @@
+"""Every file the pipeline reads or writes; dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+DATA = Path("data")
+RAW = DATA / "raw"  # accepted images, data/raw/<LABEL>/<file>
+QUARANTINE = DATA / "quarantine"  # rejected files, kept with their reasons
+MANIFEST = DATA / "manifest.csv"
+INGEST_REPORT = DATA / "ingest_report.json"
+DOWNLOADS = DATA / "downloads"  # cache of fetched archives (git/dvc ignored)
+
+PREPARED = DATA / "prepared"  # one <split>.npz per split + params.json
+PREPARED_PARAMS = PREPARED / "params.json"
+
+MODELS = Path("models")
+KERAS_MODEL = MODELS / "model.keras"
+TRAIN_INFO = MODELS / "train_info.json"  # device, epochs run, MLflow run id
+ONNX_MODEL = MODELS / "model.onnx"
+MODEL_METADATA = MODELS / "model.json"
+
+METRICS = Path("metrics")
+TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage
+EVALUATE_LIVE = METRICS / "evaluate"  # dvclive dir of the evaluate stage
+PREDICTIONS = METRICS / "evaluate" / "predictions.csv"
+EXPORT_METRICS = METRICS / "export_onnx.json"
+
+SPLITS = ("train", "val", "test")
+
+
+def prepared_split(split: str) -> Path:
+    """The array file of one split."""
+    return PREPARED / f"{split}.npz"

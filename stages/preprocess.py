@@ -1,0 +1,68 @@
+"""Stage 2: every accepted image through `pneumonia.imaging.prepare_image`, one array file per split.
+
+Writes data/prepared/<split>.npz with `images` (N, S, S, 1) uint8, `labels` (N,)
+uint8 (index into base.labels) and `files` (N,) str, plus data/prepared/params.json:
+the preprocessing config the arrays were made with, which train and export read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pneumonia import paths
+from pneumonia.config import PreprocessParams, load_params
+from pneumonia.imaging import PreprocessConfig, prepare_image
+
+log = logging.getLogger("preprocess")
+
+
+def preprocess_config(params: PreprocessParams) -> PreprocessConfig:
+    return PreprocessConfig(**params.model_dump())
+
+
+def prepare_split(
+    rows: pd.DataFrame, raw_root: Path, labels: tuple[str, ...], config: PreprocessConfig
+) -> dict[str, np.ndarray]:
+    """Images, labels and file names of one split as arrays."""
+    size = config.image_size
+    images = np.empty((len(rows), size, size, 1), dtype=np.uint8)  # (N, S, S, 1)
+    for index, file in enumerate(tqdm(rows["file"], desc="prepare", unit="img", leave=False)):
+        images[index] = prepare_image((raw_root / file).read_bytes(), config)
+    return {
+        "images": images,
+        "labels": np.array([labels.index(label) for label in rows["label"]], dtype=np.uint8),
+        "files": rows["file"].to_numpy(dtype=str),
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params()
+    config = preprocess_config(params.preprocess)
+    manifest = pd.read_csv(paths.MANIFEST)
+    if paths.PREPARED.exists():
+        shutil.rmtree(paths.PREPARED)
+    paths.PREPARED.mkdir(parents=True)
+    for split in paths.SPLITS:
+        rows = manifest[manifest["split"] == split]
+        if rows.empty:
+            raise SystemExit(f"split {split!r} has no images; check {paths.INGEST_REPORT}")
+        arrays = prepare_split(rows, paths.RAW, params.base.labels, config)
+        np.savez(paths.prepared_split(split), **arrays)
+        log.info("%s: %d images -> %s", split, len(rows), paths.prepared_split(split))
+    paths.PREPARED_PARAMS.write_text(
+        json.dumps({"labels": list(params.base.labels), **dataclasses.asdict(config)}, indent=2)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
