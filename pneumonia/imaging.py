@@ -105,7 +105,7 @@ def to_gray(image: Image.Image) -> np.ndarray:
 
 
 def array_to_gray(pixels: np.ndarray) -> np.ndarray:
-    """A decoded array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8/uint16/float, to (H, W) float32."""
+    """A decoded (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8/uint16/float array to gray."""
     array = np.asarray(pixels)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from pneumonia.config import TrainParams
@@ -26,7 +27,7 @@ class PerImageStandardization(layers.Layer):
 def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, separable: bool = False):
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     return layers.ReLU()(x)
 
 
@@ -35,10 +36,10 @@ def _residual_block(x, filters: int, strides: int):
     shortcut = x
     y = _conv_bn_relu(x, filters, strides=strides, separable=True)
     y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(y)
-    y = layers.BatchNormalization()(y)
+    y = layers.BatchNormalization(momentum=0.9)(y)
     if strides != 1 or shortcut.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(shortcut)
-        shortcut = layers.BatchNormalization()(shortcut)
+        shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
@@ -58,3 +59,9 @@ def build_model(image_size: int, params: TrainParams) -> keras.Model:
     x = layers.Dropout(params.dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
     return keras.Model(inputs, outputs, name=f"pneumonia_{params.architecture}")
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """(N,) P(PNEUMONIA) for (N, S, S, 1) uint8 images."""
+    probabilities = model.predict(images.astype(np.float32), batch_size=128, verbose=0)
+    return probabilities.reshape(-1).astype(np.float64)

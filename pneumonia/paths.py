@@ -4,7 +4,8 @@ from pathlib import Path
 
 DATA = Path("data")
 RAW = DATA / "raw"  # accepted images, data/raw/<LABEL>/<file>
-QUARANTINE = DATA / "quarantine"  # rejected files, kept with their reasons
+QUARANTINE = DATA / "quarantine"  # rejected files, kept as found
+QUARANTINE_LIST = QUARANTINE / "quarantine.csv"  # file, label, reason, detail
 MANIFEST = DATA / "manifest.csv"
 INGEST_REPORT = DATA / "ingest_report.json"
 DOWNLOADS = DATA / "downloads"  # cache of fetched archives (git/dvc ignored)

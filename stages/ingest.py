@@ -47,9 +47,16 @@ MEDMNIST_MD5 = {
 }
 OFFICIAL_SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
-    "file", "label", "patient_id", "split", "source_split", "sha256", "size_bytes",
-    "width", "height",
-]  # fmt: skip
+    "file",
+    "label",
+    "patient_id",
+    "split",
+    "source_split",
+    "sha256",
+    "size_bytes",
+    "width",
+    "height",
+]
 
 
 class SourceError(RuntimeError):
@@ -118,11 +125,12 @@ def fetch(url: str, downloads: Path) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (http/https only)
+        with urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(partial, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {name}"
-            ) as bar:
+            with (
+                open(partial, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar,
+            ):
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
                     bar.update(len(block))
@@ -304,8 +312,11 @@ def collapse_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict], list[
             groups.append({"sha256": digest, "files": files, "kept": None})
             for row in group:
                 quarantined.append(
-                    {**row, "reason": "duplicate_conflicting_labels",
-                     "detail": "byte-identical files carry different labels"}  # fmt: skip
+                    {
+                        **row,
+                        "reason": "duplicate_conflicting_labels",
+                        "detail": "byte-identical files carry different labels",
+                    }
                 )
             continue
         groups.append({"sha256": digest, "files": files, "kept": files[0]})
@@ -438,6 +449,10 @@ def main() -> None:
     by_file = {c.relative_path: c.data for c in candidates}
     write_images(kept, by_file, paths.RAW)
     write_images(quarantined, by_file, paths.QUARANTINE)
+    paths.QUARANTINE.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(quarantined, columns=[*MANIFEST_COLUMNS[:2], "reason", "detail"]).to_csv(
+        paths.QUARANTINE_LIST, index=False
+    )
     manifest.to_csv(paths.MANIFEST, index=False)
     report = build_report(
         manifest, quarantined, duplicate_groups, params.ingest.source, len(candidates)
@@ -447,8 +462,10 @@ def main() -> None:
     log.info("per split: %s", report["per_split"])
     log.info(
         "%d quarantined, %d duplicate groups (%d files removed)",
-        len(quarantined), len(duplicate_groups), report["duplicates_removed"],
-    )  # fmt: skip
+        len(quarantined),
+        len(duplicate_groups),
+        report["duplicates_removed"],
+    )
     # File names carry patient ids: logs get counts per reason, the report gets the files.
     for reason, count in sorted(Counter(row["reason"] for row in quarantined).items()):
         log.warning("quarantined %d file(s): %s (see %s)", count, reason, paths.INGEST_REPORT)

@@ -1,4 +1,4 @@
-"""Stage 2: every accepted image through `pneumonia.imaging.prepare_image`, one array file per split.
+"""Stage 2: each accepted image through `pneumonia.imaging.prepare_image`, one array per split.
 
 Writes data/prepared/<split>.npz with `images` (N, S, S, 1) uint8, `labels` (N,)
 uint8 (index into base.labels) and `files` (N,) str, plus data/prepared/params.json:
@@ -56,7 +56,12 @@ def main() -> None:
         if rows.empty:
             raise SystemExit(f"split {split!r} has no images; check {paths.INGEST_REPORT}")
         arrays = prepare_split(rows, paths.RAW, params.base.labels, config)
-        np.savez(paths.prepared_split(split), **arrays)
+        np.savez(
+            paths.prepared_split(split),
+            images=arrays["images"],
+            labels=arrays["labels"],
+            files=arrays["files"],
+        )
         log.info("%s: %d images -> %s", split, len(rows), paths.prepared_split(split))
     paths.PREPARED_PARAMS.write_text(
         json.dumps({"labels": list(params.base.labels), **dataclasses.asdict(config)}, indent=2)

@@ -1,0 +1,210 @@
+"""Stage 4: evaluate the trained model on the held-out test split.
+
+The decision threshold is chosen on the validation split by
+`evaluate.threshold_policy`, never on test. Writes metrics/evaluate (dvclive:
+metrics.json, ROC / precision-recall / confusion-matrix / calibration plots)
+and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from pneumonia import paths, tracking
+from pneumonia.config import EvaluateParams, load_params
+from pneumonia.prepared import load_files, load_split
+
+log = logging.getLogger("evaluate")
+
+CI_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1")
+
+
+def choose_threshold(
+    labels: np.ndarray, probabilities: np.ndarray, params: EvaluateParams
+) -> float:
+    """The decision threshold, from validation predictions only.
+
+    youden: maximises sensitivity + specificity - 1.
+    target_sensitivity: the highest threshold whose sensitivity reaches the target.
+    fixed: evaluate.fixed_threshold.
+    """
+    if params.threshold_policy == "fixed":
+        return params.fixed_threshold
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities)
+    thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf
+    if params.threshold_policy == "youden":
+        return float(thresholds[np.argmax(true_positive_rate - false_positive_rate)])
+    reaching = np.flatnonzero(true_positive_rate >= params.target_sensitivity)
+    return float(thresholds[reaching[0]])  # thresholds decrease, so the first is the highest
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """Accuracy, ROC AUC, sensitivity, specificity, precision, F1 at a threshold."""
+    predicted = probabilities >= threshold
+    positive = labels == 1
+    true_pos = int(np.sum(predicted & positive))
+    true_neg = int(np.sum(~predicted & ~positive))
+    false_pos = int(np.sum(predicted & ~positive))
+    false_neg = int(np.sum(~predicted & positive))
+    sensitivity = true_pos / max(true_pos + false_neg, 1)
+    precision = true_pos / max(true_pos + false_pos, 1)
+    both_classes = positive.any() and (~positive).any()
+    return {
+        "accuracy": (true_pos + true_neg) / len(labels),
+        "roc_auc": float(roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "sensitivity": sensitivity,
+        "specificity": true_neg / max(true_neg + false_pos, 1),
+        "precision": precision,
+        "f1": 2 * precision * sensitivity / max(precision + sensitivity, 1e-12),
+        "true_positives": true_pos,
+        "true_negatives": true_neg,
+        "false_positives": false_pos,
+        "false_negatives": false_neg,
+    }
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, samples: int, seed: int
+) -> dict[str, tuple[float, float]]:
+    """95% percentile bootstrap intervals of CI_METRICS, resampling images with replacement."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in CI_METRICS}
+    for _ in range(samples):
+        index = rng.integers(0, len(labels), len(labels))
+        if labels[index].min() == labels[index].max():
+            continue  # a one-class resample has no AUC; skip it
+        metrics = binary_metrics(labels[index], probabilities[index], threshold)
+        for name in CI_METRICS:
+            draws[name].append(metrics[name])
+    return {
+        name: (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+        for name, values in draws.items()
+    }
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> dict[str, float]:
+    """Brier score and expected calibration error (equal-width bins)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(probabilities[members].mean() - labels[members].mean())
+    return {
+        "brier": float(np.mean((probabilities - labels) ** 2)),
+        "ece": float(error),
+    }
+
+
+def evaluate(
+    test_labels: np.ndarray,
+    test_probabilities: np.ndarray,
+    threshold: float,
+    params: EvaluateParams,
+    seed: int,
+) -> dict:
+    """Every test metric with its interval, as the nested dict dvclive writes."""
+    point = binary_metrics(test_labels, test_probabilities, threshold)
+    intervals = bootstrap_intervals(
+        test_labels, test_probabilities, threshold, params.bootstrap_samples, seed
+    )
+    return {
+        "threshold": threshold,
+        "test": {
+            **{name: float(point[name]) for name in CI_METRICS},
+            **calibration(test_labels, test_probabilities, params.calibration_bins),
+            "images": len(test_labels),
+            "prevalence": float(test_labels.mean()),
+        },
+        "test_ci95_low": {name: low for name, (low, _) in intervals.items()},
+        "test_ci95_high": {name: high for name, (_, high) in intervals.items()},
+        "test_confusion": {
+            key: point[key]
+            for key in ("true_positives", "true_negatives", "false_positives", "false_negatives")
+        },
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    from dvclive import Live
+
+    from pneumonia.model import predict_probabilities  # also registers the custom layer
+
+    params = load_params()
+    labels_names = params.base.labels
+    model = keras.models.load_model(paths.KERAS_MODEL)
+
+    val_images, val_labels = load_split("val")
+    val_probabilities = predict_probabilities(model, val_images)
+    threshold = choose_threshold(val_labels, val_probabilities, params.evaluate)
+    log.info("threshold %.4f (%s, chosen on val)", threshold, params.evaluate.threshold_policy)
+
+    test_images, test_labels = load_split("test")
+    test_probabilities = predict_probabilities(model, test_images)
+    results = evaluate(
+        test_labels, test_probabilities, threshold, params.evaluate, params.base.seed
+    )
+    results["val"] = binary_metrics(val_labels, val_probabilities, threshold)
+    results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
+
+    with Live(dir=str(paths.EVALUATE_LIVE), save_dvc_exp=False, dvcyaml=None) as live:
+        live.summary = results
+        predicted = (test_probabilities >= threshold).astype(int)
+        live.log_sklearn_plot("roc", test_labels, test_probabilities, name="roc.json")
+        live.log_sklearn_plot(
+            "precision_recall", test_labels, test_probabilities, name="precision_recall.json"
+        )
+        live.log_sklearn_plot(
+            "confusion_matrix",
+            [labels_names[i] for i in test_labels],
+            [labels_names[i] for i in predicted],
+            name="confusion_matrix.json",
+        )
+        live.log_sklearn_plot(
+            "calibration",
+            test_labels,
+            test_probabilities,
+            name="calibration.json",
+            n_bins=params.evaluate.calibration_bins,
+        )
+
+    pd.DataFrame(
+        {
+            "file": load_files("test"),
+            "label": [labels_names[i] for i in test_labels],
+            "probability_pneumonia": test_probabilities,
+            "predicted_label": [labels_names[i] for i in predicted],
+        }
+    ).to_csv(paths.PREDICTIONS, index=False)
+
+    train_info = json.loads(paths.TRAIN_INFO.read_text())
+    tracking.configure()
+    with tracking.start_run("evaluate", run_id=train_info.get("mlflow_run_id")):
+        tracking.log_metrics({"threshold": threshold})
+        tracking.log_metrics({f"test_{k}": v for k, v in results["test"].items()})
+        tracking.log_artifact(paths.EVALUATE_LIVE / "metrics.json", "evaluate")
+
+    test = results["test"]
+    log.info(
+        "test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f, accuracy %.3f",
+        test["roc_auc"],
+        results["test_ci95_low"]["roc_auc"],
+        results["test_ci95_high"]["roc_auc"],
+        test["sensitivity"],
+        test["specificity"],
+        test["accuracy"],
+    )
+
+
+if __name__ == "__main__":
+    main()

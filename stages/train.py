@@ -1,0 +1,271 @@
+"""Stage 3: train the Keras CNN on the prepared arrays.
+
+Reads data/prepared/{train,val}.npz through tf.data (augmented, shuffled,
+prefetched); early-stops on validation AUC with the best weights restored.
+Writes models/model.keras and models/train_info.json; curves go to
+metrics/train (dvclive), the run to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from pneumonia import paths, tracking
+from pneumonia.config import AugmentParams, TrainParams, load_params
+from pneumonia.prepared import load_split
+
+log = logging.getLogger("train")
+
+
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """'balanced': n / (2 * n_class), so each class carries half the loss."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=2)
+    return {cls: float(len(labels) / (2 * count)) for cls, count in enumerate(counts) if count}
+
+
+def describe_device() -> str:
+    """The accelerator TensorFlow will use: 'cuda:<name>', 'metal', or 'cpu'."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "cpu"
+    if sys.platform == "darwin":
+        return f"metal ({len(gpus)} GPU)"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"cuda:{details.get('device_name', 'GPU')} x{len(gpus)}"
+
+
+def distribution_strategy(name: str):
+    """tf.distribute strategy by params; 'auto' mirrors over several local GPUs."""
+    import tensorflow as tf
+
+    if name == "auto":
+        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":  # reads TF_CONFIG
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def augment_batch(images, generator, config: AugmentParams):
+    """Random resized crop, rotation, gamma, contrast, brightness, noise, JPEG re-compression.
+
+    images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
+    tf.random.Generator, called in order, so runs are reproducible.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    size = tf.shape(images)[1:3]
+
+    def uniform(low: float, high: float):
+        return generator.uniform([batch], low, high)
+
+    # Random resized crop: a square box of side `scale` anywhere in the image.
+    scale = uniform(config.crop_scale_min, 1.0)
+    top, left = uniform(0.0, 1.0) * (1 - scale), uniform(0.0, 1.0) * (1 - scale)
+    boxes = tf.stack([top, left, top + scale, left + scale], axis=1)
+    images = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)
+
+    if config.rotation_degrees > 0:
+        angle = uniform(-1.0, 1.0) * (config.rotation_degrees * math.pi / 180)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
+        # Rotation about the centre, as keras.layers.RandomRotation builds it.
+        x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2
+        y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images,
+            transforms=transforms,
+            output_shape=size,
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="REFLECT",
+        )
+
+    pixels = images / 255.0
+    shape = [batch, 1, 1, 1]
+    if config.gamma > 0:
+        log_gamma = generator.uniform(shape, -math.log1p(config.gamma), math.log1p(config.gamma))
+        pixels = tf.pow(tf.clip_by_value(pixels, 1e-6, 1.0), tf.exp(log_gamma))
+    if config.contrast > 0:
+        factor = generator.uniform(shape, 1 - config.contrast, 1 + config.contrast)
+        mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+        pixels = mean + (pixels - mean) * factor
+    if config.brightness > 0:
+        pixels += generator.uniform(shape, -config.brightness, config.brightness)
+    if config.noise_std > 0:
+        pixels += generator.normal(tf.shape(pixels)) * config.noise_std
+    pixels = tf.clip_by_value(pixels, 0.0, 1.0)
+
+    if config.jpeg_quality_min < 100:
+        quality = generator.uniform([batch], config.jpeg_quality_min, 101, dtype=tf.int32)
+        pixels = tf.map_fn(
+            lambda item: tf.image.adjust_jpeg_quality(item[0], item[1]),
+            (pixels, quality),
+            fn_output_signature=tf.float32,
+        )
+    return pixels * 255.0
+
+
+def make_datasets(train, val, params: TrainParams, seed: int):
+    """tf.data pipelines: shuffled, augmented, batched and prefetched."""
+    import tensorflow as tf
+
+    (train_images, train_labels), (val_images, val_labels) = train, val
+    generator = tf.random.Generator.from_seed(seed)
+
+    def to_float(images, labels):
+        return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)[:, tf.newaxis]
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+        .shuffle(len(train_labels), seed=seed, reshuffle_each_iteration=True)
+        .batch(params.batch_size)
+        .map(to_float)
+    )
+    if params.augment.enabled:
+        # Sequential map: the generator is called in the same order every run.
+        train_ds = train_ds.map(
+            lambda images, labels: (augment_batch(images, generator, params.augment), labels)
+        )
+    val_ds = (
+        tf.data.Dataset.from_tensor_slices((val_images, val_labels))
+        .batch(params.batch_size)
+        .map(to_float)
+        .cache()
+    )
+    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
+    import keras
+
+    total_steps = max(1, params.epochs * steps_per_epoch)
+    warmup_steps = min(params.warmup_epochs * steps_per_epoch, total_steps - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=params.learning_rate / 10,
+        decay_steps=total_steps - warmup_steps,
+        warmup_target=params.learning_rate,
+        warmup_steps=warmup_steps,
+        alpha=0.01,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=params.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.Recall(name="sensitivity"),
+        ],
+    )
+
+
+def flat_params(params: TrainParams) -> dict[str, Any]:
+    flat = {}
+    for key, value in params.model_dump().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    from pneumonia.model import build_model
+
+    params = load_params()
+    train_params, seed = params.train, params.base.seed
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    device = describe_device()
+    log.info("device: %s (%s %s)", device, platform.system(), platform.machine())
+
+    train, val = load_split("train"), load_split("val")
+    image_size = train[0].shape[1]
+    log.info("train %d images, val %d images, %d px", len(train[1]), len(val[1]), image_size)
+    train_ds, val_ds = make_datasets(train, val, train_params, seed)
+    steps_per_epoch = math.ceil(len(train[1]) / train_params.batch_size)
+
+    strategy = distribution_strategy(train_params.distribution)
+    with strategy.scope():
+        model = build_model(image_size, train_params)
+        compile_model(model, train_params, steps_per_epoch)
+    log.info("model %s: %d parameters", model.name, model.count_params())
+
+    paths.MODELS.mkdir(exist_ok=True)
+    tracking.configure()
+    started = time.perf_counter()
+    with (
+        tracking.start_run("train") as run,
+        Live(dir=str(paths.TRAIN_LIVE), save_dvc_exp=False, dvcyaml=None) as live,
+    ):
+        tracking.log_params({**flat_params(train_params), "seed": seed, "image_size": image_size})
+        tracking.set_tags({"device": device, "stage": "train"})
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_auc",
+            mode="max",
+            patience=train_params.early_stopping_patience,
+            restore_best_weights=True,
+            verbose=1,
+        )
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=train_params.epochs,
+            class_weight=class_weights(train[1], train_params.class_weight),
+            callbacks=[
+                early_stopping,
+                DVCLiveCallback(live=live),
+                tracking.keras_epoch_logger(),
+            ],
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        train_seconds = time.perf_counter() - started
+        val_auc = history.history["val_auc"]
+        best_epoch = int(np.argmax(val_auc))
+        summary = {
+            "best_epoch": best_epoch + 1,
+            "epochs_run": len(val_auc),
+            "best_val_auc": float(val_auc[best_epoch]),
+            "train_seconds": round(train_seconds, 1),
+        }
+        live.summary.update(summary)
+        live.make_summary()
+        tracking.log_metrics(summary)
+        model.save(paths.KERAS_MODEL)
+        tracking.log_keras_model(model)
+        info = {"device": device, "mlflow_run_id": run.info.run_id, **summary}
+        paths.TRAIN_INFO.write_text(json.dumps(info, indent=2) + "\n")
+    log.info(
+        "best val AUC %.4f at epoch %d, %.0f s",
+        summary["best_val_auc"],
+        best_epoch + 1,
+        train_seconds,
+    )
+
+
+if __name__ == "__main__":
+    main()

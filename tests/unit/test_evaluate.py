@@ -1,0 +1,74 @@
+"""Threshold policies and metrics on literal inputs."""
+
+import numpy as np
+import pytest
+
+from pneumonia.config import EvaluateParams
+from stages.evaluate import binary_metrics, bootstrap_intervals, calibration, choose_threshold
+
+
+def policy(name: str, **overrides) -> EvaluateParams:
+    values = {
+        "threshold_policy": name,
+        "target_sensitivity": 0.95,
+        "fixed_threshold": 0.5,
+        "bootstrap_samples": 200,
+        "calibration_bins": 10,
+        **overrides,
+    }
+    return EvaluateParams(**values)
+
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+SCORES = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+
+
+def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity():
+    # At 0.7: sensitivity 3/4, specificity 4/4 -> J = 0.75, the best available.
+    assert choose_threshold(LABELS, SCORES, policy("youden")) == pytest.approx(0.7)
+
+
+def test_target_sensitivity_picks_the_highest_threshold_reaching_it():
+    # Sensitivity 1.0 needs the threshold down at 0.4.
+    assert choose_threshold(LABELS, SCORES, policy("target_sensitivity")) == pytest.approx(0.4)
+    relaxed = policy("target_sensitivity", target_sensitivity=0.75)
+    assert choose_threshold(LABELS, SCORES, relaxed) == pytest.approx(0.7)
+
+
+def test_fixed_policy_ignores_the_data():
+    assert choose_threshold(LABELS, SCORES, policy("fixed", fixed_threshold=0.35)) == 0.35
+
+
+def test_binary_metrics_at_a_threshold():
+    metrics = binary_metrics(LABELS, SCORES, 0.5)
+    # predicted positive: 0.6 (FP), 0.7, 0.8, 0.9 (TP); 0.4 is a FN.
+    assert metrics["true_positives"] == 3 and metrics["false_positives"] == 1
+    assert metrics["sensitivity"] == pytest.approx(0.75)
+    assert metrics["specificity"] == pytest.approx(0.75)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["precision"] == pytest.approx(0.75)
+    assert metrics["f1"] == pytest.approx(0.75)
+    assert metrics["roc_auc"] == pytest.approx(15 / 16)
+
+
+def test_bootstrap_interval_brackets_the_point_estimate():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.clip(labels * 0.3 + rng.random(400) * 0.7, 0, 1)
+    point = binary_metrics(labels, scores, 0.5)
+    intervals = bootstrap_intervals(labels, scores, 0.5, samples=300, seed=0)
+    for name, (low, high) in intervals.items():
+        assert low <= point[name] <= high, name
+        assert high - low < 0.2, name
+    assert intervals == bootstrap_intervals(labels, scores, 0.5, samples=300, seed=0)
+
+
+def test_calibration_of_a_calibrated_and_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    probabilities = rng.random(20000)
+    calibrated_labels = (rng.random(20000) < probabilities).astype(int)
+    good = calibration(calibrated_labels, probabilities, bins=10)
+    assert good["ece"] < 0.02
+    overconfident = calibration(calibrated_labels, np.where(probabilities > 0.5, 1.0, 0.0), 10)
+    assert overconfident["ece"] > 0.2
+    assert overconfident["brier"] > good["brier"]

@@ -1,0 +1,110 @@
+"""prepare_image: every input mode and bit depth to (S, S, 1) uint8; bad bytes get a reason."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumonia.imaging import (
+    ImageError,
+    PreprocessConfig,
+    decode_image,
+    prepare_image,
+    read_header,
+)
+from tests.images import encode, gradient
+
+CONFIG = PreprocessConfig(image_size=32, intensity="none")
+
+
+def rgb(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.stack([pixels] * 3, axis=-1))
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("L", lambda p: Image.fromarray(p)),
+        ("RGB", rgb),
+        ("RGBA", lambda p: rgb(p).convert("RGBA")),
+        ("LA", lambda p: Image.fromarray(p).convert("LA")),
+        ("P", lambda p: rgb(p).convert("P")),
+        ("I;16", lambda p: Image.fromarray(p.astype(np.uint16) * 257)),
+        ("1", lambda p: Image.fromarray(p).convert("1")),
+    ],
+)
+def test_every_mode_becomes_a_square_single_channel_uint8(name, make):
+    image = make(gradient())
+    output = prepare_image(encode(image, "PNG"), CONFIG)
+    assert output.shape == (32, 32, 1)
+    assert output.dtype == np.uint8
+    if name != "1":  # a 1-bit image is dithered; the others keep the ramp
+        row = output[-1, :, 0].astype(int)
+        assert row[-1] > row[0] + 100, f"{name}: the left-to-right ramp is lost"
+
+
+def test_rgb_jpeg_and_gray_png_of_the_same_picture_agree():
+    pixels = gradient()
+    from_png = prepare_image(encode(Image.fromarray(pixels), "PNG"), CONFIG).astype(int)
+    from_jpeg = prepare_image(encode(rgb(pixels), "JPEG", quality=98), CONFIG).astype(int)
+    assert np.abs(from_png - from_jpeg).max() <= 6
+
+
+def test_sixteen_bit_keeps_precision_below_eight_bits():
+    # Values 0..255 in 16-bit are all below one 8-bit step: they must not collapse to 0.
+    ramp = np.tile(np.arange(0, 65536, 256, dtype=np.uint16), (64, 1))  # (64, 256)
+    gray = decode_image(encode(Image.fromarray(ramp), "PNG"))
+    assert gray.dtype == np.float32
+    assert gray.max() == pytest.approx(65280 / 65535, abs=1e-6)
+    assert len(np.unique(gray)) == 256
+
+
+def test_exif_orientation_is_applied():
+    pixels = gradient(96, 64)  # bright block top-left, wider than tall
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    data = encode(image, "JPEG", quality=95, exif=exif.tobytes())
+    gray = decode_image(data)
+    assert gray.shape == (96, 64)  # displayed upright: taller than wide
+    assert gray[:10, -10:].mean() > 0.95  # the bright block is now top-right
+
+
+def test_decoded_array_and_bytes_take_the_same_path():
+    pixels = gradient()
+    from_bytes = prepare_image(encode(Image.fromarray(pixels), "PNG"), CONFIG)
+    from_array = prepare_image(pixels, CONFIG)
+    from_rgb_array = prepare_image(np.stack([pixels] * 3, axis=-1), CONFIG)
+    np.testing.assert_array_equal(from_bytes, from_array)
+    np.testing.assert_array_equal(from_bytes, from_rgb_array)
+
+
+@pytest.mark.parametrize("intensity", ["equalize", "clahe"])
+def test_intensity_normalisation_spreads_a_low_contrast_image(intensity):
+    dull = (gradient() // 8 + 100).astype(np.uint8)  # values 100..131
+    config = PreprocessConfig(image_size=32, intensity=intensity)
+    output = prepare_image(encode(Image.fromarray(dull), "PNG"), config)
+    assert np.ptp(output) > 1.5 * np.ptp(prepare_image(dull, CONFIG))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"patient notes, not a picture\n", "not_an_image"),
+        (encode(Image.fromarray(gradient()), "BMP"), "unsupported_format"),
+        (encode(Image.fromarray(gradient()), "JPEG")[:-64], "corrupt"),  # truncated
+    ],
+)
+def test_bad_bytes_raise_with_a_reason(data, reason):
+    with pytest.raises(ImageError) as error:
+        decode_image(data)
+    assert error.value.reason == reason
+
+
+def test_oversized_header_is_rejected_before_decoding():
+    # A 1-bit PNG that declares 30000 x 30000 px: small on disk, 900 MP if decoded.
+    data = encode(Image.new("1", (30000, 30000)), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(ImageError) as error:
+        read_header(data)
+    assert error.value.reason == "too_large"

@@ -1,0 +1,42 @@
+"""Training helpers: class weights, augmentation shape/range/determinism."""
+
+import numpy as np
+import pytest
+
+from pneumonia.config import AugmentParams
+from stages.train import augment_batch, class_weights
+
+AUGMENT = AugmentParams(
+    enabled=True,
+    crop_scale_min=0.7,
+    rotation_degrees=10,
+    brightness=0.1,
+    contrast=0.2,
+    gamma=0.2,
+    noise_std=0.02,
+    jpeg_quality_min=40,
+)
+
+
+def test_balanced_class_weights_give_each_class_half_the_loss():
+    labels = np.array([0] * 25 + [1] * 75)
+    weights = class_weights(labels, "balanced")
+    assert weights == {0: pytest.approx(2.0), 1: pytest.approx(100 / 150)}
+    assert 25 * weights[0] == pytest.approx(75 * weights[1])
+    assert class_weights(labels, "none") is None
+
+
+def test_augmentation_keeps_shape_and_range_and_is_reproducible():
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (4, 32, 32, 1)).astype("float32"))
+
+    def run(seed):
+        return augment_batch(images, tf.random.Generator.from_seed(seed), AUGMENT).numpy()
+
+    first = run(1)
+    assert first.shape == (4, 32, 32, 1)
+    assert first.min() >= 0.0 and first.max() <= 255.0
+    assert not np.allclose(first, images.numpy(), atol=1.0)  # it changed the images
+    np.testing.assert_array_equal(first, run(1))
+    assert not np.array_equal(first, run(2))
