@@ -59,7 +59,9 @@ def read_header(data: bytes) -> ImageHeader:
             header = ImageHeader(image.format or "?", image.width, image.height, image.mode)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
         if isinstance(exc, Image.DecompressionBombError):
-            raise ImageError("too_large", "the image declares too many pixels") from None
+            raise ImageError(
+                "too_large", f"the image declares more than {MAX_PIXELS:,} pixels"
+            ) from None
         raise ImageError("not_an_image", "the bytes are not a recognised image") from None
     if header.format not in ACCEPTED_FORMATS:
         raise ImageError(

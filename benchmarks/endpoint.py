@@ -1,0 +1,371 @@
+"""The endpoint's speed and footprint against the same model served through TensorFlow/Keras.
+
+Needs the pipeline's outputs (models/model.onnx, model.json, model.keras: `make repro`).
+On real 224x224 JPEGs of the default data, single thread, in fresh processes:
+
+- warm latency p50 / p99 of one request: decode + preprocess + inference
+  (ONNX: the real handler on API Gateway events; TF: the same steps with Keras);
+- cold start: process spawn to the first response;
+- peak RSS; the installed size of each path's Python dependencies;
+- a bounded load run against the local endpoint (lambda/local.py) on loopback;
+- with --int8: onnxruntime static QDQ quantization calibrated on the validation
+  split, its latency and its AUC / accuracy on the test split against FP32.
+
+    python benchmarks/endpoint.py [--requests 300] [--load-requests 2000] [--int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chest-xray-pneumonia" / "train"
+EVENT = ROOT / "tests" / "events" / "predict_binary.json"
+
+# Runs in a fresh interpreter: cold start, then warm requests, then the peak RSS.
+CHILD = r"""
+import base64, json, resource, sys, time
+path, model_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+images = [open(p, "rb").read() for p in sys.argv[4:]]
+if path == "onnx":
+    sys.path.insert(0, "lambda")
+    from app import lambda_handler
+    event = json.load(open("tests/events/predict_binary.json"))
+    class Context:
+        function_name = "bench"; memory_limit_in_mb = 1769; aws_request_id = "r"
+        invoked_function_arn = "arn:aws:lambda:local:0:function:bench"
+    def predict(data):
+        event["body"] = base64.b64encode(data).decode()
+        response = lambda_handler(event, Context())
+        assert response["statusCode"] == 200, response
+else:
+    import os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np, tensorflow as tf, keras
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from pneumonia.imaging import prepare_image, read_header
+    from pneumonia.metadata import ModelMetadata
+    import pneumonia.model  # registers the custom layer
+    meta = ModelMetadata.load(f"{model_dir}/model.json")
+    model = keras.models.load_model(f"{model_dir}/model.keras")
+    infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    def predict(data):
+        read_header(data)
+        pixels = prepare_image(data, meta.preprocessing)[np.newaxis].astype(np.float32)
+        float(infer(pixels).numpy().reshape(-1)[0])
+predict(images[0])
+print("READY", flush=True)
+timings = []
+for index in range(count):
+    started = time.perf_counter()
+    predict(images[index % len(images)])
+    timings.append((time.perf_counter() - started) * 1000)
+print("TIMINGS " + json.dumps(timings))
+print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def run_path(path: str, images: list[Path], count: int, env: dict) -> dict:
+    """Cold start, warm p50/p99 and peak RSS of one serving path in a fresh process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, path, "models", str(count), *map(str, images)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    cold = None
+    timings: list[float] = []
+    rss_mib = 0.0
+    for line in process.stdout:
+        if line.startswith("READY") and cold is None:
+            cold = time.perf_counter() - started
+        elif line.startswith("TIMINGS "):
+            timings = json.loads(line[8:])
+        elif line.startswith("MAXRSS "):
+            rss_mib = int(line.split()[1]) / 1024
+    if process.wait() != 0 or cold is None:
+        sys.exit(f"the {path} path failed; run it by hand")
+    return {
+        "cold_s": cold,
+        "p50_ms": percentile(timings, 50),
+        "p99_ms": percentile(timings, 99),
+        "rss_mib": rss_mib,
+    }
+
+
+def distribution_closure(roots: list[str]) -> set[str]:
+    """The installed distributions `roots` pull in (markers and extras ignored)."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = re.split(r"[ ;\[<>=!~]", todo.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        todo.extend(r for r in requires if "extra ==" not in r)
+    return seen
+
+
+def installed_mib(distributions: set[str]) -> float:
+    total = 0
+    for name in distributions:
+        for file in metadata.files(name) or []:
+            located = Path(str(file.locate()))
+            if located.is_file():
+                total += located.stat().st_size
+    return total / 2**20
+
+
+def load_run(images: list[Path], total: int, clients: int, env: dict) -> dict:
+    """`clients` threads sending `total` binary requests to lambda/local.py on loopback."""
+    server = subprocess.Popen(
+        [sys.executable, "lambda/local.py", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert server.stdout is not None
+    url = re.search(r"serving on (\S+)", server.stdout.readline()).group(1) + "/predict"
+    bodies = [p.read_bytes() for p in images]
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(offset: int) -> None:
+        nonlocal errors
+        for index in range(offset, total, clients):
+            request = urllib.request.Request(
+                url, bodies[index % len(bodies)], {"Content-Type": "image/jpeg"}
+            )
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    ok = response.status == 200
+                    response.read()
+            except OSError:
+                ok = False
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                latencies.append(elapsed)
+                errors += 0 if ok else 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    server.terminate()
+    server.wait(timeout=10)
+    return {
+        "requests": total,
+        "errors": errors,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "per_s": total / seconds,
+    }
+
+
+def int8_report(args) -> None:
+    """Static QDQ quantization calibrated on val; latency and test metrics vs FP32."""
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from sklearn.metrics import roc_auc_score
+
+    from pneumonia.metadata import ModelMetadata
+
+    os.chdir(ROOT)
+    from pneumonia.prepared import load_split
+
+    meta = ModelMetadata.load(ROOT / "models" / "model.json")
+    val_images, _ = load_split("val")
+    test_images, test_labels = load_split("test")
+
+    class ValReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                [
+                    {meta.input_name: val_images[i : i + 32].astype(np.float32)}
+                    for i in range(0, len(val_images), 32)
+                ]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    work = Path(tempfile.mkdtemp(prefix="int8-"))
+    prepared = work / "model.pre.onnx"
+    quant_pre_process(str(ROOT / "models" / "model.onnx"), str(prepared))
+    quantized = work / "model.int8.onnx"
+    quantize_static(
+        str(prepared),
+        str(quantized),
+        ValReader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+
+    def session(path: Path):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    rows = []
+    for name, path in [("fp32", ROOT / "models" / "model.onnx"), ("int8 qdq", quantized)]:
+        sess = session(path)
+        probabilities = np.concatenate(
+            [
+                sess.run(None, {meta.input_name: test_images[i : i + 64].astype(np.float32)})[0]
+                for i in range(0, len(test_images), 64)
+            ]
+        ).reshape(-1)
+        single = test_images[:1].astype(np.float32)
+        for _ in range(20):
+            sess.run(None, {meta.input_name: single})
+        timings = []
+        for index in range(args.requests):
+            batch = test_images[index % len(test_images)][np.newaxis].astype(np.float32)
+            started = time.perf_counter()
+            sess.run(None, {meta.input_name: batch})
+            timings.append((time.perf_counter() - started) * 1000)
+        accuracy = float(np.mean((probabilities >= meta.threshold) == (test_labels == 1)))
+        rows.append(
+            (
+                name,
+                percentile(timings, 50),
+                percentile(timings, 99),
+                roc_auc_score(test_labels, probabilities),
+                accuracy,
+                path.stat().st_size / 2**20,
+            )
+        )
+    print("\nINT8 (inference only, single thread, test split of models/model.json's data)")
+    print(f"{'model':<10} {'p50 ms':>8} {'p99 ms':>8} {'AUC':>7} {'accuracy':>9} {'MiB':>6}")
+    for name, p50, p99, auc, accuracy, size in rows:
+        print(f"{name:<10} {p50:>8.2f} {p99:>8.2f} {auc:>7.4f} {accuracy:>9.4f} {size:>6.2f}")
+    fp32, int8 = rows
+    print(
+        f"delta: AUC {int8[3] - fp32[3]:+.4f}, accuracy {100 * (int8[4] - fp32[4]):+.2f} points, "
+        f"speed-up x{fp32[1] / int8[1]:.2f} at p50"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--load-requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--int8", action="store_true")
+    args = parser.parse_args()
+
+    images = sorted((DATA / "NORMAL").iterdir())[:50] + sorted((DATA / "PNEUMONIA").iterdir())[:50]
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(ROOT / "models"),
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "ONNX_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    print("measuring the ONNX path ...", file=sys.stderr, flush=True)
+    onnx_path = run_path("onnx", images, args.requests, env)
+    print("measuring the TensorFlow path ...", file=sys.stderr, flush=True)
+    tf_path = run_path("tf", images, args.requests, env)
+    onnx_path["deps_mib"] = installed_mib(
+        distribution_closure(
+            [
+                "aws-lambda-powertools",
+                "onnxruntime",
+                "numpy",
+                "pillow",
+                "opencv-python-headless",
+                "pydantic",
+            ]
+        )
+    )
+    tf_path["deps_mib"] = installed_mib(
+        distribution_closure(
+            [
+                "aws-lambda-powertools",
+                "tensorflow",
+                "keras",
+                "numpy",
+                "pillow",
+                "opencv-python-headless",
+                "pydantic",
+            ]
+        )
+    )
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        found = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+        cpu = found.group(1) if found else cpu
+    print(f"\nmachine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu})")
+    print(
+        f"one request = decode + preprocess + inference of a 224x224 JPEG, single thread, "
+        f"{args.requests} warm requests"
+    )
+    print(f"{'':<22} {'ONNX (handler)':>15} {'TF/Keras':>10} {'TF / ONNX':>10}")
+    for key, label in [
+        ("p50_ms", "warm p50 ms"),
+        ("p99_ms", "warm p99 ms"),
+        ("cold_s", "cold start s"),
+        ("rss_mib", "peak RSS MiB"),
+        ("deps_mib", "dependencies MiB"),
+    ]:
+        ratio = tf_path[key] / onnx_path[key]
+        print(f"{label:<22} {onnx_path[key]:>15.2f} {tf_path[key]:>10.2f} {ratio:>9.1f}x")
+
+    print(f"\nload: {args.clients} clients -> lambda/local.py on 127.0.0.1 ...", file=sys.stderr)
+    load = load_run(images, args.load_requests, args.clients, env)
+    print(f"\nload run, {args.clients} concurrent clients, loopback, local endpoint")
+    print(
+        f"requests {load['requests']}, errors {load['errors']}, p50 {load['p50_ms']:.1f} ms, "
+        f"p99 {load['p99_ms']:.1f} ms, {load['per_s']:.0f} requests/s"
+    )
+    if args.int8:
+        int8_report(args)
+
+
+if __name__ == "__main__":
+    main()

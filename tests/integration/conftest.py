@@ -1,0 +1,82 @@
+"""A real ONNX model for the endpoint tests, exported by the pipeline's own code."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def keras_model():
+    """A small seeded network from pneumonia.model (untrained: the tests check plumbing)."""
+    import keras
+
+    from pneumonia.config import load_params
+    from pneumonia.model import build_model
+
+    keras.utils.set_random_seed(0)
+    params = load_params(REPO_ROOT / "params.yaml").train.model_copy(
+        update={"width": 8, "depth": 2}
+    )
+    return build_model(IMAGE_SIZE, params)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, keras_model) -> Path:
+    """models/model.onnx + models/model.json as export_onnx writes them."""
+    from pneumonia.imaging import PreprocessConfig
+    from pneumonia.metadata import ModelMetadata, model_version
+    from stages.export_onnx import convert
+
+    folder = tmp_path_factory.mktemp("model")
+    onnx_bytes = convert(keras_model, IMAGE_SIZE, opset=17)
+    (folder / "model.onnx").write_bytes(onnx_bytes)
+    metadata = ModelMetadata(
+        model_version=model_version(onnx_bytes),
+        threshold=0.5,
+        labels=("NORMAL", "PNEUMONIA"),
+        input_name="image",
+        output_name="probability_pneumonia",
+        preprocessing=PreprocessConfig(image_size=IMAGE_SIZE, intensity="clahe"),
+        training_data_sha256=hashlib.sha256(b"test").hexdigest(),
+    )
+    (folder / "model.json").write_text(metadata.to_json())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_module(model_dir):
+    """lambda/app.py imported as the Lambda runtime does, with MODEL_DIR set."""
+    os.environ["MODEL_DIR"] = str(model_dir)
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "PneumoniaEndpointTests")
+    sys.path.insert(0, str(REPO_ROOT / "lambda"))
+    module = importlib.import_module("app")
+    assert module.SESSION is not None, "the model did not load"
+    return module
+
+
+@pytest.fixture
+def real_images(shared_data) -> list[bytes]:
+    files = (
+        sorted((shared_data / "train" / "NORMAL").iterdir())[:3]
+        + sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:3]
+    )
+    return [file.read_bytes() for file in files]
+
+
+def probabilities_from_keras(keras_model, images: list[bytes], metadata) -> np.ndarray:
+    from pneumonia.imaging import prepare_image
+
+    batch = np.stack([prepare_image(image, metadata.preprocessing) for image in images])
+    return keras_model.predict(batch.astype(np.float32), verbose=0).reshape(-1)

@@ -1,0 +1,274 @@
+"""The real Lambda handler, driven by recorded API Gateway REST proxy events, on real images."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.images import encode, gradient
+from tests.integration.conftest import probabilities_from_keras
+
+pytestmark = pytest.mark.integration
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "pneumonia-endpoint"
+    memory_limit_in_mb: int = 2048
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:pneumonia-endpoint"
+    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+
+@pytest.fixture
+def lambda_context() -> LambdaContext:
+    return LambdaContext()
+
+
+@pytest.fixture(autouse=True)
+def clear_metrics(app_module):
+    yield
+    app_module.metrics.clear_metrics()
+
+
+def event(name: str, **changes) -> dict:
+    recorded = json.loads((EVENTS / f"{name}.json").read_text())
+    recorded = copy.deepcopy(recorded)
+    content_type = changes.pop("content_type", None)
+    if content_type is not None:
+        recorded["headers"]["Content-Type"] = content_type
+        recorded["multiValueHeaders"]["Content-Type"] = [content_type]
+    recorded.update(changes)
+    return recorded
+
+
+def json_event(payload) -> dict:
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return event("predict_json", body=body)
+
+
+def image_event(data: bytes, content_type: str = "image/jpeg") -> dict:
+    return event("predict_binary", body=base64.b64encode(data).decode(), content_type=content_type)
+
+
+def call(app_module, request: dict, context) -> tuple[int, dict]:
+    response = app_module.lambda_handler(request, context)
+    assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_health_names_the_model_version(app_module, lambda_context, model_dir):
+    status, body = call(app_module, event("health"), lambda_context)
+    version = json.loads((model_dir / "model.json").read_text())["model_version"]
+    assert (status, body) == (200, {"status": "ok", "modelVersion": version})
+
+
+def test_predict_base64_json_returns_the_published_contract(
+    app_module, lambda_context, real_images
+):
+    status, body = call(
+        app_module,
+        json_event({"image": base64.b64encode(real_images[0]).decode()}),
+        lambda_context,
+    )
+    assert status == 200
+    assert body["predicted_label"] in ("NORMAL", "PNEUMONIA")
+    assert 0.0 <= body["probability_pneumonia"] <= 1.0
+    assert body["modelVersion"].startswith("sha256-")
+    expected = "PNEUMONIA" if body["probability_pneumonia"] >= body["threshold"] else "NORMAL"
+    assert body["predicted_label"] == expected
+
+
+def test_predict_binary_body_equals_json_body(app_module, lambda_context, real_images):
+    for image in real_images:
+        _, from_binary = call(app_module, image_event(image), lambda_context)
+        _, from_json = call(
+            app_module, json_event({"image": base64.b64encode(image).decode()}), lambda_context
+        )
+        assert from_binary == from_json
+
+
+def test_endpoint_probability_equals_the_pipelines(
+    app_module, lambda_context, real_images, keras_model
+):
+    expected = probabilities_from_keras(keras_model, real_images, app_module.METADATA)
+    served = [
+        call(app_module, image_event(image), lambda_context)[1]["probability_pneumonia"]
+        for image in real_images
+    ]
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def rgb(pixels):
+    return Image.fromarray(np.stack([pixels] * 3, axis=-1))
+
+
+def exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.fromarray(gradient()), "JPEG", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    ("mode", "data", "content_type"),
+    [
+        ("L", encode(Image.fromarray(gradient()), "PNG"), "image/png"),
+        ("RGB", encode(rgb(gradient()), "JPEG"), "image/jpeg"),
+        ("RGBA", encode(rgb(gradient()).convert("RGBA"), "PNG"), "image/png"),
+        ("P", encode(rgb(gradient()).convert("P"), "PNG"), "image/png"),
+        ("I;16", encode(Image.fromarray(gradient().astype(np.uint16) * 257), "PNG"), "image/png"),
+        ("EXIF", exif_rotated(), "image/jpeg"),
+    ],
+)
+def test_every_image_mode_is_served(app_module, lambda_context, mode, data, content_type):
+    status, body = call(app_module, image_event(data, content_type), lambda_context)
+    assert status == 200, (mode, body)
+    assert 0.0 <= body["probability_pneumonia"] <= 1.0
+
+
+def small_jpeg() -> bytes:
+    return encode(Image.fromarray(gradient()), "JPEG")
+
+
+@pytest.mark.parametrize(
+    ("request_event", "status", "message"),
+    [
+        (json_event("{not json"), 400, "not valid JSON"),
+        (json_event({"picture": "abc"}), 400, '"image"'),
+        (json_event({"image": 42}), 400, '"image"'),
+        (json_event({"image": "***not base64***"}), 400, "base64"),
+        (json_event({"image": base64.b64encode(b"hello world").decode()}), 400, "not a recognised"),
+        (json_event({"image": ""}), 400, "empty"),
+        (image_event(small_jpeg()[:-80]), 400, "cannot be decoded"),
+        (image_event(encode(Image.fromarray(gradient()), "GIF"), "image/gif"), 415, "image/gif"),
+        (image_event(encode(Image.fromarray(gradient()), "GIF")), 415, "GIF"),
+        (
+            json_event({"image": base64.b64encode(encode(rgb(gradient()), "BMP")).decode()}),
+            415,
+            "BMP",
+        ),
+        (event("predict_json", content_type="text/plain", body="hello"), 415, "text/plain"),
+        (json_event({"image": "A" * 6_000_000}), 413, "limit"),
+        (event("health", httpMethod="DELETE"), 405, "GET"),
+        (event("predict_json", httpMethod="GET"), 405, "POST"),
+        (event("health", path="/admin", resource="/admin"), 404, "/admin"),
+    ],
+)
+def test_client_errors_get_a_4xx_json_error(
+    app_module, lambda_context, request_event, status, message
+):
+    got_status, body = call(app_module, request_event, lambda_context)
+    assert got_status == status, body
+    assert list(body) == ["error"] and message in body["error"]
+
+
+def test_a_huge_declared_image_is_rejected_from_its_header(app_module, lambda_context):
+    # 30000 x 30000 px (900 MP) in a few kB; decoding it would take ~900 MB.
+    bomb = encode(Image.new("1", (30000, 30000)), "PNG")
+    started = time.perf_counter()
+    status, body = call(app_module, image_event(bomb, "image/png"), lambda_context)
+    elapsed = time.perf_counter() - started
+    assert status == 413 and "pixels" in body["error"]
+    assert elapsed < 0.5, "the pixels were decoded"
+
+
+def test_bit_flipped_images_never_cause_a_5xx(app_module, lambda_context, real_images):
+    rng = np.random.default_rng(0)
+    for image in real_images:
+        for _ in range(10):
+            damaged = bytearray(image)
+            for position in rng.integers(0, len(damaged), 20):
+                damaged[position] ^= 1 << int(rng.integers(0, 8))
+            status, body = call(app_module, image_event(bytes(damaged)), lambda_context)
+            assert status in (200, 400), body
+
+
+def test_logs_carry_outcome_but_never_image_data(app_module, lambda_context, real_images):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(app_module.logger.registered_formatter)
+    app_module.logger.addHandler(handler)
+    encoded = base64.b64encode(real_images[0]).decode()
+    try:
+        call(app_module, json_event({"image": encoded}), lambda_context)
+        call(app_module, json_event({"image": encoded[:-7] + "!!!"}), lambda_context)
+    finally:
+        app_module.logger.removeHandler(handler)
+    logs = stream.getvalue()
+    records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    requests = [r for r in records if r.get("message") == "request"]
+    assert len(requests) == 2
+    assert {r["status"] for r in requests} == {200, 400}
+    assert all("latency_ms" in r and "body_bytes" in r for r in requests)
+    assert requests[0]["correlation_id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    assert encoded[:64] not in logs and encoded[-64:] not in logs
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.binary(max_size=4096),
+    content_type=st.sampled_from(["image/jpeg", "image/png", "application/octet-stream"]),
+)
+def test_fuzzed_binary_bodies_never_cause_a_5xx(app_module, lambda_context, body, content_type):
+    status, payload = call(app_module, image_event(body, content_type), lambda_context)
+    assert 400 <= status < 500 or status == 200, payload
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.text(max_size=512),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda children: st.lists(children) | st.dictionaries(st.text(max_size=8), children),
+            max_leaves=10,
+        ).map(json.dumps),
+        st.binary(max_size=2048).map(lambda b: json.dumps({"image": base64.b64encode(b).decode()})),
+    )
+)
+def test_fuzzed_json_bodies_never_cause_a_5xx(app_module, lambda_context, body):
+    status, payload = call(app_module, json_event(body), lambda_context)
+    assert 400 <= status < 500, payload
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    width=st.integers(1, 300),
+    height=st.integers(1, 300),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16", "1", "LA"]),
+    format=st.sampled_from(["PNG", "JPEG"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzzed_decode_path_serves_any_valid_image(
+    app_module, lambda_context, width, height, mode, format, seed
+):
+    if format == "JPEG" and mode not in ("L", "RGB"):
+        mode = "RGB"
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    image = (
+        image.convert(mode) if mode != "I;16" else Image.fromarray(pixels.astype(np.uint16) * 257)
+    )
+    content_type = "image/png" if format == "PNG" else "image/jpeg"
+    status, body = call(
+        app_module, image_event(encode(image, format), content_type), lambda_context
+    )
+    assert status == 200, body

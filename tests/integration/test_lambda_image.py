@@ -1,0 +1,117 @@
+"""The Lambda image without Docker: its task root, as the Dockerfile lays it out, run in a fresh
+virtual environment holding only lambda/requirements.txt (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import probabilities_from_keras
+
+pytestmark = pytest.mark.integration
+
+RUN_HANDLER = r"""
+import base64, importlib.util, json, sys
+assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is importable"
+assert importlib.util.find_spec("keras") is None, "Keras is importable"
+sys.path.insert(0, sys.argv[1])
+event = json.load(open(sys.argv[2]))
+from app import lambda_handler
+
+class Context:
+    function_name = "pneumonia-endpoint"; memory_limit_in_mb = 1769; aws_request_id = "req-1"
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:pneumonia-endpoint"
+
+results = []
+for path in sys.argv[3:]:
+    event["body"] = base64.b64encode(open(path, "rb").read()).decode()
+    response = lambda_handler(event, Context())
+    results.append({"status": response["statusCode"], **json.loads(response["body"])})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def task_root_from_dockerfile(destination: Path, model_dir: Path) -> Path:
+    """Copy what each COPY line of lambda/Dockerfile copies (models/ from `model_dir`)."""
+    dockerfile = (REPO_ROOT / "lambda" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, target = line.split()[1:]
+        target_dir = destination / target.replace("${LAMBDA_TASK_ROOT}", "").strip("/")
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            origin = (
+                model_dir / Path(source).name
+                if source.startswith("models/")
+                else (REPO_ROOT / source)
+            )
+            shutil.copyfile(origin, target_dir / Path(source).name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def lambda_venv(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("lambda-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-r",
+            str(REPO_ROOT / "lambda" / "requirements.txt"),
+        ],
+        check=True,
+        timeout=900,
+    )
+    return python
+
+
+def test_the_image_serves_real_images_without_tensorflow(
+    lambda_venv, tmp_path, model_dir, shared_data, keras_model, app_module
+):
+    root = task_root_from_dockerfile(tmp_path / "task", model_dir)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "app.py",
+        "model/model.json",
+        "model/model.onnx",
+        "pneumonia/__init__.py",
+        "pneumonia/imaging.py",
+        "pneumonia/metadata.py",
+        "requirements.txt",
+    ]
+    images = (
+        sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:2]
+        + sorted((shared_data / "train" / "NORMAL").iterdir())[:2]
+    )
+    event = REPO_ROOT / "tests" / "events" / "predict_binary.json"
+    result = subprocess.run(
+        [str(lambda_venv), "-c", RUN_HANDLER, str(root), str(event), *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "MODEL_DIR": str(root / "model"),
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(re.search(r"^RESULTS (.*)$", result.stdout, re.M).group(1))
+    assert [r["status"] for r in results] == [200] * 4
+    expected = probabilities_from_keras(
+        keras_model, [p.read_bytes() for p in images], app_module.METADATA
+    )
+    np.testing.assert_allclose([r["probability_pneumonia"] for r in results], expected, atol=1e-5)
