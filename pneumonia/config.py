@@ -77,6 +77,12 @@ class ExportParams(_Section):
     parity_tolerance: float = Field(gt=0)
 
 
+class GateParams(_Section):
+    min_roc_auc: float = Field(ge=0, le=1)
+    min_sensitivity: float = Field(ge=0, le=1)
+    max_regression: float = Field(ge=0, le=1)
+
+
 class Params(_Section):
     base: BaseParams
     ingest: IngestParams
@@ -84,6 +90,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     export_onnx: ExportParams
+    gate: GateParams
 
 
 class ParamsError(ValueError):

@@ -18,6 +18,7 @@ KERAS_MODEL = MODELS / "model.keras"
 TRAIN_INFO = MODELS / "train_info.json"  # device, epochs run, MLflow run id
 ONNX_MODEL = MODELS / "model.onnx"
 MODEL_METADATA = MODELS / "model.json"
+MODEL_CARD = MODELS / "MODEL_CARD.md"
 
 METRICS = Path("metrics")
 TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage

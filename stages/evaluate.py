@@ -11,18 +11,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
+from tqdm import tqdm
 
 from pneumonia import paths, tracking
 from pneumonia.config import EvaluateParams, load_params
-from pneumonia.prepared import load_files, load_split
+from pneumonia.imaging import PreprocessConfig, decode_image, prepare_image
+from pneumonia.prepared import load_files, load_split, preprocessing
 
 log = logging.getLogger("evaluate")
 
 CI_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity", "precision", "f1")
+ROBUSTNESS_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
 
 
 def choose_threshold(
@@ -117,6 +123,7 @@ def evaluate(
     )
     return {
         "threshold": threshold,
+        "threshold_policy": params.threshold_policy,
         "test": {
             **{name: float(point[name]) for name in CI_METRICS},
             **calibration(test_labels, test_probabilities, params.calibration_bins),
@@ -130,6 +137,96 @@ def evaluate(
             for key in ("true_positives", "true_negatives", "false_positives", "false_negatives")
         },
     }
+
+
+# ---------------------------------------------------------------- robustness
+
+# Shifts a different scanner or PACS could apply, on the decoded image (H, W) float in [0, 1].
+# Each returns what prepare_image accepts: an array, or bytes when the shift is an encoding.
+SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray | bytes]] = {
+    "brighter +0.15": lambda gray: np.clip(gray + 0.15, 0, 1),
+    "darker -0.15": lambda gray: np.clip(gray - 0.15, 0, 1),
+    "contrast x0.6": lambda gray: np.clip(gray.mean() + (gray - gray.mean()) * 0.6, 0, 1),
+    "gamma 1.5": lambda gray: gray**1.5,
+    "jpeg quality 20": lambda gray: _jpeg(gray, 20),
+    "resolution 1/4": lambda gray: _rescale(gray, 0.25),
+    "rotation +10 deg": lambda gray: _rotate(gray, 10),
+    "rotation -10 deg": lambda gray: _rotate(gray, -10),
+}
+
+
+def _jpeg(gray: np.ndarray, quality: int) -> bytes:
+    ok, encoded = cv2.imencode(
+        ".jpg", np.rint(gray * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    assert ok
+    return encoded.tobytes()
+
+
+def _rescale(gray: np.ndarray, factor: float) -> np.ndarray:
+    height, width = gray.shape
+    small = cv2.resize(
+        gray,
+        (max(1, round(width * factor)), max(1, round(height * factor))),
+        interpolation=cv2.INTER_AREA,
+    )
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _rotate(gray: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = gray.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(gray, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
+
+
+def shifted_inputs(raw_files: list[Path], shift: Callable, config: PreprocessConfig) -> np.ndarray:
+    """(N, S, S, 1) uint8: each raw image decoded, shifted, then prepared as usual."""
+    return np.stack(
+        [prepare_image(shift(decode_image(path.read_bytes())), config) for path in raw_files]
+    )
+
+
+def robustness(
+    predict: Callable[[np.ndarray], np.ndarray],
+    raw_files: list[Path],
+    labels: np.ndarray,
+    threshold: float,
+    config: PreprocessConfig,
+) -> dict:
+    """Test metrics on shifted copies of the test split, at the same threshold."""
+    report = {}
+    for name, shift in tqdm(SHIFTS.items(), desc="robustness", unit="shift"):
+        probabilities = predict(shifted_inputs(raw_files, shift, config))
+        metrics = binary_metrics(labels, probabilities, threshold)
+        report[name] = {key: float(metrics[key]) for key in ROBUSTNESS_METRICS}
+    return report
+
+
+def robustness_figure(clean: dict, shifted: dict):
+    """Grouped bars: each metric, clean against every shift."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["clean", *shifted]
+    rows = [clean, *shifted.values()]
+    figure, axis = plt.subplots(figsize=(10, 5), layout="constrained")
+    width = 0.8 / len(ROBUSTNESS_METRICS)
+    for index, metric in enumerate(ROBUSTNESS_METRICS):
+        axis.bar(
+            np.arange(len(names)) + index * width,
+            [row[metric] for row in rows],
+            width,
+            label=metric,
+        )
+    axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=25, ha="right")
+    axis.set_ylim(0.5, 1.0)
+    axis.set_ylabel("test split, threshold from validation")
+    axis.set_title("Robustness to acquisition shifts")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=len(ROBUSTNESS_METRICS))
+    axis.grid(axis="y", alpha=0.3)
+    return figure
 
 
 def main() -> None:
@@ -156,6 +253,16 @@ def main() -> None:
     )
     results["val"] = binary_metrics(val_labels, val_probabilities, threshold)
     results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
+    prepared = preprocessing()
+    prepared.pop("labels")
+    test_files = [paths.RAW / name for name in load_files("test")]
+    results["robustness"] = robustness(
+        lambda images: predict_probabilities(model, images),
+        test_files,
+        test_labels,
+        threshold,
+        PreprocessConfig(**prepared),
+    )
 
     with Live(dir=str(paths.EVALUATE_LIVE), save_dvc_exp=False, dvcyaml=None) as live:
         live.summary = results
@@ -177,10 +284,23 @@ def main() -> None:
             name="calibration.json",
             n_bins=params.evaluate.calibration_bins,
         )
+        clean = {key: results["test"][key] for key in ROBUSTNESS_METRICS}
+        live.log_plot(
+            "robustness",
+            [
+                {"shift": name, **values}
+                for name, values in {"clean": clean, **results["robustness"]}.items()
+            ],
+            x="roc_auc",
+            y="shift",
+            template="bar_horizontal",
+            title="Test AUC under shifts",
+        )
+        live.log_image("robustness.png", robustness_figure(clean, results["robustness"]))
 
     pd.DataFrame(
         {
-            "file": load_files("test"),
+            "file": [path.relative_to(paths.RAW).as_posix() for path in test_files],
             "label": [labels_names[i] for i in test_labels],
             "probability_pneumonia": test_probabilities,
             "predicted_label": [labels_names[i] for i in predicted],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +14,52 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.pipeline_repo import STAGES, make_slice, run, set_params, stages_run
 
 IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory, shared_data) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = root / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        source = REPO_ROOT / name
+        if source.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    source = make_slice(shared_data, root / "source", {"NORMAL": 50, "PNEUMONIA": 100})
+    set_params(
+        repo,
+        **{
+            "ingest.source": str(source),
+            "ingest.val_fraction": 0.2,
+            "ingest.test_fraction": 0.2,
+            "preprocess.image_size": 64,
+            "train.width": 16,
+            "train.depth": 2,
+            "train.batch_size": 16,
+            "train.epochs": 1,
+            "evaluate.bootstrap_samples": 200,
+        },
+    )
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "slice"],
+    ):
+        subprocess.run(command, cwd=repo, check=True)
+    result = run(repo, "dvc", "repro")
+    assert stages_run(result.stdout) == STAGES
+    return repo
 
 
 @pytest.fixture(scope="session")

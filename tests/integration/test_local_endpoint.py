@@ -145,3 +145,41 @@ def test_infrastructure_passes_its_linter(tool, checked):
     linter = Path(sys.executable).parent / tool
     result = subprocess.run([linter, str(REPO_ROOT / checked)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_smoke_script_passes_on_a_healthy_endpoint_and_fails_on_a_wrong_version(
+    local_url, model_dir
+):
+    version = json.loads((model_dir / "model.json").read_text())["model_version"]
+    smoke = [
+        sys.executable,
+        str(REPO_ROOT / "lambda" / "smoke.py"),
+        "--url",
+        local_url,
+        "--image",
+        str(REPO_ROOT / "tests" / "events" / "smoke.jpeg"),
+    ]
+    healthy = subprocess.run([*smoke, "--expect-version", version], capture_output=True, text=True)
+    assert healthy.returncode == 0, healthy.stdout
+    stale = subprocess.run(
+        [*smoke, "--expect-version", "sha256-000000000000"], capture_output=True, text=True
+    )
+    assert stale.returncode == 1 and "expected sha256-000000000000" in stale.stdout
+
+
+@pytest.mark.parametrize("workflow", ["ci.yml", "deploy.yml"])
+def test_workflows_match_githubs_schema_and_pass_zizmor(workflow):
+    path = REPO_ROOT / ".github" / "workflows" / workflow
+    bin_dir = Path(sys.executable).parent
+    schema = subprocess.run(
+        [bin_dir / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert schema.returncode == 0, schema.stdout + schema.stderr
+    audit = subprocess.run(
+        [bin_dir / "zizmor", "--offline", "--no-progress", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -9,121 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from PIL import Image
 
-from tests.conftest import REPO_ROOT
-from tests.images import encode, gradient
+from tests.integration.pipeline_repo import STAGES, pipeline_env, run, set_params, stages_run
 
 pytestmark = pytest.mark.integration
-
-STAGES = ["ingest", "preprocess", "train", "evaluate", "export_onnx"]
-
-
-def make_slice(shared_data: Path, destination: Path, per_label: dict[str, int]) -> Path:
-    """Every k-th real image of each class, and four faulty files in train/NORMAL."""
-    for label, count in per_label.items():
-        files = sorted((shared_data / "train" / label).iterdir())
-        folder = destination / "train" / label
-        folder.mkdir(parents=True)
-        for file in files[:: len(files) // count][:count]:
-            shutil.copyfile(file, folder / file.name)
-    normal = destination / "train" / "NORMAL"
-    real = next(normal.iterdir()).read_bytes()
-    (normal / "IM-9001-0001.jpeg").write_bytes(real[: len(real) // 2])  # corrupt (truncated)
-    (normal / "IM-9002-0001.jpeg").write_bytes(b"")  # zero bytes
-    (normal / "IM-9003-0001.jpeg").write_text("radiology report, not an image\n")
-    (normal / "IM-9004-0001.jpeg").write_bytes(encode(Image.fromarray(gradient()), "PNG"))
-    return destination
-
-
-def set_params(repo: Path, **changes) -> None:
-    """Set dotted keys of params.yaml, e.g. set_params(repo, **{"train.epochs": 2})."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        section = params
-        for parent in parents:
-            section = section[parent]
-        section[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        command, cwd=repo, env=pipeline_env(repo), capture_output=True, text=True, timeout=900
-    )
-    if check and result.returncode != 0:
-        tail = result.stdout[-3000:] + result.stderr[-3000:]
-        pytest.fail(f"{' '.join(command)} failed:\n{tail}")
-    return result
-
-
-def pipeline_env(repo: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, shared_data) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    repo = root / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        source = REPO_ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, repo / name)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    source = make_slice(shared_data, root / "source", {"NORMAL": 50, "PNEUMONIA": 100})
-    set_params(
-        repo,
-        **{
-            "ingest.source": str(source),
-            "ingest.val_fraction": 0.2,
-            "ingest.test_fraction": 0.2,
-            "preprocess.image_size": 64,
-            "train.width": 16,
-            "train.depth": 2,
-            "train.batch_size": 16,
-            "train.epochs": 1,
-            "evaluate.bootstrap_samples": 200,
-        },
-    )
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "slice"],
-    ):
-        subprocess.run(command, cwd=repo, check=True)
-    result = run(repo, "dvc", "repro")
-    assert stages_run(result.stdout) == STAGES
-    return repo
 
 
 def test_ingest_quarantines_bad_files_accepts_the_png_and_reports(repo):
@@ -183,6 +79,12 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
     assert 0.0 <= metrics["test"]["brier"] <= 1.0 and 0.0 <= metrics["test"]["ece"] <= 1.0
     for plot in ("roc", "precision_recall", "confusion_matrix", "calibration"):
         assert json.loads((repo / f"metrics/evaluate/plots/sklearn/{plot}.json").read_text())
+    from stages.evaluate import SHIFTS
+
+    assert set(metrics["robustness"]) == set(SHIFTS)
+    for shifted in metrics["robustness"].values():
+        assert all(0.0 <= value <= 1.0 for value in shifted.values())
+    assert (repo / "metrics/evaluate/plots/images/robustness.png").stat().st_size > 5000
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
     assert shown, "dvc metrics show found no metrics"
     run(repo, "dvc", "plots", "show", "-o", "plots_html")
@@ -218,6 +120,52 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     assert metadata["threshold"] == evaluation["threshold"]
     manifest_hash = hashlib.sha256((repo / "data/manifest.csv").read_bytes()).hexdigest()
     assert metadata["training_data_sha256"] == manifest_hash
+
+
+def test_the_export_is_registered_in_mlflow_and_fetchable(repo, tmp_path):
+    run(repo, "python", "-m", "pneumonia.registry", "fetch", "--output", str(tmp_path))
+    for name in ("model.onnx", "model.json"):
+        assert (tmp_path / name).read_bytes() == (repo / "models" / name).read_bytes()
+
+
+def test_model_card_is_written_from_this_runs_metrics(repo):
+    card = (repo / "models/MODEL_CARD.md").read_text()
+    metadata = json.loads((repo / "models/model.json").read_text())
+    evaluation = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+    assert metadata["model_version"] in card
+    assert f"{evaluation['threshold']:.4f}" in card
+    assert f"{evaluation['test']['roc_auc']:.3f} [" in card
+    assert "Not a diagnostic device" in card and "pediatric" in card.lower()
+    for shift in evaluation["robustness"]:
+        assert f"| {shift} |" in card
+
+
+def test_train_never_reads_the_test_split(repo):
+    # GIVEN the prepared test split is gone, WHEN train runs, THEN it still succeeds.
+    test_split = repo / "data/prepared/test.npz"
+    hidden = test_split.rename(repo / "test.npz.hidden")
+    try:
+        run(repo, "python", "-m", "stages.train")
+    finally:
+        hidden.rename(test_split)
+
+
+def test_threshold_is_chosen_without_the_test_split(repo):
+    metrics_file = repo / "metrics/evaluate/metrics.json"
+    run(repo, "python", "-m", "stages.evaluate")
+    threshold = json.loads(metrics_file.read_text())["threshold"]
+    # WHEN the test split's labels are all flipped, THEN the threshold does not move.
+    test_split = repo / "data/prepared/test.npz"
+    original = test_split.read_bytes()
+    with np.load(test_split) as arrays:
+        tampered = {key: arrays[key] for key in arrays.files}
+    tampered["labels"] = 1 - tampered["labels"]
+    np.savez(test_split, **tampered)
+    try:
+        run(repo, "python", "-m", "stages.evaluate")
+        assert json.loads(metrics_file.read_text())["threshold"] == threshold
+    finally:
+        test_split.write_bytes(original)
 
 
 def test_repro_reruns_only_what_changed(repo):
@@ -268,8 +216,33 @@ def test_a_repro_killed_during_train_completes_when_run_again(repo):
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
-def test_an_experiment_with_a_changed_param_shows_in_exp_show(repo):
+def test_the_readme_experiment_walkthrough(repo, tmp_path):
+    # The README's commands, on the slice (whose ingest.source is absolute, as a queue needs).
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+        cwd=repo,
+        check=True,
+    )
     run(repo, "dvc", "repro")
     run(repo, "dvc", "exp", "run", "--set-param", "train.epochs=1", "--name", "one-epoch")
+    run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.1", "--name", "q-a")
+    run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.5", "--name", "q-b")
+    run(repo, "dvc", "queue", "start", "--jobs", "1")
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", run(repo, "dvc", "queue", "status").stdout):
+        assert time.monotonic() < deadline, "the queue did not finish"
+        time.sleep(3)
+    status = run(repo, "dvc", "queue", "status").stdout
+    assert status.count("Success") >= 2, status
     shown = run(repo, "dvc", "exp", "show", "--json").stdout
-    assert "one-epoch" in shown and "best_val_auc" in shown
+    for name in ("one-epoch", "q-a", "q-b"):
+        assert name in shown
+    diff = run(repo, "dvc", "exp", "diff", "q-a", "q-b", "--json").stdout
+    assert "dropout" in diff
+    run(repo, "dvc", "exp", "apply", "q-b")
+    params_diff = run(repo, "dvc", "params", "diff", "main", "--md").stdout
+    assert "train.dropout" in params_diff and "0.5" in params_diff
+    assert "Path" in run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
+    run(repo, "dvc", "plots", "diff", "main", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").stat().st_size > 1000

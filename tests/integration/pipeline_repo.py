@@ -1,0 +1,71 @@
+"""Building and driving a temporary copy of the repository for the real `dvc repro`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.images import encode, gradient
+
+STAGES = ["ingest", "preprocess", "train", "evaluate", "export_onnx"]
+
+
+def make_slice(shared_data: Path, destination: Path, per_label: dict[str, int]) -> Path:
+    """Every k-th real image of each class, and four faulty files in train/NORMAL."""
+    for label, count in per_label.items():
+        files = sorted((shared_data / "train" / label).iterdir())
+        folder = destination / "train" / label
+        folder.mkdir(parents=True)
+        for file in files[:: len(files) // count][:count]:
+            shutil.copyfile(file, folder / file.name)
+    normal = destination / "train" / "NORMAL"
+    real = next(normal.iterdir()).read_bytes()
+    (normal / "IM-9001-0001.jpeg").write_bytes(real[: len(real) // 2])  # corrupt (truncated)
+    (normal / "IM-9002-0001.jpeg").write_bytes(b"")  # zero bytes
+    (normal / "IM-9003-0001.jpeg").write_text("radiology report, not an image\n")
+    (normal / "IM-9004-0001.jpeg").write_bytes(encode(Image.fromarray(gradient()), "PNG"))
+    return destination
+
+
+def set_params(repo: Path, **changes) -> None:
+    """Set dotted keys of params.yaml, e.g. set_params(repo, **{"train.epochs": 2})."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        section = params
+        for parent in parents:
+            section = section[parent]
+        section[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(repo: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command, cwd=repo, env=pipeline_env(repo), capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        tail = result.stdout[-3000:] + result.stderr[-3000:]
+        pytest.fail(f"{' '.join(command)} failed:\n{tail}")
+    return result
+
+
+def pipeline_env(repo: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)

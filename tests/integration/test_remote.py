@@ -1,0 +1,123 @@
+"""DVC remote storage for real: the pipeline's data and models pushed to an S3-compatible
+server on 127.0.0.1 (moto's standalone server), pulled into a fresh clone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.pipeline_repo import pipeline_env, run
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "pneumonia-dvc"
+CREDENTIALS = {  # the environment is the only place credentials come from
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(CREDENTIALS)
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+def objects_in_bucket(endpoint: str) -> int:
+    import boto3
+
+    listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=BUCKET)
+    return listing.get("KeyCount", 0)
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    tracked = ["data/prepared", "data/raw", "models/model.onnx", "models/model.keras"]
+    hashes = {}
+    for name in tracked:
+        for path in sorted([root / name] if (root / name).is_file() else (root / name).rglob("*")):
+            if path.is_file():
+                hashes[path.relative_to(root).as_posix()] = hashlib.sha256(
+                    path.read_bytes()
+                ).hexdigest()
+    return hashes
+
+
+def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(repo, s3_endpoint, tmp_path):
+    env = {**pipeline_env(repo), **CREDENTIALS}
+    run(repo, "dvc", "repro")
+    run(repo, "dvc", "remote", "add", "s3", f"s3://{BUCKET}/store")
+    run(repo, "dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint)
+    config = (repo / ".dvc" / "config").read_text()
+    assert "secret" not in config.lower() and "access_key" not in config.lower()
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "s3"],
+        cwd=repo,
+        check=True,
+    )
+
+    # WHEN a push is killed once some objects have arrived ...
+    push = subprocess.Popen(
+        ["dvc", "push", "-r", "s3", "-j", "1"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while objects_in_bucket(s3_endpoint) < 3 and push.poll() is None:
+        assert time.monotonic() < deadline, "the push sent nothing"
+        time.sleep(0.05)
+    interrupted = push.poll() is None
+    if interrupted:
+        os.killpg(push.pid, signal.SIGKILL)
+    push.wait(timeout=30)
+    # ... THEN running it again completes, and the remote holds everything.
+    subprocess.run(["dvc", "push", "-r", "s3"], cwd=repo, env=env, check=True, capture_output=True)
+    status = subprocess.run(
+        ["dvc", "status", "-c", "-r", "s3"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "in sync" in status.stdout, status.stdout
+    assert interrupted, "the push finished before it could be interrupted"
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    assert not (clone / "models/model.onnx").exists()
+    subprocess.run(["dvc", "pull", "-r", "s3"], cwd=clone, env=env, check=True, capture_output=True)
+    status = subprocess.run(
+        ["dvc", "status", "-c", "-r", "s3"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "in sync" in status.stdout, status.stdout
+    assert file_hashes(clone) == file_hashes(repo)
+    assert len(file_hashes(clone)) > 100

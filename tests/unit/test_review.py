@@ -1,0 +1,66 @@
+"""The pull-request gate on good, regressed, below-floor, missing and malformed metrics."""
+
+import json
+import shutil
+
+import pytest
+
+from pneumonia.config import GateParams
+from pneumonia.review import MetricsError, check_gate, main, read_metrics
+from tests.conftest import REPO_ROOT
+
+GATE = GateParams(min_roc_auc=0.975, min_sensitivity=0.96, max_regression=0.01)
+
+
+def metrics(roc_auc: float, sensitivity: float) -> dict:
+    return {"threshold": 0.4, "test": {"roc_auc": roc_auc, "sensitivity": sensitivity}}
+
+
+def test_good_metrics_pass_against_a_baseline():
+    assert check_gate(metrics(0.990, 0.97), metrics(0.992, 0.975), GATE) == []
+
+
+def test_below_a_floor_fails_and_says_which():
+    failures = check_gate(metrics(0.970, 0.97), None, GATE)
+    assert failures == ["test roc_auc 0.9700 is below the floor 0.9750"]
+
+
+def test_a_regression_beyond_the_tolerance_fails_even_above_the_floors():
+    failures = check_gate(metrics(0.990, 0.965), metrics(0.995, 0.990), GATE)
+    assert failures == [
+        "test sensitivity fell from 0.9900 to 0.9650, more than the tolerance 0.0100"
+    ]
+
+
+def test_a_base_without_the_metric_is_no_regression():
+    assert check_gate(metrics(0.99, 0.97), {"test": {}}, GATE) == []
+
+
+def test_metrics_without_test_values_are_an_error():
+    with pytest.raises(MetricsError, match=r"test\.roc_auc"):
+        check_gate({"threshold": 0.5}, None, GATE)
+
+
+def test_missing_and_malformed_files_are_clear_errors(tmp_path):
+    with pytest.raises(MetricsError, match="not found"):
+        read_metrics(tmp_path / "metrics.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    with pytest.raises(MetricsError, match="not valid JSON"):
+        read_metrics(bad)
+
+
+def test_the_gate_command_exit_codes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")  # floors from params
+    good, base, bad = (tmp_path / name for name in ("good.json", "base.json", "bad.json"))
+    good.write_text(json.dumps(metrics(0.99, 0.97)))
+    base.write_text(json.dumps(metrics(0.99, 0.97)))
+    bad.write_text(json.dumps(metrics(0.90, 0.97)))
+    assert main(["gate", "--metrics", str(good), "--base-metrics", str(base)]) == 0
+    assert main(["gate", "--metrics", str(bad), "--base-metrics", str(base)]) == 1
+    assert "FAIL test roc_auc 0.9000 is below the floor" in capsys.readouterr().out
+    assert (
+        main(["gate", "--metrics", str(tmp_path / "absent.json"), "--base-metrics", str(base)]) == 2
+    )
+    assert "not found" in capsys.readouterr().err
