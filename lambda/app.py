@@ -24,7 +24,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field, ValidationError
 
-from pneumonia.imaging import MAX_PIXELS, MAX_SIDE, ImageError, prepare_image, read_header
+from pneumonia.imaging import MAX_PIXELS, MAX_SIDE, ImageError, prepare_image
 from pneumonia.metadata import ModelMetadata
 
 # Lambda's synchronous payload limit is 6 MB; API Gateway base64-encodes binary
@@ -152,7 +152,7 @@ def classify(image_bytes: bytes) -> tuple[str, float]:
     if SESSION is None or METADATA is None:
         raise ModelUnavailable
     try:
-        read_header(image_bytes)  # format and pixel caps, before any decoding
+        # Format and pixel caps are checked from the header before any pixel is decoded.
         pixels = prepare_image(image_bytes, METADATA.preprocessing)  # (S, S, 1) uint8
     except ImageError as error:
         status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)

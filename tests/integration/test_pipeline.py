@@ -246,3 +246,22 @@ def test_the_readme_experiment_walkthrough(repo, tmp_path):
     assert "Path" in run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
     run(repo, "dvc", "plots", "diff", "main", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
+    # The pull-request report, as the review workflow runs it.
+    review = tmp_path / "review.md"
+    run(
+        repo,
+        "python",
+        "-m",
+        "pneumonia.review",
+        "report",
+        "--base",
+        "main",
+        "--output",
+        str(review),
+        "--plots",
+        str(tmp_path / "review_plots"),
+    )
+    text = review.read_text()
+    assert "## Model review" in text and "train.dropout" in text
+    assert "metrics/train/metrics.json" in text and "Metric gate" in text
+    assert (tmp_path / "review_plots" / "index.html").exists()
