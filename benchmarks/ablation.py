@@ -76,7 +76,12 @@ def main() -> None:
             print(rows[-1], file=sys.stderr, flush=True)
     finally:
         sh("git", "checkout", "--", *TRACKED_OUTPUTS)
-        sh("dvc", "checkout", "--force")
+        restored = subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, capture_output=True)
+        if restored.returncode != 0:
+            print(
+                "the committed outputs are not in this cache: run `dvc pull` or `dvc repro`",
+                file=sys.stderr,
+            )
     print(header)
     print("\n".join(rows))
 
