@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from machine import describe  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest-xray-pneumonia" / "train"
@@ -336,11 +336,7 @@ def main() -> None:
         )
     )
 
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        found = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = found.group(1) if found else cpu
-    print(f"\nmachine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu})")
+    print(f"\nmachine: {describe()}")
     print(
         f"one request = decode + preprocess + inference of a 224x224 JPEG, single thread, "
         f"{args.requests} warm requests"

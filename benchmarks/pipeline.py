@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py
 
 STAGES = ["ingest", "preprocess", "train", "evaluate", "export_onnx"]
 # Measures one command in a fresh interpreter, so each figure is that stage's own peak.
@@ -39,17 +40,6 @@ def measure(command: list[str]) -> tuple[float, float]:
         sys.exit(f"{' '.join(command)} failed (exit {code}); run it by hand to see why")
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024  # macOS reports bytes
     return float(seconds), int(max_rss_kib) * scale
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu})"
 
 
 def main() -> None:
@@ -75,7 +65,7 @@ def main() -> None:
         )
     )
 
-    print(f"\nmachine: {machine()}, Python {platform.python_version()}")
+    print(f"\nmachine: {describe()}")
     print(f"{'what':<44} {'seconds':>9} {'peak MiB':>9}")
     print("-" * 64)
     for what, seconds, peak in rows:

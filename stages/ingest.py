@@ -99,20 +99,10 @@ def patient_id(file_name: str) -> str:
 # ---------------------------------------------------------------- sources
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks (hashlib.file_digest)."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def fetch(url: str, downloads: Path) -> Path:
@@ -144,7 +134,7 @@ def fetch(url: str, downloads: Path) -> Path:
 def verify_sha256(path: Path, expected: str | None) -> None:
     if expected is None:
         return
-    actual = sha256_of(path)
+    actual = file_digest(path, "sha256")
     if actual.lower() != expected.lower():
         raise SourceError(
             f"{path}: sha256 is {actual}, expected {expected} (ingest.sha256). "
@@ -159,7 +149,7 @@ def verify_medmnist(path: Path) -> None:
             f"{path.name} is not a PneumoniaMNIST release file "
             f"(expected one of {', '.join(sorted(MEDMNIST_MD5))})"
         )
-    actual = md5_of(path)
+    actual = file_digest(path, "md5")
     if actual != expected:
         raise SourceError(f"{path}: md5 {actual} does not match MedMNIST's {expected}")
 

@@ -63,7 +63,7 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 
 def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(repo, s3_endpoint, tmp_path):
-    env = {**pipeline_env(repo), **CREDENTIALS}
+    env = pipeline_env(repo)  # carries CREDENTIALS, set by the s3_endpoint fixture
     run(repo, "dvc", "repro")
     run(repo, "dvc", "remote", "add", "s3", f"s3://{BUCKET}/store")
     run(repo, "dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint)
@@ -94,30 +94,16 @@ def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(repo, s3_
         os.killpg(push.pid, signal.SIGKILL)
     push.wait(timeout=30)
     # ... THEN running it again completes, and the remote holds everything.
-    subprocess.run(["dvc", "push", "-r", "s3"], cwd=repo, env=env, check=True, capture_output=True)
-    status = subprocess.run(
-        ["dvc", "status", "-c", "-r", "s3"],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "in sync" in status.stdout, status.stdout
+    run(repo, "dvc", "push", "-r", "s3")
+    status = run(repo, "dvc", "status", "-c", "-r", "s3").stdout
+    assert "in sync" in status, status
     assert interrupted, "the push finished before it could be interrupted"
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     assert not (clone / "models/model.onnx").exists()
-    subprocess.run(["dvc", "pull", "-r", "s3"], cwd=clone, env=env, check=True, capture_output=True)
-    status = subprocess.run(
-        ["dvc", "status", "-c", "-r", "s3"],
-        cwd=clone,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "in sync" in status.stdout, status.stdout
+    run(clone, "dvc", "pull", "-r", "s3")
+    status = run(clone, "dvc", "status", "-c", "-r", "s3").stdout
+    assert "in sync" in status, status
     assert file_hashes(clone) == file_hashes(repo)
     assert len(file_hashes(clone)) > 100
