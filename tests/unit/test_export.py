@@ -1,8 +1,8 @@
-"""The ONNX parity check that fails export_onnx."""
+"""The ONNX parity check that fails export_onnx, and the canonical form behind the model version."""
 
 import numpy as np
 
-from stages.export_onnx import parity
+from stages.export_onnx import canonical, parity
 
 
 def test_parity_reports_the_largest_difference_and_flipped_labels():
@@ -18,3 +18,44 @@ def test_identical_predictions_pass():
     probabilities = np.linspace(0, 1, 11)
     check = parity(probabilities, probabilities.copy(), threshold=0.3)
     assert check == {"images": 11, "max_abs_diff": 0.0, "labels_differing": 0}
+
+
+def small_graph(order: list[int], names: dict[str, str], weight: float = 0.5) -> bytes:
+    """Y = (relu(X) + W) * neg(X), with its nodes in `order` and intermediates renamed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def n(name: str) -> str:
+        return names.get(name, name)
+
+    nodes = [
+        helper.make_node("Relu", ["X"], [n("r")], name=n("relu")),
+        helper.make_node("Neg", ["X"], [n("g")], name=n("neg")),
+        helper.make_node("Add", [n("r"), n("W")], [n("s")], name=n("add")),
+        helper.make_node("Mul", [n("s"), n("g")], ["Y"], name=n("mul")),
+    ]
+    graph = helper.make_graph(
+        [nodes[i] for i in order],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["unk__12", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["unk__13", 3])],
+        [numpy_helper.from_array(np.full(3, weight, dtype=np.float32), n("W"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return canonical(model).SerializeToString(deterministic=True)
+
+
+def test_equal_graphs_become_equal_bytes_whatever_their_order_and_names():
+    import onnxruntime
+
+    reference = small_graph([0, 1, 2, 3], {})
+    shuffled = small_graph(
+        [1, 0, 2, 3], {"r": "a/merged:0", "g": "unk_7", "s": "x", "W": "const_fold_opt__9"}
+    )
+    assert shuffled == reference
+    assert small_graph([0, 1, 2, 3], {}, weight=0.25) != reference  # a weight change shows
+
+    session = onnxruntime.InferenceSession(reference, providers=["CPUExecutionProvider"])
+    x = np.array([[-1.0, 0.0, 2.0]], dtype=np.float32)
+    (y,) = session.run(None, {"X": x})
+    np.testing.assert_allclose(y, (np.maximum(x, 0) + 0.5) * -x)
+    assert [o.name for o in session.get_outputs()] == ["Y"]

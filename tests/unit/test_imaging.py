@@ -1,5 +1,6 @@
 """prepare_image: every input mode and bit depth to (S, S, 1) uint8; bad bytes get a reason."""
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,6 +8,7 @@ from PIL import Image
 from pneumonia.imaging import (
     ImageError,
     PreprocessConfig,
+    decode_gray,
     decode_image,
     prepare_image,
     read_header,
@@ -67,6 +69,31 @@ def test_exif_orientation_is_applied():
     gray = decode_image(data)
     assert gray.shape == (96, 64)  # displayed upright: taller than wide
     assert gray[:10, -10:].mean() > 0.95  # the bright block is now top-right
+
+
+def test_a_large_jpeg_is_scaled_down_in_the_dct_and_matches_the_full_decode():
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (1024, 1200)).astype(np.uint8), (0, 0), 12)
+    pixels = cv2.normalize(smooth, None, 0, 255, cv2.NORM_MINMAX)
+    data = encode(rgb(pixels), "JPEG", quality=95)
+    config = PreprocessConfig(image_size=128, intensity="none")
+    # libjpeg decodes 1/8 of each side, still >= 128, straight to luma.
+    assert decode_gray(data, min_size=128).shape == (128, 150)
+    assert decode_gray(data, min_size=200).shape == (256, 300)  # 1/4: 1/8 would be < 200
+    assert decode_gray(data).shape == (1024, 1200)
+    scaled = prepare_image(data, config).astype(int)
+    full = prepare_image(decode_gray(data), config).astype(int)
+    assert np.abs(scaled - full).mean() < 1.0
+    assert np.abs(scaled - full).max() <= 4
+
+
+def test_sixteen_bit_and_eight_bit_sources_prepare_alike():
+    pixels = gradient(200, 160)
+    eight = prepare_image(encode(Image.fromarray(pixels), "PNG"), CONFIG).astype(int)
+    sixteen = prepare_image(encode(Image.fromarray(pixels.astype(np.uint16) * 257), "PNG"), CONFIG)
+    floats = prepare_image(pixels / 255.0, CONFIG)
+    assert np.abs(eight - sixteen.astype(int)).max() <= 1
+    assert np.abs(eight - floats.astype(int)).max() <= 1
 
 
 def test_decoded_array_and_bytes_take_the_same_path():
