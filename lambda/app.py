@@ -92,7 +92,10 @@ SESSION: onnxruntime.InferenceSession | None
 METADATA: ModelMetadata | None
 try:  # once per cold start
     SESSION, METADATA = load_model(MODEL_DIR)
-except (OSError, ValueError, KeyError, TypeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail):
+except Exception:
+    # onnxruntime's errors (NoSuchFile, InvalidProtobuf, ...) derive from Exception alone.
+    # Whatever it was, the function stays up: /health answers 503 and the cause is in the
+    # log, instead of an init error on every request.
     logger.exception("model could not be loaded", extra={"model_dir": str(MODEL_DIR)})
     SESSION, METADATA = None, None
 

@@ -75,6 +75,48 @@ def test_health_names_the_model_version(app_module, lambda_context, model_dir):
     assert (status, body) == (200, {"status": "ok", "modelVersion": version})
 
 
+BROKEN_MODEL_CHILD = """
+import json, sys
+sys.path.insert(0, "lambda")
+import app
+context = type("Context", (), {"function_name": "f", "memory_limit_in_mb": 1769,
+    "invoked_function_arn": "arn:aws:lambda:eu-west-1:1:function:f", "aws_request_id": "r"})()
+for name in ("health", "predict_binary"):
+    request = json.load(open(f"tests/events/{name}.json"))
+    response = app.lambda_handler(request, context)
+    print("RESULT", response["statusCode"], response["body"])
+"""
+
+
+@pytest.mark.parametrize("breakage", ["no model.onnx", "corrupt model.onnx", "no model.json"])
+def test_a_model_that_does_not_load_gives_503_not_a_crashed_function(model_dir, tmp_path, breakage):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    if breakage == "no model.onnx":
+        (broken / "model.onnx").unlink()
+    elif breakage == "corrupt model.onnx":
+        (broken / "model.onnx").write_bytes(b"not a protobuf" * 100)
+    else:
+        (broken / "model.json").unlink()
+    result = subprocess.run(
+        [sys.executable, "-c", BROKEN_MODEL_CHILD],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "MODEL_DIR": str(broken), "POWERTOOLS_TRACE_DISABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = [line.split(" ", 2)[1:] for line in result.stdout.splitlines() if "RESULT" in line]
+    assert answers == [["503", '{"error": "the model is not loaded"}']] * 2
+    assert "model could not be loaded" in result.stdout  # the cause is logged
+
+
 def test_predict_base64_json_returns_the_published_contract(
     app_module, lambda_context, real_images
 ):
