@@ -66,13 +66,12 @@ if path == "tf":
     app.SESSION, app.METADATA = KerasSession(), ModelMetadata.load(f"{model_dir}/model.json")
 else:
     import app
+from local import LocalContext
 event = json.load(open("tests/events/predict_binary.json"))
-class Context:
-    function_name = "bench"; memory_limit_in_mb = 1769; aws_request_id = "r"
-    invoked_function_arn = "arn:aws:lambda:local:0:function:bench"
+context = LocalContext(memory_limit_in_mb=1769)
 def predict(data):
     event["body"] = base64.b64encode(data).decode()
-    response = app.lambda_handler(event, Context())
+    response = app.lambda_handler(event, context)
     assert response["statusCode"] == 200, response
 meta = app.METADATA
 def infer(batch):

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -100,6 +101,11 @@ except Exception:
     SESSION, METADATA = None, None
 
 
+def documented(description: str, model: type[BaseModel]) -> OpenAPIResponse:
+    """One OpenAPI response entry: a JSON body shaped like `model`."""
+    return {"description": description, "content": {"application/json": {"model": model}}}
+
+
 def error_response(status: HTTPStatus, message: str) -> Response:
     return Response(
         status_code=status.value,
@@ -175,22 +181,12 @@ def classify(image_bytes: bytes) -> tuple[str, float]:
         f"{MAX_SIDE} px a side."
     ),
     responses={
-        200: {
-            "description": "the prediction",
-            "content": {"application/json": {"model": PredictResponse}},
-        },
-        400: {
-            "description": "malformed JSON, missing field, bad base64 or undecodable image",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
-        413: {
-            "description": "body or image over the limits",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
-        415: {
-            "description": "not JPEG or PNG",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
+        200: documented("the prediction", PredictResponse),
+        400: documented(
+            "malformed JSON, missing field, bad base64 or undecodable image", ErrorResponse
+        ),
+        413: documented("body or image over the limits", ErrorResponse),
+        415: documented("not JPEG or PNG", ErrorResponse),
     },
 )
 @tracer.capture_method(capture_error=False)  # client errors are answered, not faults
@@ -212,11 +208,8 @@ def predict() -> PredictResponse:
     "/health",
     summary="Model loaded?",
     responses={
-        200: {"description": "ready", "content": {"application/json": {"model": HealthResponse}}},
-        503: {
-            "description": "the model did not load",
-            "content": {"application/json": {"model": ErrorResponse}},
-        },
+        200: documented("ready", HealthResponse),
+        503: documented("the model did not load", ErrorResponse),
     },
 )
 def health() -> HealthResponse:

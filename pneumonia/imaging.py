@@ -138,7 +138,7 @@ def array_to_gray(pixels: np.ndarray) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        if array.dtype == np.uint8:  # the same fixed-point ITU-R 601 luma as Pillow's "L"
+        if array.dtype == np.uint8:  # fixed-point ITU-R 601 luma, within 1 level of Pillow's "L"
             return cv2.cvtColor(np.ascontiguousarray(array[:, :, :3]), cv2.COLOR_RGB2GRAY)
         rgb = array[:, :, :3].astype(np.float32) / _full_scale(array.dtype)
         return np.clip(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), 0.0, 1.0)

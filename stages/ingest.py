@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.config import IngestParams, load_params
-from pneumonia.imaging import ImageError, decode_image, read_header
+from pneumonia.imaging import ImageError, decode_gray, read_header
 
 log = logging.getLogger("ingest")
 
@@ -275,7 +275,7 @@ def validate(candidates: list[Candidate]) -> tuple[list[dict], list[dict]]:
         }
         try:
             header = read_header(candidate.data)
-            decode_image(candidate.data)
+            decode_gray(candidate.data)  # truncated or corrupt pixel data fails here
         except ImageError as error:
             quarantined.append({**row, "reason": error.reason, "detail": str(error)})
             continue

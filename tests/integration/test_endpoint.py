@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +23,11 @@ pytestmark = pytest.mark.integration
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 
 
-@dataclass
-class LambdaContext:
-    function_name: str = "pneumonia-endpoint"
-    memory_limit_in_mb: int = 2048
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:pneumonia-endpoint"
-    aws_request_id: str = "52fdfc07-2182-154f-163f-5f0f9a621d72"
-
-
 @pytest.fixture
-def lambda_context() -> LambdaContext:
-    return LambdaContext()
+def lambda_context(app_module):
+    from local import LocalContext  # lambda/, on sys.path once app_module is imported
+
+    return LocalContext(aws_request_id="52fdfc07-2182-154f-163f-5f0f9a621d72")
 
 
 @pytest.fixture(autouse=True)
@@ -79,8 +72,8 @@ BROKEN_MODEL_CHILD = """
 import json, sys
 sys.path.insert(0, "lambda")
 import app
-context = type("Context", (), {"function_name": "f", "memory_limit_in_mb": 1769,
-    "invoked_function_arn": "arn:aws:lambda:eu-west-1:1:function:f", "aws_request_id": "r"})()
+from local import LocalContext
+context = LocalContext()
 for name in ("health", "predict_binary"):
     request = json.load(open(f"tests/events/{name}.json"))
     response = app.lambda_handler(request, context)
