@@ -1,11 +1,15 @@
-"""Ablation of the training levers: one `dvc exp run` per lever, a markdown table of the effects.
+"""Ablation of the training levers under several seeds: one `dvc exp run` per lever and seed.
 
-Each row changes one param against the committed defaults and reruns what it touches;
-the table gives the test metrics with 95% bootstrap intervals, the worst robustness
-shift, and the training time. The workspace is restored to the defaults at the end.
+Each lever changes params against the committed defaults ("defaults" changes none) and is
+run once per seed (`base.seed`: the random val/test carve, initialisation, data order and
+augmentation; the early/late id blocks are the same images for every seed). The table gives,
+per held-out split, each metric's mean and [min, max] over the seeds, and the training
+time. Every run is appended to `--record` as it ends, so an interrupted ablation keeps what
+it measured and `--table` reprints from that file. The workspace is restored at the end.
 
-    python benchmarks/ablation.py                 # every lever (~8 min each on 2 cores)
-    python benchmarks/ablation.py --only no-augmentation no-clahe
+    python benchmarks/ablation.py --only defaults --seeds 42 7 123   # the seed spread
+    python benchmarks/ablation.py --seeds 42 7                       # every lever
+    python benchmarks/ablation.py --table                            # reprint the record
 """
 
 from __future__ import annotations
@@ -17,18 +21,35 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from pneumonia.machine import cpu, describe
+
 ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = [
+    "train.augment.crop_scale_min=0.5",
+    "train.augment.pad_max=0.15",
+    "train.augment.aspect=0.2",
+    "train.augment.horizontal_flip=true",
+]
 LEVERS: dict[str, list[str]] = {
+    "defaults": [],
+    "crop-0.5": ["train.augment.crop_scale_min=0.5"],
+    "geometry": GEOMETRY,
+    "geometry+flip-off": [*GEOMETRY[:3], "train.augment.horizontal_flip=false"],
+    "geometry+30-epochs": [*GEOMETRY, "train.epochs=30", "train.early_stopping_patience=8"],
+    "geometry+width-32": [*GEOMETRY, "train.width=32"],
     "no-augmentation": ["train.augment.enabled=false"],
     "no-jpeg-augmentation": ["train.augment.jpeg_quality_min=100"],
     "no-clahe": ["preprocess.intensity=none"],
-    "equalize": ["preprocess.intensity=equalize"],
     "no-class-weight": ["train.class_weight=none"],
     "label-smoothing-0.1": ["train.label_smoothing=0.1"],
     "simple-cnn": ["train.architecture=simple"],
     "image-96px": ["preprocess.image_size=96"],
+    "image-224px": ["preprocess.image_size=224"],
     "threshold-sens-0.95": ["evaluate.threshold_policy=target_sensitivity"],
 }
+SPLITS = ("test", "early", "late", "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
 # What an experiment rewrites in git-tracked files; restored at the end.
 TRACKED_OUTPUTS = ["params.yaml", "dvc.lock", "metrics", "models", "data/ingest_report.json"]
@@ -38,42 +59,74 @@ def sh(*command: str) -> str:
     return subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
-def row(name: str, seconds: float | None) -> str:
+def measure(lever: str, seed: int, seconds: float) -> dict:
+    """What one finished run wrote: every split's metrics, the worst shift, the timing."""
     evaluation = json.loads((ROOT / "metrics/evaluate/metrics.json").read_text())
     train = json.loads((ROOT / "metrics/train/metrics.json").read_text())
-    cells = []
-    for metric in METRICS:
-        value = evaluation["test"][metric]
-        low, high = evaluation["test_ci95_low"][metric], evaluation["test_ci95_high"][metric]
-        cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
     robustness = evaluation.get("robustness", {})
-    worst = min(robustness.items(), key=lambda item: item[1]["roc_auc"], default=None)
-    worst_cell = f"{worst[1]['roc_auc']:.3f} ({worst[0]})" if worst else "-"
-    timing = f"{train.get('train_seconds', float('nan')):.0f}"
-    wall = f"{seconds:.0f}" if seconds is not None else "-"
-    return f"| {name} | " + " | ".join(cells) + f" | {worst_cell} | {timing} | {wall} |"
+    worst = min(robustness.items(), key=lambda item: item[1]["roc_auc"], default=(None, {}))
+    return {
+        "lever": lever,
+        "seed": seed,
+        "cpu": cpu(),
+        **{split: evaluation.get(split) for split in SPLITS},
+        "worst_shift": {"name": worst[0], **worst[1]},
+        "train_seconds": train.get("train_seconds"),
+        "rerun_seconds": round(seconds, 1),
+    }
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: one row per lever and split, mean [min, max] over the lever's seeds."""
+    lines = [
+        "| lever | split | seeds | AUC | accuracy | sensitivity | specificity | train s |",
+        "|---|---|---:|---|---|---|---|---:|",
+    ]
+    for lever in dict.fromkeys(run["lever"] for run in runs):
+        mine = [run for run in runs if run["lever"] == lever]
+        seconds = np.mean([run["train_seconds"] for run in mine])
+        for split in (*SPLITS, "worst_shift"):
+            present = [run[split] for run in mine if run.get(split)]
+            if not present:
+                continue
+            cells = " | ".join(spread([row[metric] for row in present]) for metric in METRICS)
+            name = split.replace("_", " ")
+            lines.append(f"| {lever} | {name} | {len(present)} | {cells} | {seconds:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(LEVERS), default=list(LEVERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 7, 123])
+    parser.add_argument("--record", type=Path, default=ROOT / "ablation_runs.jsonl")
+    parser.add_argument("--table", action="store_true", help="reprint the table of --record")
     args = parser.parse_args()
+    if args.table:
+        runs = [json.loads(line) for line in args.record.read_text().splitlines() if line]
+        print(f"{describe()}\n\n{table(runs)}")
+        return
     if sh("git", "status", "--porcelain", *TRACKED_OUTPUTS).strip():
         sys.exit(f"uncommitted changes in {' '.join(TRACKED_OUTPUTS)}: commit or stash them")
-    header = (
-        "| lever | AUC | accuracy | sensitivity | specificity | worst shift AUC | "
-        "train s | rerun s |\n|---|---|---|---|---|---|---:|---:|"
-    )
-    rows = [row("defaults (committed run)", None)]
+    runs = []
     try:
         for name in args.only:
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            sh("git", "checkout", "--", "params.yaml")
-            started = time.perf_counter()
-            settings = [arg for item in LEVERS[name] for arg in ("--set-param", item)]
-            sh("dvc", "exp", "run", "--name", f"ablation-{name}", *settings)
-            rows.append(row(name, time.perf_counter() - started))
-            print(rows[-1], file=sys.stderr, flush=True)
+            for seed in args.seeds:
+                print(f"running {name}, seed {seed} ...", file=sys.stderr, flush=True)
+                sh("git", "checkout", "--", "params.yaml")
+                started = time.perf_counter()
+                changes = [f"base.seed={seed}", *LEVERS[name]]
+                settings = [arg for item in changes for arg in ("--set-param", item)]
+                sh("dvc", "exp", "run", "--name", f"ablation-{name}-{seed}", *settings)
+                runs.append(measure(name, seed, time.perf_counter() - started))
+                with args.record.open("a") as record:
+                    record.write(json.dumps(runs[-1]) + "\n")
     finally:
         sh("git", "checkout", "--", *TRACKED_OUTPUTS)
         restored = subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, capture_output=True)
@@ -82,8 +135,7 @@ def main() -> None:
                 "the committed outputs are not in this cache: run `dvc pull` or `dvc repro`",
                 file=sys.stderr,
             )
-    print(header)
-    print("\n".join(rows))
+    print(f"{describe()}\n\n{table(runs)}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class IngestParams(_Section):
     sha256: str | None
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
+    shift_fraction: float = Field(ge=0, lt=0.25)
     min_official_val_images: int = Field(ge=0)
     max_images: int | None = Field(gt=0)
 
@@ -39,6 +40,9 @@ class PreprocessParams(_Section):
 class AugmentParams(_Section):
     enabled: bool
     crop_scale_min: float = Field(gt=0, le=1)
+    pad_max: float = Field(ge=0, le=1)
+    aspect: float = Field(ge=0, le=1)
+    horizontal_flip: bool
     rotation_degrees: float = Field(ge=0, le=45)
     brightness: float = Field(ge=0, le=1)
     contrast: float = Field(ge=0, le=1)

@@ -27,6 +27,9 @@ PREDICTIONS = METRICS / "evaluate" / "predictions.csv"
 EXPORT_METRICS = METRICS / "export_onnx.json"
 
 SPLITS = ("train", "val", "test")
+# Held-out blocks of the earliest and latest patient ids (ingest.shift_fraction): a cohort
+# shift in time. Empty when the source's file names carry no numbered patient ids.
+SHIFT_SPLITS = ("early", "late")
 
 
 def prepared_split(split: str) -> Path:

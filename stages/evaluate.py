@@ -110,33 +110,42 @@ def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> dic
 
 
 def evaluate(
-    test_labels: np.ndarray,
-    test_probabilities: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
     threshold: float,
     params: EvaluateParams,
     seed: int,
+    split: str = "test",
 ) -> dict:
-    """Every test metric with its interval, as the nested dict dvclive writes."""
-    point = binary_metrics(test_labels, test_probabilities, threshold)
+    """Every metric of one held-out split with its interval, as the nested dict dvclive writes."""
+    point = binary_metrics(labels, probabilities, threshold)
     intervals = bootstrap_intervals(
-        test_labels, test_probabilities, threshold, params.bootstrap_samples, seed
+        labels, probabilities, threshold, params.bootstrap_samples, seed
     )
     return {
-        "threshold": threshold,
-        "threshold_policy": params.threshold_policy,
-        "test": {
+        split: {
             **{name: float(point[name]) for name in CI_METRICS},
-            **calibration(test_labels, test_probabilities, params.calibration_bins),
-            "images": len(test_labels),
-            "prevalence": float(test_labels.mean()),
+            **calibration(labels, probabilities, params.calibration_bins),
+            "images": len(labels),
+            "prevalence": float(labels.mean()),
         },
-        "test_ci95_low": {name: low for name, (low, _) in intervals.items()},
-        "test_ci95_high": {name: high for name, (_, high) in intervals.items()},
-        "test_confusion": {
+        f"{split}_ci95_low": {name: low for name, (low, _) in intervals.items()},
+        f"{split}_ci95_high": {name: high for name, (_, high) in intervals.items()},
+        f"{split}_confusion": {
             key: point[key]
             for key in ("true_positives", "true_negatives", "false_positives", "false_negatives")
         },
     }
+
+
+def worst_of(results: dict, splits: list[str]) -> dict:
+    """Each headline metric at its lowest over the held-out splits, and which split it was."""
+    worst = {}
+    for metric in ROBUSTNESS_METRICS:
+        split = min(splits, key=lambda name: results[name][metric])
+        worst[metric] = results[split][metric]
+        worst[f"{metric}_split"] = split
+    return worst
 
 
 # ---------------------------------------------------------------- robustness
@@ -152,7 +161,25 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray | bytes]] = {
     "resolution 1/4": lambda gray: _rescale(gray, 0.25),
     "rotation +10 deg": lambda gray: _rotate(gray, 10),
     "rotation -10 deg": lambda gray: _rotate(gray, -10),
+    # Framing: another collimation, field of view or orientation on the same patients.
+    "border crop 8%": lambda gray: _crop(gray, 0.08),
+    "padding 8%": lambda gray: _pad(gray, 0.08),
+    "mirror": lambda gray: np.ascontiguousarray(gray[:, ::-1]),
 }
+
+
+def _crop(gray: np.ndarray, share: float) -> np.ndarray:
+    """The image without `share` of its height and width on every side."""
+    height, width = gray.shape
+    top, left = round(height * share), round(width * share)
+    return gray[top : height - top, left : width - left]
+
+
+def _pad(gray: np.ndarray, share: float) -> np.ndarray:
+    """A black border of `share` of the height and width on every side."""
+    height, width = gray.shape
+    top, left = round(height * share), round(width * share)
+    return np.pad(gray, ((top, top), (left, left)))
 
 
 def _jpeg(gray: np.ndarray, quality: int) -> bytes:
@@ -248,9 +275,23 @@ def main() -> None:
 
     test_images, test_labels = load_split("test")
     test_probabilities = predict_probabilities(model, test_images)
-    results = evaluate(
+    results: dict = {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
+    results |= evaluate(
         test_labels, test_probabilities, threshold, params.evaluate, params.base.seed
     )
+    # The id blocks: other periods of the hospital, never trained or tuned on.
+    held_out = ["test"]
+    for split in paths.SHIFT_SPLITS:
+        images, labels = load_split(split)
+        if len(np.unique(labels)) < 2:
+            log.warning("split %s has %d image(s), not both classes: skipped", split, len(labels))
+            continue
+        probabilities = predict_probabilities(model, images)
+        results |= evaluate(
+            labels, probabilities, threshold, params.evaluate, params.base.seed, split
+        )
+        held_out.append(split)
+    results["worst_split"] = worst_of(results, held_out)
     results["val"] = binary_metrics(val_labels, val_probabilities, threshold)
     results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
     prepared = preprocessing()
@@ -311,19 +352,21 @@ def main() -> None:
     tracking.configure()
     with tracking.start_run("evaluate", run_id=train_info.get("mlflow_run_id")):
         tracking.log_metrics({"threshold": threshold})
-        tracking.log_metrics({f"test_{k}": v for k, v in results["test"].items()})
+        for split in held_out:
+            tracking.log_metrics({f"{split}_{k}": v for k, v in results[split].items()})
         tracking.log_artifact(paths.EVALUATE_LIVE / "metrics.json", "evaluate")
 
-    test = results["test"]
-    log.info(
-        "test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f, accuracy %.3f",
-        test["roc_auc"],
-        results["test_ci95_low"]["roc_auc"],
-        results["test_ci95_high"]["roc_auc"],
-        test["sensitivity"],
-        test["specificity"],
-        test["accuracy"],
-    )
+    for split in held_out:
+        log.info(
+            "%s: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f, accuracy %.3f",
+            split,
+            results[split]["roc_auc"],
+            results[f"{split}_ci95_low"]["roc_auc"],
+            results[f"{split}_ci95_high"]["roc_auc"],
+            results[split]["sensitivity"],
+            results[split]["specificity"],
+            results[split]["accuracy"],
+        )
 
 
 if __name__ == "__main__":

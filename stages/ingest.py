@@ -317,12 +317,41 @@ def collapse_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict], list[
 # ---------------------------------------------------------------- splitting
 
 
+_SERIES = re.compile(r"^(.*?)(\d+)$")
+
+
+def id_blocks(patients: Iterable[str], fraction: float) -> tuple[set[str], set[str]]:
+    """The earliest and latest `fraction` of patients of each id series.
+
+    Ids are handed out in order (IM-0115 before IM-0116, person1 before
+    person2), so a contiguous block of one series approximates another period
+    of the hospital: a cohort shift the random split cannot show. A series is
+    the id without its trailing number ("person", "IM-", "NORMAL2-IM-"); ids
+    without a number belong to no block.
+    """
+    series: dict[str, list[tuple[int, str]]] = {}
+    for patient in set(patients):
+        match = _SERIES.match(patient)
+        if match:
+            series.setdefault(match.group(1), []).append((int(match.group(2)), patient))
+    early: set[str] = set()
+    late: set[str] = set()
+    for members in series.values():
+        ordered = [patient for _, patient in sorted(members)]
+        size = round(fraction * len(ordered))
+        if size and len(ordered) > 2 * size:
+            early.update(ordered[:size])
+            late.update(ordered[-size:])
+    return early, late
+
+
 def split_by_patient(
     manifest: pd.DataFrame,
     val_fraction: float,
     test_fraction: float,
     seed: int,
     min_official_val_images: int = 0,
+    shift_fraction: float = 0.0,
 ) -> pd.Series:
     """Assign each image a split so that no patient is in two splits.
 
@@ -332,6 +361,8 @@ def split_by_patient(
     patient, stratified by the patient's majority label, seeded. Train-pool
     images of a patient who also appears in an official val/test split are
     marked "excluded" (reported, not used) so that no patient leaks.
+    Before the random carve, the earliest and latest `shift_fraction` of each
+    id series are held out as the "early" and "late" splits (`id_blocks`).
     """
     source = manifest["source_split"]
     has_test = bool((source == "test").any())
@@ -348,6 +379,12 @@ def split_by_patient(
     leaking = pool & manifest["patient_id"].isin(held_out)
     split[leaking] = "excluded"
     pool &= ~leaking
+
+    if shift_fraction:
+        early, late = id_blocks(manifest.loc[pool, "patient_id"], shift_fraction)
+        for name, block in (("early", early), ("late", late)):
+            split[pool & manifest["patient_id"].isin(block)] = name
+        pool &= split == "train"
 
     carve = {"test": 0.0 if has_test else test_fraction, "val": 0.0 if has_val else val_fraction}
     if carve["test"] or carve["val"]:
@@ -433,6 +470,7 @@ def main() -> None:
         params.ingest.test_fraction,
         params.base.seed,
         params.ingest.min_official_val_images,
+        params.ingest.shift_fraction,
     )
     manifest = manifest[MANIFEST_COLUMNS].sort_values("file").reset_index(drop=True)
 

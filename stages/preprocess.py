@@ -51,9 +51,9 @@ def main() -> None:
     if paths.PREPARED.exists():
         shutil.rmtree(paths.PREPARED)
     paths.PREPARED.mkdir(parents=True)
-    for split in paths.SPLITS:
+    for split in (*paths.SPLITS, *paths.SHIFT_SPLITS):
         rows = manifest[manifest["split"] == split]
-        if rows.empty:
+        if rows.empty and split in paths.SPLITS:
             raise SystemExit(f"split {split!r} has no images; check {paths.INGEST_REPORT}")
         arrays = prepare_split(rows, paths.RAW, params.base.labels, config)
         np.savez(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumonia import paths, tracking
+from pneumonia import machine, paths, tracking
 from pneumonia.config import AugmentParams, TrainParams, load_params
 from pneumonia.prepared import load_split
 
@@ -61,7 +61,7 @@ def distribution_strategy(name: str):
 
 
 def augment_batch(images, generator, config: AugmentParams):
-    """Random resized crop, rotation, gamma, contrast, brightness, noise, JPEG re-compression.
+    """Random resized box (crop or pad), flip, rotation, gamma, contrast, brightness, noise, JPEG.
 
     images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
     tf.random.Generator, called in order, so runs are reproducible.
@@ -74,11 +74,18 @@ def augment_batch(images, generator, config: AugmentParams):
     def uniform(low: float, high: float):
         return generator.uniform([batch], low, high)
 
-    # Random resized crop: a square box of side `scale` anywhere in the image.
-    scale = uniform(config.crop_scale_min, 1.0)
-    top, left = uniform(0.0, 1.0) * (1 - scale), uniform(0.0, 1.0) * (1 - scale)
-    boxes = tf.stack([top, left, top + scale, left + scale], axis=1)
+    # Random resized box: side `scale` of the image's (< 1 crops in, > 1 pads with black, as a
+    # detector with another collimation or field of view frames the chest), its aspect ratio
+    # stretched by up to `aspect`, placed anywhere the image still fills it on a crop.
+    scale = uniform(config.crop_scale_min, 1.0 + config.pad_max)
+    stretch = tf.exp(uniform(-math.log1p(config.aspect), math.log1p(config.aspect)) / 2)
+    height, width = scale * stretch, scale / stretch
+    top, left = uniform(0.0, 1.0) * (1 - height), uniform(0.0, 1.0) * (1 - width)
+    boxes = tf.stack([top, left, top + height, left + width], axis=1)
     images = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)
+    if config.horizontal_flip:
+        flip = uniform(0.0, 1.0) < 0.5
+        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
     if config.rotation_degrees > 0:
         angle = uniform(-1.0, 1.0) * (config.rotation_degrees * math.pi / 180)
@@ -201,7 +208,15 @@ def main() -> None:
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     device = describe_device()
-    log.info("device: %s (%s %s)", device, platform.system(), platform.machine())
+    cpu = machine.cpu()
+    log.info(
+        "device: %s (%s %s, %s, %s)",
+        device,
+        platform.system(),
+        platform.machine(),
+        cpu["model"],
+        cpu["isa"],
+    )
 
     train, val = load_split("train"), load_split("val")
     image_size = train[0].shape[1]
@@ -223,7 +238,9 @@ def main() -> None:
         Live(dir=str(paths.TRAIN_LIVE), save_dvc_exp=False, dvcyaml=None) as live,
     ):
         tracking.log_params({**flat_params(train_params), "seed": seed, "image_size": image_size})
-        tracking.set_tags({"device": device, "stage": "train"})
+        tracking.set_tags(
+            {"device": device, "stage": "train", **{f"cpu.{k}": v for k, v in cpu.items()}}
+        )
         early_stopping = keras.callbacks.EarlyStopping(
             monitor="val_auc",
             mode="max",
@@ -257,7 +274,7 @@ def main() -> None:
         tracking.log_metrics(summary)
         model.save(paths.KERAS_MODEL)
         tracking.log_keras_model(model)
-        info = {"device": device, "mlflow_run_id": run.info.run_id, **summary}
+        info = {"device": device, "cpu": cpu, "mlflow_run_id": run.info.run_id, **summary}
         paths.TRAIN_INFO.write_text(json.dumps(info, indent=2) + "\n")
     log.info(
         "best val AUC %.4f at epoch %d, %.0f s",

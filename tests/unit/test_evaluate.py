@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from pneumonia.config import EvaluateParams
-from stages.evaluate import binary_metrics, bootstrap_intervals, calibration, choose_threshold
+from stages.evaluate import (
+    SHIFTS,
+    binary_metrics,
+    bootstrap_intervals,
+    calibration,
+    choose_threshold,
+    worst_of,
+)
 
 
 def policy(name: str, **overrides) -> EvaluateParams:
@@ -72,3 +79,25 @@ def test_calibration_of_a_calibrated_and_an_overconfident_model():
     overconfident = calibration(calibrated_labels, np.where(probabilities > 0.5, 1.0, 0.0), 10)
     assert overconfident["ece"] > 0.2
     assert overconfident["brier"] > good["brier"]
+
+
+def test_framing_shifts_crop_pad_and_mirror():
+    gray = np.zeros((100, 50))
+    gray[:, :10] = 1.0
+    cropped = SHIFTS["border crop 8%"](gray)
+    assert cropped.shape == (84, 42) and cropped[:, :6].min() == 1.0 and cropped[:, 6:].max() == 0
+    padded = SHIFTS["padding 8%"](gray)
+    assert padded.shape == (116, 58) and padded[:, :4].max() == 0 and padded[8, 4] == 1.0
+    mirrored = SHIFTS["mirror"](gray)
+    assert mirrored[:, -10:].min() == 1.0 and mirrored[:, :-10].max() == 0
+
+
+def test_worst_of_names_the_split_with_the_lowest_value_of_each_metric():
+    results = {
+        "test": {"roc_auc": 0.99, "accuracy": 0.95, "sensitivity": 0.97, "specificity": 0.90},
+        "early": {"roc_auc": 0.97, "accuracy": 0.96, "sensitivity": 0.99, "specificity": 0.85},
+    }
+    worst = worst_of(results, ["test", "early"])
+    assert worst["roc_auc"] == 0.97 and worst["roc_auc_split"] == "early"
+    assert worst["accuracy"] == 0.95 and worst["accuracy_split"] == "test"
+    assert worst["specificity_split"] == "early"

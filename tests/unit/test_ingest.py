@@ -20,6 +20,7 @@ from stages.ingest import (
     candidates_from_folder,
     candidates_from_npz,
     collapse_duplicates,
+    id_blocks,
     patient_id,
     resolve_source,
     split_by_patient,
@@ -223,6 +224,7 @@ def params(source: str, sha256: str | None = None) -> IngestParams:
     return IngestParams(
         source=source,
         sha256=sha256,
+        shift_fraction=0.0,
         val_fraction=0.2,
         test_fraction=0.2,
         min_official_val_images=0,
@@ -315,3 +317,25 @@ def test_pneumoniamnist_arrays_become_decodable_images_in_their_official_splits(
     accepted, quarantined = validate(found)
     assert len(accepted) == 11 and quarantined == []
     assert {patient_id(c.relative_path) for c in found}.__len__() == 11
+
+
+def test_id_blocks_hold_out_the_lowest_and_highest_ids_of_each_series():
+    patients = [f"person{i}" for i in range(1, 101)] + [f"IM-{i:04d}" for i in range(1, 51)]
+    early, late = id_blocks([*patients, "no-number-here"], 0.1)
+    assert early == {f"person{i}" for i in range(1, 11)} | {f"IM-{i:04d}" for i in range(1, 6)}
+    assert late == {f"person{i}" for i in range(91, 101)} | {f"IM-{i:04d}" for i in range(46, 51)}
+    assert id_blocks(patients, 0.0) == (set(), set())
+
+
+def test_shift_blocks_are_held_out_before_the_random_carve():
+    manifest = synthetic_manifest(n_patients=1000)
+    split = split_by_patient(manifest, 0.15, 0.15, seed=3, shift_fraction=0.05)
+    manifest["split"] = split
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 1
+    number = manifest["patient_id"].str[1:].astype(int)
+    assert set(number[split == "early"]) == set(range(50))
+    assert set(number[split == "late"]) == set(range(950, 1000))
+    assert set(split) == {"train", "val", "test", "early", "late"}
+    # The random carve does not depend on the blocks' seed-free choice.
+    again = split_by_patient(manifest, 0.15, 0.15, seed=4, shift_fraction=0.05)
+    assert (again[split == "early"] == "early").all()
