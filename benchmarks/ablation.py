@@ -7,9 +7,9 @@ per held-out split, each metric's mean and [min, max] over the seeds, and the tr
 time. Every run is appended to `--record` as it ends, so an interrupted ablation keeps what
 it measured and `--table` reprints from that file. The workspace is restored at the end.
 
-    python benchmarks/ablation.py --only defaults --seeds 42 7 123   # the seed spread
+    python benchmarks/ablation.py --only defaults --seeds 42 7 123 --spread metrics/seed_spread.json
     python benchmarks/ablation.py --seeds 42 7                       # every lever
-    python benchmarks/ablation.py --table                            # reprint the record
+    python benchmarks/ablation.py --table --spread metrics/seed_spread.json  # from the record
 """
 
 from __future__ import annotations
@@ -101,16 +101,49 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_spread(runs: list[dict], lever: str = "defaults") -> dict:
+    """Each metric's mean, min and max on each split over a lever's seeds: the gate's baseline."""
+    mine = [run for run in runs if run["lever"] == lever]
+    return {
+        "lever": lever,
+        "seeds": [run["seed"] for run in mine],
+        "cpu": mine[0]["cpu"],
+        "splits": {
+            split: {
+                metric: {
+                    "mean": float(np.mean(values)),
+                    "min": min(values),
+                    "max": max(values),
+                }
+                for metric in METRICS
+                for values in [[run[split][metric] for run in mine]]
+            }
+            for split in SPLITS
+            if all(run.get(split) for run in mine)
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 7, 123])
     parser.add_argument("--record", type=Path, default=ROOT / "ablation_runs.jsonl")
     parser.add_argument("--table", action="store_true", help="reprint the table of --record")
+    parser.add_argument(
+        "--spread",
+        type=Path,
+        help="write a lever's seed spread here (metrics/seed_spread.json, read by the PR gate)",
+    )
+    parser.add_argument("--spread-lever", default="defaults", help="the lever --spread describes")
     args = parser.parse_args()
     if args.table:
         runs = [json.loads(line) for line in args.record.read_text().splitlines() if line]
         print(f"{describe()}\n\n{table(runs)}")
+        if args.spread:
+            args.spread.write_text(
+                json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n"
+            )
         return
     if sh("git", "status", "--porcelain", *TRACKED_OUTPUTS).strip():
         sys.exit(f"uncommitted changes in {' '.join(TRACKED_OUTPUTS)}: commit or stash them")
@@ -136,6 +169,8 @@ def main() -> None:
                 file=sys.stderr,
             )
     print(f"{describe()}\n\n{table(runs)}")
+    if args.spread:
+        args.spread.write_text(json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    threshold_policy: Literal["youden", "target_sensitivity", "fixed"]
+    threshold_policy: Literal["youden", "youden_shifted", "target_sensitivity", "fixed"]
     target_sensitivity: float = Field(gt=0, le=1)
     fixed_threshold: float = Field(ge=0, le=1)
     bootstrap_samples: int = Field(ge=100)

@@ -37,6 +37,9 @@ def choose_threshold(
     """The decision threshold, from validation predictions only.
 
     youden: maximises sensitivity + specificity - 1.
+    youden_shifted: the same, on validation pooled with its copies under every shift of
+      SHIFTS (the caller passes the pooled arrays): a threshold that holds when the framing
+      or exposure changes, where the clean optimum sits on the edge of the normal scores.
     target_sensitivity: the highest threshold whose sensitivity reaches the target.
     fixed: evaluate.fixed_threshold.
     """
@@ -44,7 +47,7 @@ def choose_threshold(
         return params.fixed_threshold
     false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities)
     thresholds = np.clip(thresholds, 0.0, 1.0)  # roc_curve's first threshold is +inf
-    if params.threshold_policy == "youden":
+    if params.threshold_policy in ("youden", "youden_shifted"):
         return float(thresholds[np.argmax(true_positive_rate - false_positive_rate)])
     reaching = np.flatnonzero(true_positive_rate >= params.target_sensitivity)
     return float(thresholds[reaching[0]])  # thresholds decrease, so the first is the highest
@@ -256,6 +259,52 @@ def robustness_figure(clean: dict, shifted: dict):
     return figure
 
 
+def held_out_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float):
+    """ROC curve of every held-out split, with the validation threshold marked on each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 6), layout="constrained")
+    for split, (labels, probabilities) in scores.items():
+        fpr, tpr, _ = roc_curve(labels, probabilities)
+        at = binary_metrics(labels, probabilities, threshold)
+        auc = roc_auc_score(labels, probabilities)
+        (line,) = axis.plot(fpr, tpr, label=f"{split} (AUC {auc:.3f}, n={len(labels)})")
+        axis.plot(1 - at["specificity"], at["sensitivity"], "o", color=line.get_color())
+    axis.plot([0, 1], [0, 1], ":", color="grey")
+    axis.set_xlabel("1 - specificity")
+    axis.set_ylabel("sensitivity")
+    axis.set_title(f"Held-out splits; dots: the validation threshold {threshold:.3f}")
+    axis.legend(loc="lower right")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+POLICIES = ("youden", "youden_shifted", "target_sensitivity")
+
+
+def policy_thresholds(
+    val: tuple[np.ndarray, np.ndarray],
+    shifted_val: list[np.ndarray],
+    params: EvaluateParams,
+) -> dict[str, float]:
+    """The threshold every policy would choose, from validation (clean and shifted) only."""
+    labels, probabilities = val
+    pooled_labels = np.concatenate([labels] * (1 + len(shifted_val)))
+    pooled = np.concatenate([probabilities, *shifted_val])
+    chosen = {}
+    for name in POLICIES:
+        policy = params.model_copy(update={"threshold_policy": name})
+        if name == "youden_shifted":
+            chosen[name] = choose_threshold(pooled_labels, pooled, policy)
+        else:
+            chosen[name] = choose_threshold(labels, probabilities, policy)
+    chosen["fixed"] = params.fixed_threshold
+    return chosen
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -268,9 +317,18 @@ def main() -> None:
     labels_names = params.base.labels
     model = keras.models.load_model(paths.KERAS_MODEL)
 
+    prepared = preprocessing()
+    prepared.pop("labels")
+    config = PreprocessConfig(**prepared)
     val_images, val_labels = load_split("val")
     val_probabilities = predict_probabilities(model, val_images)
-    threshold = choose_threshold(val_labels, val_probabilities, params.evaluate)
+    val_files = [paths.RAW / name for name in load_files("val")]
+    shifted_val = [
+        predict_probabilities(model, shifted_inputs(val_files, shift, config))
+        for shift in tqdm(SHIFTS.values(), desc="shifted validation", unit="shift")
+    ]
+    thresholds = policy_thresholds((val_labels, val_probabilities), shifted_val, params.evaluate)
+    threshold = thresholds[params.evaluate.threshold_policy]
     log.info("threshold %.4f (%s, chosen on val)", threshold, params.evaluate.threshold_policy)
 
     test_images, test_labels = load_split("test")
@@ -280,29 +338,42 @@ def main() -> None:
         test_labels, test_probabilities, threshold, params.evaluate, params.base.seed
     )
     # The id blocks: other periods of the hospital, never trained or tuned on.
-    held_out = ["test"]
+    scores = {"test": (test_labels, test_probabilities)}
     for split in paths.SHIFT_SPLITS:
         images, labels = load_split(split)
         if len(np.unique(labels)) < 2:
             log.warning("split %s has %d image(s), not both classes: skipped", split, len(labels))
             continue
         probabilities = predict_probabilities(model, images)
+        scores[split] = (labels, probabilities)
         results |= evaluate(
             labels, probabilities, threshold, params.evaluate, params.base.seed, split
         )
-        held_out.append(split)
+    held_out = list(scores)
     results["worst_split"] = worst_of(results, held_out)
+    # What the other policies would give: the evidence for evaluate.threshold_policy.
+    results["policies"] = {
+        name: {
+            "threshold": value,
+            **{
+                split: {
+                    key: float(metrics[key]) for key in ("accuracy", "sensitivity", "specificity")
+                }
+                for split, (labels, probabilities) in scores.items()
+                for metrics in [binary_metrics(labels, probabilities, value)]
+            },
+        }
+        for name, value in thresholds.items()
+    }
     results["val"] = binary_metrics(val_labels, val_probabilities, threshold)
     results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
-    prepared = preprocessing()
-    prepared.pop("labels")
     test_files = [paths.RAW / name for name in load_files("test")]
     results["robustness"] = robustness(
         lambda images: predict_probabilities(model, images),
         test_files,
         test_labels,
         threshold,
-        PreprocessConfig(**prepared),
+        config,
     )
 
     with Live(dir=str(paths.EVALUATE_LIVE), save_dvc_exp=False, dvcyaml=None) as live:
@@ -338,6 +409,18 @@ def main() -> None:
             title="Test AUC under shifts",
         )
         live.log_image("robustness.png", robustness_figure(clean, results["robustness"]))
+        live.log_plot(
+            "held_out",
+            [
+                {"split": split, **{key: results[split][key] for key in ROBUSTNESS_METRICS}}
+                for split in held_out
+            ],
+            x="roc_auc",
+            y="split",
+            template="bar_horizontal",
+            title="AUC on each held-out split",
+        )
+        live.log_image("held_out_roc.png", held_out_figure(scores, threshold))
 
     pd.DataFrame(
         {

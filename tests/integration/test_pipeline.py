@@ -60,7 +60,8 @@ def test_no_patient_is_in_two_splits(repo):
 
 def test_prepared_arrays_match_the_manifest(repo):
     manifest = pd.read_csv(repo / "data/manifest.csv")
-    for split in ("train", "val", "test"):
+    assert set(manifest["split"]) == {"train", "val", "test", "early", "late"}
+    for split in ("train", "val", "test", "early", "late"):
         with np.load(repo / f"data/prepared/{split}.npz") as arrays:
             rows = manifest[manifest["split"] == split]
             assert arrays["images"].shape == (len(rows), 64, 64, 1)
@@ -77,6 +78,18 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
         low, value, high = (metrics[k][name] for k in ("test_ci95_low", "test", "test_ci95_high"))
         assert 0.0 <= low <= value <= high <= 1.0, name
     assert 0.0 <= metrics["test"]["brier"] <= 1.0 and 0.0 <= metrics["test"]["ece"] <= 1.0
+    # The id blocks are evaluated at the validation threshold like test, and the worst of the
+    # three named per metric.
+    for split in ("early", "late"):
+        low, value, high = (
+            metrics[k]["roc_auc"] for k in (f"{split}_ci95_low", split, f"{split}_ci95_high")
+        )
+        assert 0.0 <= low <= value <= high <= 1.0, split
+    worst = metrics["worst_split"]
+    assert worst["roc_auc"] == min(metrics[s]["roc_auc"] for s in ("test", "early", "late"))
+    assert set(metrics["policies"]) == {"youden", "youden_shifted", "target_sensitivity", "fixed"}
+    assert metrics["policies"]["youden"]["threshold"] == metrics["threshold"]
+    assert (repo / "metrics/evaluate/plots/images/held_out_roc.png").stat().st_size > 5000
     for plot in ("roc", "precision_recall", "confusion_matrix", "calibration"):
         assert json.loads((repo / f"metrics/evaluate/plots/sklearn/{plot}.json").read_text())
     from stages.evaluate import SHIFTS
@@ -96,6 +109,9 @@ def test_training_curves_and_mlflow_run(repo):
     assert len(curve) == 1 and 0.0 <= curve["auc"].iloc[0] <= 1.0
     info = json.loads((repo / "models/train_info.json").read_text())
     assert info["device"] == "cpu"
+    from pneumonia.machine import cpu
+
+    assert info["cpu"]["model"] == cpu()["model"] and info["cpu"]["isa"] == cpu()["isa"]
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
@@ -103,6 +119,7 @@ def test_training_curves_and_mlflow_run(repo):
     assert run_data.params["epochs"] == "1"
     assert "test_roc_auc" in run_data.metrics and "best_val_auc" in run_data.metrics
     assert run_data.tags["device"] == "cpu"
+    assert run_data.tags["cpu.isa"] == info["cpu"]["isa"]
 
 
 def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):

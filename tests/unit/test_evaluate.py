@@ -10,6 +10,7 @@ from stages.evaluate import (
     bootstrap_intervals,
     calibration,
     choose_threshold,
+    policy_thresholds,
     worst_of,
 )
 
@@ -101,3 +102,15 @@ def test_worst_of_names_the_split_with_the_lowest_value_of_each_metric():
     assert worst["roc_auc"] == 0.97 and worst["roc_auc_split"] == "early"
     assert worst["accuracy"] == 0.95 and worst["accuracy_split"] == "test"
     assert worst["specificity_split"] == "early"
+
+
+def test_the_shifted_youden_threshold_holds_under_the_shifts_it_has_seen():
+    # Under a shift the normal images score higher (0.55-0.65): the clean optimum (0.5)
+    # would call them PNEUMONIA, the pooled one moves above them.
+    val = (np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.5, 0.9]))
+    shifted = [np.array([0.6, 0.65, 0.8, 0.95]), np.array([0.55, 0.3, 0.7, 0.9])]
+    chosen = policy_thresholds(val, shifted, policy("youden", fixed_threshold=0.4))
+    assert chosen["youden"] == pytest.approx(0.5)
+    assert chosen["youden_shifted"] == pytest.approx(0.7)
+    assert chosen["target_sensitivity"] == pytest.approx(0.5)
+    assert chosen["fixed"] == 0.4

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from pneumonia.config import GateParams
-from pneumonia.review import MetricsError, check_gate, main, read_metrics
+from pneumonia.review import MetricsError, check_gate, held_out_table, main, read_metrics
 from tests.conftest import REPO_ROOT
 
 GATE = GateParams(min_roc_auc=0.975, min_sensitivity=0.96, max_regression=0.01)
@@ -64,3 +64,38 @@ def test_the_gate_command_exit_codes(tmp_path, monkeypatch, capsys):
         main(["gate", "--metrics", str(tmp_path / "absent.json"), "--base-metrics", str(base)]) == 2
     )
     assert "not found" in capsys.readouterr().err
+
+
+SPREAD = {
+    "seeds": [42, 7, 123],
+    "cpu": {"model": "AMD EPYC", "isa": "AVX2"},
+    "splits": {
+        "test": {
+            "roc_auc": {"mean": 0.990, "min": 0.985, "max": 0.995},
+            "sensitivity": {"mean": 0.975, "min": 0.962, "max": 0.990},
+        }
+    },
+}
+
+
+def test_with_a_seed_spread_a_regression_is_measured_from_the_lowest_seed():
+    # 0.965 is 0.025 below the base's own run but within the tolerance of its lowest seed.
+    assert check_gate(metrics(0.990, 0.965), metrics(0.995, 0.990), GATE, SPREAD) == []
+    failures = check_gate(metrics(0.990, 0.950), metrics(0.995, 0.990), GATE, SPREAD)
+    assert failures == [
+        "test sensitivity 0.9500 is below the floor 0.9600",
+        "test sensitivity 0.9500 is below the base's lowest of 3 seeds (0.9620) by more than "
+        "the tolerance 0.0100",
+    ]
+
+
+def test_the_report_shows_every_held_out_split_against_the_base_spread():
+    current = {
+        "test": {"roc_auc": 0.99, "accuracy": 0.95, "sensitivity": 0.97, "specificity": 0.9},
+        "early": {"roc_auc": 0.97, "accuracy": 0.93, "sensitivity": 0.99, "specificity": 0.8},
+    }
+    table = held_out_table(current, {"early": {"roc_auc": 0.96}}, SPREAD)
+    assert "| test | roc_auc | 0.9900 | 0.9900 [0.9850, 0.9950] |" in table
+    assert "| early | roc_auc | 0.9700 | 0.9600 |" in table
+    assert "| early | specificity | 0.8000 | - |" in table
+    assert "late" not in table and "AMD EPYC (AVX2)" in table
