@@ -71,6 +71,8 @@ def measure(lever: str, seed: int, seconds: float) -> dict:
         "cpu": cpu(),
         **{split: evaluation.get(split) for split in SPLITS},
         "worst_shift": {"name": worst[0], **worst[1]},
+        "robustness": robustness,
+        "policies": evaluation.get("policies", {}),
         "train_seconds": train.get("train_seconds"),
         "rerun_seconds": round(seconds, 1),
     }

@@ -55,7 +55,7 @@ def test_ingest_quarantines_bad_files_accepts_the_png_and_reports(repo):
 def test_no_patient_is_in_two_splits(repo):
     manifest = pd.read_csv(repo / "data/manifest.csv")
     assert manifest.groupby("patient_id")["split"].nunique().max() == 1
-    assert set(manifest["split"]) == {"train", "val", "test"}
+    assert set(manifest["split"]) == {"train", "val", "test", "early", "late"}
 
 
 def test_prepared_arrays_match_the_manifest(repo):
