@@ -103,6 +103,26 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def policy_table(runs: list[dict]) -> str:
+    """Markdown: each threshold policy's worst held-out split, mean [min, max] over seeds."""
+    lines = [
+        "| lever | policy | seeds | threshold | worst accuracy | worst sensitivity | "
+        "worst specificity |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for lever in dict.fromkeys(run["lever"] for run in runs):
+        mine = [run for run in runs if run["lever"] == lever and run.get("policies")]
+        for policy in mine[0]["policies"] if mine else []:
+            rows = [run["policies"][policy] for run in mine]
+            splits = [split for split in SPLITS[:3] if split in rows[0]]
+            cells = [spread([row["threshold"] for row in rows])] + [
+                spread([min(row[split][metric] for split in splits) for row in rows])
+                for metric in ("accuracy", "sensitivity", "specificity")
+            ]
+            lines.append(f"| {lever} | {policy} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seed_spread(runs: list[dict], lever: str = "defaults") -> dict:
     """Each metric's mean, min and max on each split over a lever's seeds: the gate's baseline."""
     mine = [run for run in runs if run["lever"] == lever]
@@ -130,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 7, 123])
-    parser.add_argument("--record", type=Path, default=ROOT / "ablation_runs.jsonl")
+    parser.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "ablation_runs.jsonl")
     parser.add_argument("--table", action="store_true", help="reprint the table of --record")
     parser.add_argument(
         "--spread",
@@ -141,13 +161,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         runs = [json.loads(line) for line in args.record.read_text().splitlines() if line]
-        print(f"{describe()}\n\n{table(runs)}")
+        print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}")
         if args.spread:
             args.spread.write_text(
                 json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n"
             )
         return
-    if sh("git", "status", "--porcelain", *TRACKED_OUTPUTS).strip():
+    if sh("git", "status", "--porcelain", "--untracked-files=no", *TRACKED_OUTPUTS).strip():
         sys.exit(f"uncommitted changes in {' '.join(TRACKED_OUTPUTS)}: commit or stash them")
     runs = []
     try:
@@ -170,7 +190,7 @@ def main() -> None:
                 "the committed outputs are not in this cache: run `dvc pull` or `dvc repro`",
                 file=sys.stderr,
             )
-    print(f"{describe()}\n\n{table(runs)}")
+    print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}")
     if args.spread:
         args.spread.write_text(json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n")
 
