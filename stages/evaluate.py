@@ -1,7 +1,7 @@
-"""Stage 4: evaluate the trained model on the held-out test split.
+"""Stage 4: evaluate the trained model on the held-out splits: test, early and late.
 
-The decision threshold is chosen on the validation split by
-`evaluate.threshold_policy`, never on test. Writes metrics/evaluate (dvclive:
+The decision threshold is chosen on the validation split (and its shifted copies) by
+`evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate (dvclive:
 metrics.json, ROC / precision-recall / confusion-matrix / calibration plots)
 and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
 """
