@@ -88,7 +88,7 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
     worst = metrics["worst_split"]
     assert worst["roc_auc"] == min(metrics[s]["roc_auc"] for s in ("test", "early", "late"))
     assert set(metrics["policies"]) == {"youden", "youden_shifted", "target_sensitivity", "fixed"}
-    assert metrics["policies"]["youden"]["threshold"] == metrics["threshold"]
+    assert metrics["policies"][metrics["threshold_policy"]]["threshold"] == metrics["threshold"]
     assert (repo / "metrics/evaluate/plots/images/held_out_roc.png").stat().st_size > 5000
     for plot in ("roc", "precision_recall", "confusion_matrix", "calibration"):
         assert json.loads((repo / f"metrics/evaluate/plots/sklearn/{plot}.json").read_text())
