@@ -33,7 +33,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from machine import describe  # benchmarks/machine.py
+
+from pneumonia.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest-xray-pneumonia" / "train"

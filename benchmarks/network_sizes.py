@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe  # benchmarks/machine.py
+
+from pneumonia.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(24, 128), (16, 128), (24, 96), (16, 96), (16, 64)]  # (train.width, image_size)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py
+from pneumonia.machine import describe
 
 STAGES = ["ingest", "preprocess", "train", "evaluate", "export_onnx"]
 # Measures one command in a fresh interpreter, so each figure is that stage's own peak.

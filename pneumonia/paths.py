@@ -30,6 +30,7 @@ SPLITS = ("train", "val", "test")
 # Held-out blocks of the earliest and latest patient ids (ingest.shift_fraction): a cohort
 # shift in time. Empty when the source's file names carry no numbered patient ids.
 SHIFT_SPLITS = ("early", "late")
+HELD_OUT = ("test", *SHIFT_SPLITS)  # every split evaluate reports at the validation threshold
 
 
 def prepared_split(split: str) -> Path:

@@ -25,7 +25,6 @@ from pneumonia import paths
 from pneumonia.config import GateParams, load_params
 
 GATED = ("roc_auc", "sensitivity")
-HELD_OUT = ("test", "early", "late")
 REPORTED = ("roc_auc", "accuracy", "sensitivity", "specificity")
 SEED_SPREAD = paths.METRICS / "seed_spread.json"
 
@@ -121,7 +120,7 @@ def held_out_table(current: dict, base: dict | None, spread: dict | None) -> str
         "| split | metric | this change | base |",
         "|---|---|---:|---:|",
     ]
-    for split in HELD_OUT:
+    for split in paths.HELD_OUT:
         if split not in current:
             continue
         for name in REPORTED:

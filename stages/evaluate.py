@@ -216,17 +216,23 @@ def shifted_inputs(raw_files: list[Path], shift: Callable, config: PreprocessCon
     )
 
 
-def robustness(
+def shifted_probabilities(
     predict: Callable[[np.ndarray], np.ndarray],
     raw_files: list[Path],
-    labels: np.ndarray,
-    threshold: float,
     config: PreprocessConfig,
-) -> dict:
-    """Test metrics on shifted copies of the test split, at the same threshold."""
+    description: str,
+) -> dict[str, np.ndarray]:
+    """P(PNEUMONIA) of each raw image under every shift of SHIFTS, by shift name."""
+    return {
+        name: predict(shifted_inputs(raw_files, shift, config))
+        for name, shift in tqdm(SHIFTS.items(), desc=description, unit="shift")
+    }
+
+
+def robustness(shifted: dict[str, np.ndarray], labels: np.ndarray, threshold: float) -> dict:
+    """Metrics of each shifted copy of a split, at the same threshold."""
     report = {}
-    for name, shift in tqdm(SHIFTS.items(), desc="robustness", unit="shift"):
-        probabilities = predict(shifted_inputs(raw_files, shift, config))
+    for name, probabilities in shifted.items():
         metrics = binary_metrics(labels, probabilities, threshold)
         report[name] = {key: float(metrics[key]) for key in ROBUSTNESS_METRICS}
     return report
@@ -317,39 +323,34 @@ def main() -> None:
     labels_names = params.base.labels
     model = keras.models.load_model(paths.KERAS_MODEL)
 
+    def predict(images: np.ndarray) -> np.ndarray:
+        return predict_probabilities(model, images)
+
     prepared = preprocessing()
     prepared.pop("labels")
     config = PreprocessConfig(**prepared)
     val_images, val_labels = load_split("val")
-    val_probabilities = predict_probabilities(model, val_images)
+    val_probabilities = predict(val_images)
     val_files = [paths.RAW / name for name in load_files("val")]
-    shifted_val = [
-        predict_probabilities(model, shifted_inputs(val_files, shift, config))
-        for shift in tqdm(SHIFTS.values(), desc="shifted validation", unit="shift")
-    ]
-    thresholds = policy_thresholds((val_labels, val_probabilities), shifted_val, params.evaluate)
+    shifted_val = shifted_probabilities(predict, val_files, config, "shifted validation")
+    thresholds = policy_thresholds(
+        (val_labels, val_probabilities), list(shifted_val.values()), params.evaluate
+    )
     threshold = thresholds[params.evaluate.threshold_policy]
     log.info("threshold %.4f (%s, chosen on val)", threshold, params.evaluate.threshold_policy)
 
-    test_images, test_labels = load_split("test")
-    test_probabilities = predict_probabilities(model, test_images)
+    # test, then the id blocks: other periods of the hospital, never trained or tuned on.
     results: dict = {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
-    results |= evaluate(
-        test_labels, test_probabilities, threshold, params.evaluate, params.base.seed
-    )
-    # The id blocks: other periods of the hospital, never trained or tuned on.
-    scores = {"test": (test_labels, test_probabilities)}
-    for split in paths.SHIFT_SPLITS:
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in paths.HELD_OUT:
         images, labels = load_split(split)
-        if len(np.unique(labels)) < 2:
+        if split != "test" and len(np.unique(labels)) < 2:
             log.warning("split %s has %d image(s), not both classes: skipped", split, len(labels))
             continue
-        probabilities = predict_probabilities(model, images)
-        scores[split] = (labels, probabilities)
-        results |= evaluate(
-            labels, probabilities, threshold, params.evaluate, params.base.seed, split
-        )
+        scores[split] = (labels, predict(images))
+        results |= evaluate(*scores[split], threshold, params.evaluate, params.base.seed, split)
     held_out = list(scores)
+    test_labels, test_probabilities = scores["test"]
     results["worst_split"] = worst_of(results, held_out)
     # What the other policies would give: the evidence for evaluate.threshold_policy.
     results["policies"] = {
@@ -369,11 +370,7 @@ def main() -> None:
     results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
     test_files = [paths.RAW / name for name in load_files("test")]
     results["robustness"] = robustness(
-        lambda images: predict_probabilities(model, images),
-        test_files,
-        test_labels,
-        threshold,
-        config,
+        shifted_probabilities(predict, test_files, config, "robustness"), test_labels, threshold
     )
 
     with Live(dir=str(paths.EVALUATE_LIVE), save_dvc_exp=False, dvcyaml=None) as live:

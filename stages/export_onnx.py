@@ -162,7 +162,7 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         f"{report['patients_per_split'].get(split, 0):,} |"
         for split, counts in sorted(report["per_split"].items())
     )
-    held_out = [split for split in ("test", "early", "late") if split in evaluation]
+    held_out = [split for split in paths.HELD_OUT if split in evaluation]
     held_out_rows = "\n".join(
         f"| {split} | {evaluation[split]['images']} | {evaluation[split]['prevalence']:.3f} | "
         + " | ".join(
