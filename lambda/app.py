@@ -39,6 +39,7 @@ STATUS_FOR_REASON = {
     "corrupt": HTTPStatus.BAD_REQUEST,
     "unsupported_format": HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     "too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "too_complex": HTTPStatus.UNPROCESSABLE_ENTITY,
 }
 
 logger = Logger(service="pneumonia-endpoint")
@@ -80,12 +81,14 @@ class ModelUnavailable(Exception):
 
 
 def load_model(model_dir: Path) -> tuple[onnxruntime.InferenceSession, ModelMetadata]:
+    """The session and its metadata; refuses a model.json that is malformed or names other bytes."""
+    metadata = ModelMetadata.load(model_dir / "model.json")  # types and ranges checked
+    onnx_bytes = (model_dir / "model.onnx").read_bytes()
+    metadata.check_describes(onnx_bytes)  # the served bytes are the ones hashed
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("ONNX_THREADS", "1"))
-    session = onnxruntime.InferenceSession(
-        str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    return session, ModelMetadata.load(model_dir / "model.json")
+    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return session, metadata
 
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "model"))
@@ -187,9 +190,14 @@ def classify(image_bytes: bytes) -> tuple[str, float]:
         ),
         413: documented("body or image over the limits", ErrorResponse),
         415: documented("not JPEG or PNG", ErrorResponse),
+        422: documented(
+            "a JPEG or PNG whose structure is over the caps (scans, segments, chunks)",
+            ErrorResponse,
+        ),
     },
 )
-@tracer.capture_method(capture_error=False)  # client errors are answered, not faults
+# Client errors are answered, not faults; responses and exception text stay out of traces.
+@tracer.capture_method(capture_response=False, capture_error=False)
 def predict() -> PredictResponse:
     image_bytes = request_image(app.current_event)
     label, probability = classify(image_bytes)
@@ -245,7 +253,7 @@ def handle_not_found(_: Exception) -> Response:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     started = time.perf_counter()

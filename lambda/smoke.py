@@ -1,17 +1,33 @@
 """Smoke-test a deployed (or local) endpoint: /health and one prediction. Exit 1 on failure.
 
-    python lambda/smoke.py --url https://ID.execute-api.REGION.amazonaws.com/prod \\
-        --api-key KEY --expect-version sha256-... --image tests/events/smoke.jpeg
+Over HTTP, through API Gateway (the API key, when one is needed, is read from the API_KEY
+environment variable, never from the command line, where every process can read it):
+
+    API_KEY=... python lambda/smoke.py --url https://ID.execute-api.REGION.amazonaws.com/prod \\
+        --expect-version sha256-... --image tests/events/smoke.jpeg
+
+Or one published Lambda version invoked directly with API Gateway's event shape, before any
+alias routes traffic to it (AWS credentials from the environment):
+
+    python lambda/smoke.py --function NAME --qualifier 7 --expect-version sha256-... \\
+        --image tests/events/smoke.jpeg
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+# (path, body or None for a GET) -> (HTTP status, JSON body)
+Send = Callable[[str, bytes | None], tuple[int, dict]]
 
 
 def call(url: str, api_key: str | None, data: bytes | None = None) -> tuple[int, dict]:
@@ -26,15 +42,69 @@ def call(url: str, api_key: str | None, data: bytes | None = None) -> tuple[int,
         return error.code, json.loads(error.read() or b"{}")
 
 
-def smoke(base_url: str, api_key: str | None, expect_version: str | None, image: Path) -> list[str]:
+def over_http(base_url: str, api_key: str | None) -> Send:
+    return lambda path, data: call(f"{base_url.rstrip('/')}{path}", api_key, data)
+
+
+def api_gateway_event(path: str, data: bytes | None) -> dict:
+    """A REST API proxy event as API Gateway hands the function a request (binary body)."""
+    method = "POST" if data is not None else "GET"
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "image/jpeg"
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {name: [value] for name, value in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": path,
+            "httpMethod": method,
+            "path": path,
+            "stage": "smoke",
+            "requestId": "smoke-test",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": base64.b64encode(data).decode() if data is not None else None,
+        "isBase64Encoded": data is not None,
+    }
+
+
+def invoking(function: str, qualifier: str, client: Any = None) -> Send:
+    """Invoke one version of the function directly (no API Gateway, no alias, no API key)."""
+    if client is None:
+        import boto3
+
+        client = boto3.client("lambda")
+
+    def send(path: str, data: bytes | None) -> tuple[int, dict]:
+        answer = client.invoke(
+            FunctionName=function,
+            Qualifier=qualifier,
+            Payload=json.dumps(api_gateway_event(path, data)).encode(),
+        )
+        payload = json.loads(answer["Payload"].read() or b"{}")
+        if answer.get("FunctionError"):
+            return 502, {"error": f"{answer['FunctionError']}: {payload.get('errorType')}"}
+        return int(payload.get("statusCode", 502)), json.loads(payload.get("body") or "{}")
+
+    return send
+
+
+def smoke(send: Send, expect_version: str | None, image: Path) -> list[str]:
     """Every problem found; empty when the endpoint is healthy."""
     problems = []
-    status, health = call(f"{base_url.rstrip('/')}/health", api_key)
+    status, health = send("/health", None)
     if status != 200:
         problems.append(f"/health answered {status}: {health}")
     elif expect_version and health.get("modelVersion") != expect_version:
         problems.append(f"/health serves {health.get('modelVersion')}, expected {expect_version}")
-    status, prediction = call(f"{base_url.rstrip('/')}/predict", api_key, image.read_bytes())
+    status, prediction = send("/predict", image.read_bytes())
     if status != 200:
         problems.append(f"/predict answered {status}: {prediction}")
     elif not 0.0 <= prediction.get("probability_pneumonia", -1) <= 1.0:
@@ -44,14 +114,23 @@ def smoke(base_url: str, api_key: str | None, expect_version: str | None, image:
     return problems
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--api-key")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="the API's base URL; API_KEY from the environment")
+    target.add_argument("--function", help="a Lambda function to invoke directly")
+    parser.add_argument("--qualifier", help="with --function: the version to invoke")
     parser.add_argument("--expect-version")
     parser.add_argument("--image", type=Path, required=True)
-    args = parser.parse_args()
-    problems = smoke(args.url, args.api_key, args.expect_version, args.image)
+    args = parser.parse_args(argv)
+    if args.function and not args.qualifier:
+        parser.error("--function needs --qualifier (a published version)")
+    send = (
+        over_http(args.url, os.environ.get("API_KEY") or None)
+        if args.url
+        else invoking(args.function, args.qualifier)
+    )
+    problems = smoke(send, args.expect_version, args.image)
     for problem in problems:
         print(f"FAIL {problem}")
     print("smoke test failed" if problems else "smoke test passed")

@@ -22,7 +22,8 @@ class BaseParams(_Section):
 
 class IngestParams(_Section):
     source: str
-    sha256: str | None
+    sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    require_sha256: bool  # refuse an archive, .npz or download without sha256
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     shift_fraction: float = Field(ge=0, lt=0.25)

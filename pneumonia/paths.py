@@ -7,7 +7,7 @@ RAW = DATA / "raw"  # accepted images, data/raw/<LABEL>/<file>
 QUARANTINE = DATA / "quarantine"  # rejected files, kept as found
 QUARANTINE_LIST = QUARANTINE / "quarantine.csv"  # file, label, reason, detail
 MANIFEST = DATA / "manifest.csv"
-INGEST_REPORT = DATA / "ingest_report.json"
+INGEST_REPORT = DATA / "ingest_report.json"  # names files (patient ids): DVC cache, not git
 DOWNLOADS = DATA / "downloads"  # cache of fetched archives (git/dvc ignored)
 
 PREPARED = DATA / "prepared"  # one <split>.npz per split + params.json
@@ -25,6 +25,7 @@ TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage
 EVALUATE_LIVE = METRICS / "evaluate"  # dvclive dir of the evaluate stage
 PREDICTIONS = METRICS / "evaluate" / "predictions.csv"
 EXPORT_METRICS = METRICS / "export_onnx.json"
+INGEST_SUMMARY = METRICS / "ingest.json"  # the ingest report's counts, no file names
 
 SPLITS = ("train", "val", "test")
 # Held-out blocks of the earliest and latest patient ids (ingest.shift_fraction): a cohort

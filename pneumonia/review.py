@@ -4,8 +4,12 @@
     python -m pneumonia.review gate --base main
 
 The same commands run locally and in CI; the workflow only calls them.
-Gate exit codes: 0 passed, 1 a floor or the regression tolerance failed, 2 the
-metrics could not be read.
+Gate exit codes: 0 passed, 1 a floor or the regression tolerance failed (or a gated
+metric is missing or not a finite number), 2 the metrics could not be read.
+
+The floors and the tolerance are read from `params.yaml` at the base revision, not from the
+change under review, so a pull request cannot lower the bar it is measured against. Only
+when the base has no `gate` section does the change's own one apply, with a warning.
 
 Training is bit-reproducible on one CPU family only (README, "Devices"), so one draw is
 not a baseline: when the base revision has `metrics/seed_spread.json` (written by
@@ -17,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from pydantic import ValidationError
+
 from pneumonia import paths
-from pneumonia.config import GateParams, load_params
+from pneumonia.config import PARAMS_FILE, GateParams, load_params
 
 GATED = ("roc_auc", "sensitivity")
 REPORTED = ("roc_auc", "accuracy", "sensitivity", "specificity")
@@ -42,26 +51,83 @@ def read_metrics(path: Path) -> dict:
         raise MetricsError(f"{path} is not valid JSON ({error})") from None
 
 
-def metrics_at(revision: str, path: Path = paths.EVALUATE_LIVE / "metrics.json") -> dict | None:
-    """The metrics file as committed at a git revision; None when it has none."""
+def show_at(revision: str, path: Path) -> str | None:
+    """A file's text as committed at a git revision; None when it has none."""
     shown = subprocess.run(
         ["git", "show", f"{revision}:{path.as_posix()}"], capture_output=True, text=True
     )
-    if shown.returncode != 0:
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def metrics_at(revision: str, path: Path = paths.EVALUATE_LIVE / "metrics.json") -> dict | None:
+    """The metrics file as committed at a git revision; None when it has none."""
+    text = show_at(revision, path)
+    if text is None:
         return None
     try:
-        return json.loads(shown.stdout)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise MetricsError(f"{path} at {revision} is not valid JSON ({error})") from None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The gate's floors and tolerance, and where they were read."""
+
+    params: GateParams
+    source: str  # a sentence for the report: which revision's params.yaml
+    warning: str | None = None  # set when the floors are the change's own
+
+
+def gate_at(revision: str, fallback: Path = PARAMS_FILE) -> Gate:
+    """The `gate` section of params.yaml at the base revision.
+
+    A pull request edits its own params.yaml, so its floors are not trusted: only when the
+    base revision has no params.yaml or no `gate` section (the gate is new) are the
+    change's own floors used, with a warning. A base section that does not validate is an
+    error, never a reason to fall back.
+    """
+    text = show_at(revision, PARAMS_FILE)
+    reason = f"`{revision}` has no {PARAMS_FILE}"
+    if text is not None:
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise MetricsError(f"{PARAMS_FILE} at {revision} is not valid YAML ({error})") from None
+        section = raw.get("gate") if isinstance(raw, dict) else None
+        if section is not None:
+            try:
+                params = GateParams.model_validate(section)
+            except ValidationError as error:
+                raise MetricsError(
+                    f"the gate section of {PARAMS_FILE} at {revision} is invalid ({error})"
+                ) from None
+            return Gate(params, f"`{PARAMS_FILE}` at `{revision}` (the base)")
+        reason = f"{PARAMS_FILE} at `{revision}` has no gate section"
+    return Gate(
+        load_params(fallback).gate,
+        f"this change's own `{fallback}`",
+        f"{reason}: the floors are this change's own, which it could have lowered",
+    )
+
+
+def finite(value: object) -> float | None:
+    """A metric as a finite float; None when it is absent, not a number, NaN or infinite."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def lowest_seed(spread: dict | None, name: str) -> tuple[float, int] | None:
     """The lowest test value of a metric over the base's seeds, and how many seeds ran."""
     try:
         test = spread["splits"]["test"]  # type: ignore[index]
-        return float(test[name]["min"]), len(spread["seeds"])  # type: ignore[index]
-    except (KeyError, TypeError, ValueError):
+        lowest, seeds = finite(test[name]["min"]), len(spread["seeds"])  # type: ignore[index]
+    except (KeyError, TypeError):
         return None
+    return None if lowest is None else (lowest, seeds)
 
 
 def check_gate(
@@ -69,19 +135,32 @@ def check_gate(
 ) -> list[str]:
     """Every failed condition, as a sentence; empty when the change may merge.
 
+    A gated metric that is missing or not a finite number (evaluate writes NaN AUC for a
+    split with one class) fails: NaN compares false with every floor, so it would pass.
     `spread`: the base's seed spread; when it has a metric, a regression is measured from
     the lowest seed rather than from the base's single run.
     """
-    try:
-        test = {name: float(current["test"][name]) for name in GATED}
-    except (KeyError, TypeError, ValueError):
-        raise MetricsError(f"the metrics lack test.{' / test.'.join(GATED)}") from None
+    section = current.get("test") if isinstance(current, dict) else None
+    if not isinstance(section, dict):
+        raise MetricsError(f"the metrics lack test.{' / test.'.join(GATED)}")
     failures = []
+    test: dict[str, float] = {}
+    for name in GATED:
+        value = finite(section.get(name))
+        if value is not None:
+            test[name] = value
+        elif name not in section:
+            failures.append(f"test {name} is missing: the gate cannot pass without it")
+        else:
+            failures.append(
+                f"test {name} is {section[name]!r}, not a finite number: the gate cannot pass "
+                "without it (a split with one class has no AUC)"
+            )
     floors = {"roc_auc": gate.min_roc_auc, "sensitivity": gate.min_sensitivity}
     for name, floor in floors.items():
-        if test[name] < floor:
+        if name in test and test[name] < floor:
             failures.append(f"test {name} {test[name]:.4f} is below the floor {floor:.4f}")
-    for name in GATED:
+    for name in test:
         lowest = lowest_seed(spread, name)
         if lowest is not None:
             value, seeds = lowest
@@ -92,8 +171,10 @@ def check_gate(
                 )
             continue
         try:
-            before = float(base["test"][name])  # type: ignore[index]
-        except (KeyError, TypeError, ValueError):
+            before = finite(base["test"][name])  # type: ignore[index]
+        except (KeyError, TypeError):
+            before = None
+        if before is None:
             continue  # no base, or it predates this metric: nothing to regress from
         if before - test[name] > gate.max_regression:
             failures.append(
@@ -130,7 +211,9 @@ def held_out_table(current: dict, base: dict | None, spread: dict | None) -> str
                 before = f"{ranged['mean']:.4f} [{ranged['min']:.4f}, {ranged['max']:.4f}]"
             elif base and name in base.get(split, {}):
                 before = f"{base[split][name]:.4f}"
-            lines.append(f"| {split} | {name} | {current[split][name]:.4f} | {before} |")
+            value = current[split].get(name)
+            shown = f"{value:.4f}" if isinstance(value, (int, float)) else "missing"
+            lines.append(f"| {split} | {name} | {shown} | {before} |")
     if spread:
         lines.append(
             f"\nBase column: mean [min, max] over seeds {spread.get('seeds')} on "
@@ -145,6 +228,7 @@ def report(
     gate_lines: list[str],
     baseline: bool,
     held_out: str = "",
+    gate: Gate | None = None,
 ) -> str:
     """The markdown posted on the pull request."""
     sections = [
@@ -168,10 +252,22 @@ def report(
         ]
     verdict = "passed" if not gate_lines else "**failed**"
     sections += ["### Gate", f"Metric gate {verdict}."]
+    if gate is not None:
+        sections.append(gate_origin(gate))
     if not baseline:
         sections.append(f"`{base}` has no evaluation metrics: floors only, no regression check.")
     sections += [f"- {line}" for line in gate_lines]
     return "\n\n".join(sections) + "\n"
+
+
+def gate_origin(gate: Gate) -> str:
+    """Which params.yaml the floors came from, and the floors; a warning when not the base's."""
+    floors = (
+        f"min_roc_auc {gate.params.min_roc_auc}, min_sensitivity {gate.params.min_sensitivity}, "
+        f"max_regression {gate.params.max_regression}"
+    )
+    line = f"Gate from {gate.source}: {floors}."
+    return f"**Warning**: {gate.warning}. {line}" if gate.warning else line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,15 +291,21 @@ def main(argv: list[str] | None = None) -> int:
             spread = read_metrics(args.base_spread)
         elif not args.base_metrics:
             spread = metrics_at(args.base, SEED_SPREAD)
-        failures = check_gate(current, base, load_params().gate, spread)
+        gate = gate_at(args.base)
+        failures = check_gate(current, base, gate.params, spread)
     except MetricsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "report":
+        if gate.warning:
+            print(f"warning: {gate.warning}", file=sys.stderr)
         held_out = held_out_table(current, base, spread)
-        args.output.write_text(report(args.base, args.plots, failures, base is not None, held_out))
+        args.output.write_text(
+            report(args.base, args.plots, failures, base is not None, held_out, gate)
+        )
         print(f"wrote {args.output}")
         return 0
+    print(gate_origin(gate).replace("**", ""))
     for line in failures:
         print(f"FAIL {line}")
     if base is None:

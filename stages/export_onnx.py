@@ -192,7 +192,7 @@ Out of scope: adults, lateral or PA views, CT, other findings than pneumonia.
 ## Data
 - Source: `{report["source"]}`; {report["files_found"]:,} files found,
   {report["images_accepted"]:,} images used from {report["patients"]:,} patients;
-  {len(report["quarantined"])} quarantined, {report["duplicates_removed"]} duplicate files removed.
+  {report["quarantined"]} quarantined, {report["duplicates_removed"]} duplicate files removed.
 - Population: Guangzhou Women and Children's Medical Center pediatric patients (Kermany et
   al., Cell 2018); a single centre and one acquisition chain. Performance elsewhere (other
   scanners, hospitals, ages) is unknown until measured there.
@@ -314,7 +314,7 @@ def main() -> None:
     paths.MODEL_METADATA.write_text(metadata.to_json())
     train_info = json.loads(paths.TRAIN_INFO.read_text())
     paths.MODEL_CARD.write_text(
-        model_card(metadata, evaluation, json.loads(paths.INGEST_REPORT.read_text()), train_info)
+        model_card(metadata, evaluation, json.loads(paths.INGEST_SUMMARY.read_text()), train_info)
     )
     tracking.configure()
     with tracking.start_run("export_onnx", run_id=train_info.get("mlflow_run_id")):

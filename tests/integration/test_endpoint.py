@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tests import hostile
 from tests.images import encode, gradient
 from tests.integration.conftest import probabilities_from_keras
 
@@ -81,7 +82,19 @@ for name in ("health", "predict_binary"):
 """
 
 
-@pytest.mark.parametrize("breakage", ["no model.onnx", "corrupt model.onnx", "no model.json"])
+BREAKAGES = [
+    "no model.onnx",
+    "corrupt model.onnx",
+    "no model.json",
+    "threshold not a number",
+    "threshold over 1",
+    "labels not a pair",
+    "image_size a string",
+    "model.onnx from another export",
+]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
 def test_a_model_that_does_not_load_gives_503_not_a_crashed_function(model_dir, tmp_path, breakage):
     import os
     import shutil
@@ -94,8 +107,25 @@ def test_a_model_that_does_not_load_gives_503_not_a_crashed_function(model_dir, 
         (broken / "model.onnx").unlink()
     elif breakage == "corrupt model.onnx":
         (broken / "model.onnx").write_bytes(b"not a protobuf" * 100)
-    else:
+    elif breakage == "no model.json":
         (broken / "model.json").unlink()
+    elif breakage == "model.onnx from another export":  # a valid graph, other bytes
+        import onnx
+
+        graph = onnx.load(broken / "model.onnx")
+        graph.doc_string = "another export"
+        onnx.save(graph, broken / "model.onnx")
+    else:
+        metadata = json.loads((broken / "model.json").read_text())
+        if breakage == "threshold not a number":
+            metadata["threshold"] = "0.5"
+        elif breakage == "threshold over 1":
+            metadata["threshold"] = 1.5
+        elif breakage == "labels not a pair":
+            metadata["labels"] = ["NORMAL"]
+        else:
+            metadata["preprocessing"]["image_size"] = "128"
+        (broken / "model.json").write_text(json.dumps(metadata))
     result = subprocess.run(
         [sys.executable, "-c", BROKEN_MODEL_CHILD],
         cwd=Path(__file__).resolve().parents[2],
@@ -217,6 +247,15 @@ def test_a_huge_declared_image_is_rejected_from_its_header(app_module, lambda_co
     elapsed = time.perf_counter() - started
     assert status == 413 and "pixels" in body["error"]
     assert elapsed < 0.5, "the pixels were decoded"
+
+
+@pytest.mark.parametrize("name", list(hostile.PAYLOADS))
+def test_hostile_payloads_get_a_200_or_a_4xx_json_answer(app_module, lambda_context, name):
+    builder, content_type = hostile.PAYLOADS[name]
+    status, body = call(app_module, image_event(builder(), content_type), lambda_context)
+    assert status == 200 or (400 <= status < 500 and list(body) == ["error"]), body
+    if "scans" in name or "chunks" in name:
+        assert status == 422, body
 
 
 def test_bit_flipped_images_never_cause_a_5xx(app_module, lambda_context, real_images):

@@ -35,6 +35,9 @@ def test_ingest_quarantines_bad_files_accepts_the_png_and_reports(repo):
     manifest = pd.read_csv(repo / "data/manifest.csv")
     assert "train/NORMAL/IM-9004-0001.jpeg" in set(manifest["file"])  # the PNG named .jpeg
     assert report["files_found"] == 154
+    summary = json.loads((repo / "metrics/ingest.json").read_text())  # the part git keeps
+    assert summary["quarantined"] == 3 and summary["files_found"] == 154
+    assert "IM-9001" not in json.dumps(summary) and "/NORMAL/" not in json.dumps(summary)
     assert report["images_accepted"] == len(manifest) == 151
     assert sum(sum(c.values()) for c in report["per_split"].values()) == 151
     assert list(manifest.columns) == [

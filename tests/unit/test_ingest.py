@@ -1,11 +1,17 @@
-"""Ingest's pure functions: patient ids, quarantine, duplicates, leak-free splits, sources."""
+"""Ingest's pure functions: patient ids, quarantine, duplicates, leak-free splits, sources.
+
+Downloads are tested against a real server on 127.0.0.1 (tests/loopback.py)
+that lies about lengths, redirects and stalls.
+"""
 
 import hashlib
-import http.server
+import http.client
+import io
+import logging
 import tarfile
-import threading
+import time
+import urllib.request
 import zipfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +22,26 @@ from PIL import Image
 from pneumonia.config import IngestParams
 from stages.ingest import (
     Candidate,
+    Limits,
+    SafeRedirectHandler,
     SourceError,
+    build_report,
     candidates_from_folder,
     candidates_from_npz,
     collapse_duplicates,
+    copy_capped,
+    download_path,
+    extract,
+    fetch,
     id_blocks,
     patient_id,
+    redact_url,
     resolve_source,
     split_by_patient,
     subsample,
     validate,
 )
+from tests import hostile, loopback
 from tests.images import encode, gradient
 
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -83,6 +98,20 @@ def test_each_bad_file_kind_is_quarantined_with_its_reason_and_the_png_accepted(
         "IM-0004-0001.jpeg": "not_an_image",
     }
     assert all(row["detail"] for row in quarantined)
+
+
+def test_hostile_files_are_quarantined_and_ingest_goes_on():
+    # Each of these once raised out of Pillow (ValueError, struct.error, ...) or took minutes.
+    candidates = [candidate("IM-0001-0001.jpeg", jpeg(0))] + [
+        candidate(f"IM-{index:04d}-0001.jpeg", builder())
+        for index, (builder, _) in enumerate(hostile.PAYLOADS.values(), start=2)
+    ]
+    accepted, quarantined = validate(candidates)
+    assert len(accepted) + len(quarantined) == len(candidates)
+    assert "train/NORMAL/IM-0001-0001.jpeg" in [row["file"] for row in accepted]
+    reasons = {row["reason"] for row in quarantined}
+    assert reasons <= {"corrupt", "too_complex", "unsupported_format", "not_an_image"}
+    assert {"too_complex", "unsupported_format", "corrupt"} <= reasons
 
 
 def test_byte_identical_files_are_collapsed_and_reported():
@@ -220,10 +249,11 @@ def make_layout(root: Path, with_test: bool = False) -> Path:
     return root
 
 
-def params(source: str, sha256: str | None = None) -> IngestParams:
+def params(source: str, sha256: str | None = None, require_sha256: bool = False) -> IngestParams:
     return IngestParams(
         source=source,
         sha256=sha256,
+        require_sha256=require_sha256,
         shift_fraction=0.0,
         val_fraction=0.2,
         test_fraction=0.2,
@@ -234,7 +264,8 @@ def params(source: str, sha256: str | None = None) -> IngestParams:
 
 def test_a_folder_source_lists_every_file(tmp_path):
     root = make_layout(tmp_path / "chest_xray", with_test=True)
-    found = candidates_from_folder(resolve_source(params(str(root)), tmp_path / "dl"), LABELS)
+    source = resolve_source(params(str(root)), tmp_path / "dl")
+    found = candidates_from_folder(source.location, LABELS)
     assert len(found) == 12
     assert {c.source_split for c in found} == {"train", "test"}
 
@@ -259,8 +290,9 @@ def test_an_archive_is_verified_and_extracted(tmp_path, kind):
         with tarfile.open(archive, "w:gz") as bundle:
             bundle.add(layout, arcname="chest_xray")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    root = resolve_source(params(str(archive), digest), tmp_path / "dl")
-    assert root.name == "chest_xray"
+    source = resolve_source(params(str(archive), digest), tmp_path / "dl")
+    root = source.location
+    assert root.name == "chest_xray" and source.verified_by == "ingest.sha256"
     assert len(candidates_from_folder(root, LABELS)) == 6
 
 
@@ -277,18 +309,16 @@ def test_an_http_source_is_downloaded_once_and_verified(tmp_path):
     archive = tmp_path / "site" / "chest_xray.tar.gz"
     with tarfile.open(archive, "w:gz") as bundle:
         bundle.add(layout, arcname="chest_xray")
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *args: None  # quiet
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/chest_xray.tar.gz"
+    with loopback.serve() as server:
+        server.routes["/chest_xray.tar.gz"] = loopback.body(archive.read_bytes())
+        url = server.url("/chest_xray.tar.gz")
         digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-        root = resolve_source(params(url, digest), tmp_path / "dl")
-        assert len(candidates_from_folder(root, LABELS)) == 6
-        assert (tmp_path / "dl" / "chest_xray.tar.gz").read_bytes() == archive.read_bytes()
-    finally:
-        server.shutdown()
+        for _ in range(2):
+            source = resolve_source(params(url, digest), tmp_path / "dl")
+            assert len(candidates_from_folder(source.location, LABELS)) == 6
+            assert source.verified_by == "ingest.sha256"
+        assert download_path(url, tmp_path / "dl").read_bytes() == archive.read_bytes()
+        assert server.hits["/chest_xray.tar.gz"] == 1
 
 
 def synthetic_npz(path: Path) -> Path:
@@ -339,3 +369,317 @@ def test_shift_blocks_are_held_out_before_the_random_carve():
     # The random carve does not depend on the blocks' seed-free choice.
     again = split_by_patient(manifest, 0.15, 0.15, seed=4, shift_fraction=0.05)
     assert (again[split == "early"] == "early").all()
+
+
+# ---------------------------------------------------------------- hardened downloads
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+FAST = Limits(read_timeout_s=2.0, download_deadline_s=10.0)
+
+
+@pytest.fixture
+def server():
+    with loopback.serve() as running:
+        yield running
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_the_default_folder_source_is_unverified_without_a_warning(tmp_path, caplog):
+    root = make_layout(tmp_path / "chest_xray")
+    with caplog.at_level(logging.INFO):
+        source = resolve_source(params(str(root), require_sha256=True), tmp_path / "dl")
+    assert source.location == root and not source.verified
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_download_cut_short_of_its_content_length_is_refused_and_not_cached(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD[:100], announce=100_000)
+    url = server.url("/chest.zip")
+    with pytest.raises(SourceError, match=r"announced 100,000 bytes .* sent 100\b"):
+        fetch(url, tmp_path / "dl", limits=FAST)
+    assert files_under(tmp_path / "dl") == []
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD)  # the next run downloads it whole
+    assert fetch(url, tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
+
+
+def test_a_chunked_download_cut_short_is_refused_and_not_cached(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.chunked(PAYLOAD, finish=False)
+    with pytest.raises(SourceError, match="IncompleteRead"):
+        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=FAST)
+    assert files_under(tmp_path / "dl") == []
+
+
+def test_a_complete_chunked_download_is_accepted(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.chunked(PAYLOAD)
+    assert fetch(server.url("/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
+
+
+def test_the_download_cache_is_keyed_by_url_not_by_file_name(server, tmp_path):
+    server.routes["/a/chest.zip"] = loopback.body(b"first")
+    server.routes["/b/chest.zip"] = loopback.body(b"second")
+    first = fetch(server.url("/a/chest.zip"), tmp_path / "dl", limits=FAST)
+    second = fetch(server.url("/b/chest.zip"), tmp_path / "dl", limits=FAST)
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+    assert first.name == second.name == "chest.zip" and first != second
+
+
+def test_a_cached_download_is_reused_only_while_it_matches_the_sha256(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD)
+    url, digest = server.url("/chest.zip"), hashlib.sha256(PAYLOAD).hexdigest()
+    cached = fetch(url, tmp_path / "dl", digest, FAST)
+    assert fetch(url, tmp_path / "dl", digest, FAST) == cached
+    assert server.hits["/chest.zip"] == 1
+    cached.write_bytes(b"tampered")
+    assert fetch(url, tmp_path / "dl", digest, FAST).read_bytes() == PAYLOAD
+    assert server.hits["/chest.zip"] == 2
+
+
+def test_a_download_with_the_wrong_sha256_never_gets_the_final_name(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD)
+    with pytest.raises(SourceError, match="sha256 is"):
+        fetch(server.url("/chest.zip"), tmp_path / "dl", "0" * 64, FAST)
+    assert files_under(tmp_path / "dl") == []
+
+
+def zipped_layout(folder: Path) -> bytes:
+    layout = make_layout(folder / "chest_xray")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for file in layout.rglob("*.jpeg"):
+            bundle.write(file, file.relative_to(folder))
+    return buffer.getvalue()
+
+
+def test_an_unverified_download_warns_and_is_reported_unverified(server, tmp_path, caplog):
+    data = zipped_layout(tmp_path / "site")
+    server.routes["/chest.zip"] = loopback.body(data)
+    with caplog.at_level(logging.WARNING):
+        source = resolve_source(params(server.url("/chest.zip")), tmp_path / "dl", FAST)
+    assert not source.verified
+    assert len(candidates_from_folder(source.location, LABELS)) == 6
+    warning = caplog.text
+    assert "UNVERIFIED" in warning and hashlib.sha256(data).hexdigest() in warning
+
+
+def test_require_sha256_refuses_an_unpinned_download_before_fetching_it(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.body(b"never asked for")
+    with pytest.raises(SourceError, match=r"ingest\.require_sha256"):
+        resolve_source(params(server.url("/chest.zip"), require_sha256=True), tmp_path / "dl")
+    assert server.hits["/chest.zip"] == 0
+
+
+def test_an_unverified_local_archive_warns_or_is_refused(tmp_path, caplog):
+    archive = tmp_path / "chest_xray.zip"
+    archive.write_bytes(zipped_layout(tmp_path / "site"))
+    with caplog.at_level(logging.WARNING):
+        assert not resolve_source(params(str(archive)), tmp_path / "dl").verified
+    assert "UNVERIFIED an archive" in caplog.text
+    with pytest.raises(SourceError, match=r"ingest\.require_sha256"):
+        resolve_source(params(str(archive), require_sha256=True), tmp_path / "dl")
+
+
+def test_an_http_to_http_redirect_is_followed(server, tmp_path):
+    server.routes["/old/chest.zip"] = loopback.redirect(server.url("/new/chest.zip"), 301)
+    server.routes["/new/chest.zip"] = loopback.body(PAYLOAD)
+    assert fetch(server.url("/old/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == (
+        PAYLOAD
+    )
+
+
+def test_a_redirect_from_https_down_to_http_is_refused(server, tmp_path):
+    pytest.importorskip("cryptography")
+    server_tls, client_tls = loopback.self_signed_tls(tmp_path)
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD)
+    with loopback.serve(server_tls) as secure:
+        secure.routes["/chest.zip"] = loopback.body(PAYLOAD)
+        secure.routes["/moved.zip"] = loopback.redirect(secure.url("/chest.zip"))
+        secure.routes["/down.zip"] = loopback.redirect(server.url("/chest.zip"))
+        # https, and an https -> https redirect, work with the trusted certificate ...
+        assert fetch(
+            secure.url("/moved.zip"), tmp_path / "dl", None, FAST, client_tls
+        ).read_bytes() == (PAYLOAD)
+        # ... a downgrade to http is refused before anything is asked of the http server.
+        with pytest.raises(SourceError, match=r"refused the redirect .* stays on https"):
+            fetch(secure.url("/down.zip"), tmp_path / "dl", None, FAST, client_tls)
+        # and the default context does not trust a self-signed certificate.
+        with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch(secure.url("/chest.zip?x=1"), tmp_path / "dl", None, FAST)
+    assert server.hits["/chest.zip"] == 0
+    assert len(files_under(tmp_path / "dl")) == 1  # the one good download
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ("https://a.example/x.zip", "https://b.example/x.zip", True),
+        ("http://a.example/x.zip", "https://b.example/x.zip", True),
+        ("http://a.example/x.zip", "http://b.example/x.zip", True),
+        ("https://a.example/x.zip", "http://b.example/x.zip", False),
+        ("http://a.example/x.zip", "ftp://b.example/x.zip", False),
+    ],
+)
+def test_the_redirect_handler_refuses_downgrades_and_other_schemes(old, new, allowed):
+    def decide() -> urllib.request.Request | None:
+        return SafeRedirectHandler().redirect_request(
+            urllib.request.Request(old), io.BytesIO(), 302, "Found", http.client.HTTPMessage(), new
+        )
+
+    if allowed:
+        request = decide()
+        assert request is not None and request.full_url == new
+    else:
+        with pytest.raises(SourceError, match="refused the redirect"):
+            decide()
+
+
+def test_a_content_length_over_the_cap_is_refused_before_reading(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.body(PAYLOAD)
+    with pytest.raises(SourceError, match=r"Content-Length is 10,240 bytes, over .* 1,000 bytes"):
+        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
+    assert files_under(tmp_path / "dl") == []
+
+
+def test_a_body_over_the_cap_without_a_content_length_is_aborted(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.chunked(PAYLOAD)
+    with pytest.raises(SourceError, match=r"more than 1,000 bytes, the download cap"):
+        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
+    assert files_under(tmp_path / "dl") == []
+
+
+def test_a_trickling_server_is_stopped_by_the_overall_deadline(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.trickle(1000, 0.05, server.stop)  # 50 s in all
+    start = time.monotonic()
+    with pytest.raises(SourceError, match=r"not downloaded within 0.5 s"):
+        fetch(
+            server.url("/chest.zip"),
+            tmp_path / "dl",
+            limits=Limits(read_timeout_s=2.0, download_deadline_s=0.5),
+        )
+    assert time.monotonic() - start < 3
+    assert files_under(tmp_path / "dl") == []
+
+
+def test_a_stalled_server_times_out(server, tmp_path):
+    server.routes["/chest.zip"] = loopback.stall(1000, b"x" * 10, server.stop)
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="timed out"):
+        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(read_timeout_s=0.3))
+    assert time.monotonic() - start < 3
+    assert files_under(tmp_path / "dl") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:pa55@host.example:8443/d/chest.zip?token=s3cr3t#frag",
+            "https://host.example:8443/d/chest.zip",
+        ),
+        ("http://host.example/chest.zip", "http://host.example/chest.zip"),
+        ("../shared/data/chest-xray-pneumonia", "../shared/data/chest-xray-pneumonia"),
+    ],
+)
+def test_redact_url_drops_user_info_query_and_fragment(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_a_token_in_the_url_is_in_no_error_log_or_report(server, tmp_path, caplog):
+    url = server.url("/private/chest.zip?X-Amz-Signature=s3cr3t")
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as error:
+        fetch(url, tmp_path / "dl", limits=FAST)  # no route: 404
+    assert "404" in str(error.value) and server.url("/private/chest.zip") in str(error.value)
+    assert "s3cr3t" not in str(error.value) + caplog.text
+    manifest = pd.DataFrame({"split": ["train"], "label": ["NORMAL"], "patient_id": ["IM-0001"]})
+    report = build_report(manifest, [], [], url, 1, None)
+    assert report["source"] == server.url("/private/chest.zip")
+    assert report["verified"] is False and report["verified_by"] is None
+    assert build_report(manifest, [], [], "x.zip", 1, "ingest.sha256")["verified"] is True
+
+
+# ---------------------------------------------------------------- hardened archives
+
+
+def zip_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def tar_of(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as bundle:
+        for info, data in members:
+            info.size = len(data) if info.isfile() else 0
+            bundle.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_extracted(tmp_path):
+    archive = zip_of(tmp_path / "bomb.zip", {"train/NORMAL/a.jpeg": bytes(1_000_000)})
+    assert archive.stat().st_size < 5_000
+    with pytest.raises(SourceError, match=r"declares 1,000,000 bytes .* cap of 100,000"):
+        extract(archive, tmp_path / "out", Limits(max_extracted_bytes=100_000))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_with_too_many_members_is_refused(tmp_path):
+    archive = zip_of(tmp_path / "many.zip", {f"train/NORMAL/{i}.jpeg": b"x" for i in range(50)})
+    with pytest.raises(SourceError, match=r"more than 10 members, the cap"):
+        extract(archive, tmp_path / "out", Limits(max_archive_members=10))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_whose_header_understates_a_size_is_refused(tmp_path):
+    archive = zip_of(tmp_path / "liar.zip", {"train/NORMAL/a.jpeg": bytes(200_000)})
+    data = bytearray(archive.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")  # the central directory entry: size at offset 24
+    data[entry + 24 : entry + 28] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="cannot be extracted"):
+        extract(archive, tmp_path / "out", Limits(max_extracted_bytes=100_000))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_real_bytes_are_counted_against_the_cap_while_extracting(tmp_path):
+    with pytest.raises(SourceError, match=r"extracts to more than 1,000 bytes, the cap"):
+        copy_capped(io.BytesIO(bytes(5000)), tmp_path / "out", 300, tmp_path / "a.zip", 1000)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_member_escaping_the_folder_is_refused(tmp_path, kind):
+    if kind == "zip":
+        archive = zip_of(tmp_path / "evil.zip", {"../evil.txt": b"x"})
+    else:
+        archive = tar_of(tmp_path / "evil.tar.gz", [(tarfile.TarInfo("../evil.txt"), b"x")])
+    with pytest.raises(SourceError, match=r"evil\.txt"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_tar_over_the_member_or_size_cap_is_refused(tmp_path):
+    members = [(tarfile.TarInfo(f"train/NORMAL/{i}.jpeg"), bytes(1000)) for i in range(20)]
+    archive = tar_of(tmp_path / "big.tar.gz", members)
+    with pytest.raises(SourceError, match=r"more than 10 members"):
+        extract(archive, tmp_path / "out", Limits(max_archive_members=10))
+    with pytest.raises(SourceError, match=r"declares 5,000 bytes uncompressed, over the cap"):
+        extract(archive, tmp_path / "out", Limits(max_extracted_bytes=4999))
+    assert not (tmp_path / "out").exists()
+    assert len(files_under(extract(archive, tmp_path / "out"))) == 20
+
+
+@pytest.mark.parametrize(
+    ("kind", "link"),
+    [(tarfile.SYMTYPE, "a.jpeg"), (tarfile.LNKTYPE, "a.jpeg"), (tarfile.CHRTYPE, "")],
+)
+def test_a_tar_with_a_link_or_a_device_is_refused(tmp_path, kind, link):
+    special = tarfile.TarInfo("train/NORMAL/b.jpeg")
+    special.type, special.linkname = kind, link
+    archive = tar_of(
+        tmp_path / "links.tar.gz", [(tarfile.TarInfo("train/NORMAL/a.jpeg"), b"x"), (special, b"")]
+    )
+    with pytest.raises(SourceError, match=r"b\.jpeg"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
