@@ -1,11 +1,11 @@
-# Two entry points: `make repro` (set up + run the pipeline) and `make test`.
+# Two entry points: `make repro` (set up, fetch the dataset, run the pipeline) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 # dvc.yaml runs `python -m stages.<name>`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test lint
+.PHONY: install data repro test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-repro: install
+# The dataset as data/source/chest-xray-pneumonia.dvc names it: from the DVC cache, the
+# remote, or FALLBACK (verified against the committed hash).
+FALLBACK ?= ../shared/data/chest-xray-pneumonia
+data: install
+	python -m pneumonia.dataset --fallback $(FALLBACK)
+
+repro: data
 	dvc repro
 
 lint: install

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 DATA = Path("data")
+SOURCE = DATA / "source" / "chest-xray-pneumonia"  # the dataset, DVC-tracked (.dvc beside it)
 RAW = DATA / "raw"  # accepted images, data/raw/<LABEL>/<file>
 QUARANTINE = DATA / "quarantine"  # rejected files, kept as found
 QUARANTINE_LIST = QUARANTINE / "quarantine.csv"  # file, label, reason, detail

@@ -530,7 +530,8 @@ def resolve_source(params: IngestParams, downloads: Path, limits: Limits = LIMIT
         if not local.exists():
             raise SourceError(
                 f"ingest.source {source!r} not found (looked for {local.resolve()}). "
-                "Set ingest.source in params.yaml, or run "
+                "For the versioned dataset run `make data` (python -m pneumonia.dataset). "
+                "Otherwise set ingest.source in params.yaml, or run "
                 "`dvc exp run --set-param ingest.source=PATH_OR_URL`, to a folder in the "
                 "Kaggle chest-xray-pneumonia layout, a .zip/.tar.gz of it, or a "
                 "PneumoniaMNIST .npz."

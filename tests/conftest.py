@@ -1,4 +1,4 @@
-"""Shared fixtures: the location of the real data, images made in the test."""
+"""Shared fixtures: a committed sample of the real data, images made in the test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from PIL import Image
 from tests.images import encode, gradient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data" / "chest-xray-pneumonia").resolve()
+# 150 real images of the training split, committed (tests/data/chest-xray-sample/README.md):
+# the tests never read a folder outside the repository.
+SAMPLE_DATA = REPO_ROOT / "tests" / "data" / "chest-xray-sample"
 
 
 @pytest.fixture
@@ -19,7 +21,5 @@ def xray_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "train").is_dir():
-        pytest.fail(f"the default dataset is missing: {SHARED_DATA}")
-    return SHARED_DATA
+def sample_data() -> Path:
+    return SAMPLE_DATA

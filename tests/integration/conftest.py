@@ -20,7 +20,7 @@ IMAGE_SIZE = 64
 
 
 @pytest.fixture(scope="session")
-def repo(tmp_path_factory, shared_data) -> Path:
+def repo(tmp_path_factory, sample_data) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     repo = root / "repo"
     listed = subprocess.run(
@@ -36,11 +36,13 @@ def repo(tmp_path_factory, shared_data) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    source = make_slice(shared_data, root / "source", {"NORMAL": 50, "PNEUMONIA": 100})
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    # The slice takes the dataset's place: DVC-tracked, as data/source is in the repository.
+    make_slice(sample_data, repo / "data" / "source" / "chest-xray-pneumonia")
+    run(repo, "dvc", "add", "data/source/chest-xray-pneumonia")
     set_params(
         repo,
         **{
-            "ingest.source": str(source),
             "ingest.val_fraction": 0.2,
             "ingest.test_fraction": 0.2,
             "preprocess.image_size": 64,
@@ -52,7 +54,6 @@ def repo(tmp_path_factory, shared_data) -> Path:
         },
     )
     for command in (
-        ["git", "init", "-q", "-b", "main"],
         ["git", "add", "-A"],
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "slice"],
     ):
@@ -113,10 +114,10 @@ def app_module(model_dir):
 
 
 @pytest.fixture
-def real_images(shared_data) -> list[bytes]:
+def real_images(sample_data) -> list[bytes]:
     files = (
-        sorted((shared_data / "train" / "NORMAL").iterdir())[:3]
-        + sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:3]
+        sorted((sample_data / "train" / "NORMAL").iterdir())[:3]
+        + sorted((sample_data / "train" / "PNEUMONIA").iterdir())[:3]
     )
     return [file.read_bytes() for file in files]
 

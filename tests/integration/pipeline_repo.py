@@ -18,14 +18,9 @@ from tests.images import encode, gradient
 STAGES = ["ingest", "preprocess", "train", "evaluate", "export_onnx"]
 
 
-def make_slice(shared_data: Path, destination: Path, per_label: dict[str, int]) -> Path:
-    """Every k-th real image of each class, and four faulty files in train/NORMAL."""
-    for label, count in per_label.items():
-        files = sorted((shared_data / "train" / label).iterdir())
-        folder = destination / "train" / label
-        folder.mkdir(parents=True)
-        for file in files[:: len(files) // count][:count]:
-            shutil.copyfile(file, folder / file.name)
+def make_slice(sample_data: Path, destination: Path) -> Path:
+    """The committed sample of real images, and four faulty files in train/NORMAL."""
+    shutil.copytree(sample_data, destination)
     normal = destination / "train" / "NORMAL"
     real = next(normal.iterdir()).read_bytes()
     (normal / "IM-9001-0001.jpeg").write_bytes(real[: len(real) // 2])  # corrupt (truncated)

@@ -80,7 +80,7 @@ def lambda_venv(tmp_path_factory) -> Path:
 
 
 def test_the_image_serves_real_images_without_tensorflow(
-    lambda_venv, tmp_path, model_dir, shared_data, keras_model, app_module
+    lambda_venv, tmp_path, model_dir, sample_data, keras_model, app_module
 ):
     root = task_root_from_dockerfile(tmp_path / "task", model_dir)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
@@ -93,8 +93,8 @@ def test_the_image_serves_real_images_without_tensorflow(
         "requirements.txt",
     ]
     images = (
-        sorted((shared_data / "train" / "PNEUMONIA").iterdir())[:2]
-        + sorted((shared_data / "train" / "NORMAL").iterdir())[:2]
+        sorted((sample_data / "train" / "PNEUMONIA").iterdir())[:2]
+        + sorted((sample_data / "train" / "NORMAL").iterdir())[:2]
     )
     event = REPO_ROOT / "tests" / "events" / "predict_binary.json"
     result = subprocess.run(

@@ -246,7 +246,8 @@ def test_a_repro_killed_during_train_completes_when_run_again(repo):
 
 
 def test_the_readme_experiment_walkthrough(repo, tmp_path):
-    # The README's commands, on the slice (whose ingest.source is absolute, as a queue needs).
+    # The README's commands, on the slice (DVC-tracked in data/source: a queued run's
+    # temporary copy checks it out from the cache).
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline_repo import pipeline_env, run
+from tests.integration.pipeline_repo import pipeline_env, run, set_params, stages_run
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,13 @@ def objects_in_bucket(endpoint: str) -> int:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    tracked = ["data/prepared", "data/raw", "models/model.onnx", "models/model.keras"]
+    tracked = [
+        "data/source",
+        "data/prepared",
+        "data/raw",
+        "models/model.onnx",
+        "models/model.keras",
+    ]
     hashes = {}
     for name in tracked:
         for path in sorted([root / name] if (root / name).is_file() else (root / name).rglob("*")):
@@ -107,3 +113,18 @@ def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(repo, s3_
     assert "in sync" in status, status
     assert file_hashes(clone) == file_hashes(repo)
     assert len(file_hashes(clone)) > 100
+
+    # A pull request reviewed on a runner: nothing beside the clone (no ../shared); the
+    # dataset and the base's outputs come from the remote, only the changed stages rerun,
+    # and the report diffs the metrics against the base revision.
+    assert not (clone.parent / "shared").exists()
+    assert (clone / "data/source/chest-xray-pneumonia/train/NORMAL").is_dir()
+    set_params(clone, **{"evaluate.threshold_policy": "youden"})
+    rerun = stages_run(run(clone, "dvc", "repro").stdout)
+    assert rerun == ["evaluate", "export_onnx"], rerun
+    review = tmp_path / "review.md"
+    report = ["python", "-m", "pneumonia.review", "report", "--base", "HEAD"]
+    run(clone, *report, "--output", str(review))
+    text = review.read_text()
+    assert "## Model review" in text and "evaluate.threshold_policy" in text
+    assert "metrics/evaluate/metrics.json" in text
