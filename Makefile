@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # dvc.yaml runs `python -m stages.<name>`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install data repro test lint
+.PHONY: install data repro test test-fast lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ lint: install
 
 test: lint
 	pytest
+
+# The unit tier alone (no dvc repro, no TensorFlow training, no servers): under a minute.
+test-fast: install
+	pytest -m "not integration"

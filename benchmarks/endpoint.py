@@ -10,7 +10,7 @@ On real 224x224 JPEGs of the default data, single thread, in fresh processes:
 - cold start: process spawn to the first response (median of --cold-runs);
 - decode + preprocess by input size, with and without libjpeg's DCT scaling;
 - peak RSS; the installed size of each path's Python dependencies;
-- a bounded load run against the local endpoint (lambda/local.py) on loopback;
+- a bounded load run against the local endpoint (pneumonia.serving.local) on loopback;
 - with --int8: onnxruntime static QDQ quantization calibrated on the validation
   split, its latency and its AUC / accuracy on the test split against FP32.
 
@@ -35,71 +35,82 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.machine import describe
+from pneumonia.serving import inference
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "chest-xray-pneumonia" / "train"
+DATA = ROOT / "data" / "source" / "chest-xray-pneumonia" / "train"  # `make data`
 EVENT = ROOT / "tests" / "events" / "predict_binary.json"
 
-# Runs in a fresh interpreter: cold start, then warm requests, then the peak RSS.
-CHILD = r"""
-import base64, json, os, resource, sys, tempfile, time
-import cv2
-cv2.setNumThreads(1)  # one thread throughout, as in a 1-vCPU Lambda
-path, model_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-images = [open(p, "rb").read() for p in sys.argv[4:]]
-sys.path.insert(0, "lambda")
-if path == "tf":
-    # The same handler, with the Keras model answering onnxruntime's run() call.
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    os.environ["MODEL_DIR"] = tempfile.mkdtemp()  # so app.py loads no ONNX model
-    import tensorflow as tf, keras
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    import pneumonia.model  # registers the custom layer
-    from pneumonia.metadata import ModelMetadata
-    import app
-    model = keras.models.load_model(f"{model_dir}/model.keras")
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    class KerasSession:
-        def run(self, output_names, feeds):
-            (batch,) = feeds.values()
-            return [call(batch).numpy()]
-    app.SESSION, app.METADATA = KerasSession(), ModelMetadata.load(f"{model_dir}/model.json")
-else:
-    import app
-from local import LocalContext
-event = json.load(open("tests/events/predict_binary.json"))
-context = LocalContext(memory_limit_in_mb=1769)
-def predict(data):
-    event["body"] = base64.b64encode(data).decode()
-    response = app.lambda_handler(event, context)
-    assert response["statusCode"] == 200, response
-meta = app.METADATA
-def infer(batch):
-    app.SESSION.run([meta.output_name], {meta.input_name: batch})
-predict(images[0])
-print("READY", flush=True)
-timings = []
-for index in range(count):
-    started = time.perf_counter()
-    predict(images[index % len(images)])
-    timings.append((time.perf_counter() - started) * 1000)
-print("TIMINGS " + json.dumps(timings))
-print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-# The same requests in parts: the shared preprocessing, then the network alone.
-import numpy as np
-from pneumonia.imaging import prepare_image
-parts = {"prepare": [], "inference": []}
-for index in range(count):
-    started = time.perf_counter()
-    batch = prepare_image(images[index % len(images)], meta.preprocessing)[np.newaxis]
-    batch = batch.astype(np.float32)
-    prepared = time.perf_counter()
-    infer(batch)
-    parts["prepare"].append((prepared - started) * 1000)
-    parts["inference"].append((time.perf_counter() - prepared) * 1000)
-print("PARTS " + json.dumps(parts), flush=True)
-"""
+
+def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None:
+    """In a fresh interpreter: cold start, then warm requests, then the peak RSS."""
+    import base64
+    import resource
+    import tempfile
+
+    import cv2
+
+    cv2.setNumThreads(1)  # one thread throughout, as in a 1-vCPU Lambda
+    images = [Path(p).read_bytes() for p in image_paths]
+    if path == "tf":
+        # The same handler, with the Keras model answering onnxruntime's run() call.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        os.environ["MODEL_DIR"] = tempfile.mkdtemp()  # so the app loads no ONNX model
+        import keras
+        import tensorflow as tf
+
+        import pneumonia.model  # noqa: F401  (registers the custom layer)
+        from pneumonia.metadata import ModelMetadata
+        from pneumonia.serving import app
+        from pneumonia.serving.classifier import Classifier
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        model = keras.models.load_model(f"{model_dir}/model.keras")
+        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+        class KerasSession:
+            def run(self, output_names, feeds):
+                (batch,) = feeds.values()
+                return [call(batch).numpy()]
+
+        metadata = ModelMetadata.load(Path(model_dir) / "model.json")
+        app.MODEL = Classifier(KerasSession(), metadata)  # type: ignore[arg-type]
+    else:
+        from pneumonia.serving import app
+    from pneumonia.imaging import prepare_image
+    from pneumonia.serving.local import LocalContext
+
+    assert app.MODEL is not None, "the model did not load"
+    session, meta = app.MODEL.session, app.MODEL.metadata
+    event = json.loads(EVENT.read_text())
+    context = LocalContext(memory_limit_in_mb=1769)
+
+    def predict(data: bytes) -> None:
+        event["body"] = base64.b64encode(data).decode()
+        response = app.lambda_handler(event, context)
+        assert response["statusCode"] == 200, response
+
+    predict(images[0])
+    print("READY", flush=True)
+    timings = []
+    for index in range(count):
+        started = time.perf_counter()
+        predict(images[index % len(images)])
+        timings.append((time.perf_counter() - started) * 1000)
+    print("TIMINGS " + json.dumps(timings))
+    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+    # The same requests in parts: the shared preprocessing, then the network alone.
+    parts: dict[str, list[float]] = {"prepare": [], "inference": []}
+    for index in range(count):
+        started = time.perf_counter()
+        batch = prepare_image(images[index % len(images)], meta.preprocessing)[np.newaxis]
+        batch = batch.astype(np.float32)
+        prepared = time.perf_counter()
+        session.run([meta.output_name], {meta.input_name: batch})
+        parts["prepare"].append((prepared - started) * 1000)
+        parts["inference"].append((time.perf_counter() - prepared) * 1000)
+    print("PARTS " + json.dumps(parts), flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,7 +121,8 @@ def spawn(path: str, images: list[Path], count: int, env: dict) -> dict:
     """One fresh process of a serving path: its cold start, `count` warm requests, its RSS."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, path, "models", str(count), *map(str, images)],
+        [sys.executable, "-m", "benchmarks.endpoint", "--child", path, "models", str(count)]
+        + [str(image) for image in images],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -177,9 +189,9 @@ def installed_mib(distributions: set[str]) -> float:
 
 
 def load_run(images: list[Path], total: int, clients: int, env: dict) -> dict:
-    """`clients` threads sending `total` binary requests to lambda/local.py on loopback."""
+    """`clients` threads sending `total` binary requests to the local endpoint on loopback."""
     server = subprocess.Popen(
-        [sys.executable, "lambda/local.py", "--port", "0"],
+        [sys.executable, "-m", "pneumonia.serving.local", "--port", "0"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -276,7 +288,6 @@ def decode_report(images: list[Path], sides: tuple[int, ...] = (224, 1024, 2048)
 
 def int8_report(args) -> None:
     """Static QDQ quantization calibrated on val; latency and test metrics vs FP32."""
-    import onnxruntime
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -332,14 +343,9 @@ def int8_report(args) -> None:
             op_types_to_quantize=operators,
         )
 
-    def session(path: Path):
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
     rows = []
     for name, path in [("fp32", ROOT / "models" / "model.onnx"), *quantized.items()]:
-        sess = session(path)
+        sess = inference.session(path, threads=1)
         probabilities = np.concatenate(
             [
                 sess.run(None, {meta.input_name: test_images[i : i + 64].astype(np.float32)})[0]
@@ -390,7 +396,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per path")
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        path, model_dir, count, *image_paths = args.child
+        child(path, model_dir, int(count), image_paths)
+        return
 
     images = sorted((DATA / "NORMAL").iterdir())[:50] + sorted((DATA / "PNEUMONIA").iterdir())[:50]
     env = {
@@ -461,7 +472,7 @@ def main() -> None:
         print(f"cold starts, {name}: {runs} s")
     decode_report(images[:20])
 
-    print(f"\nload: {args.clients} clients -> lambda/local.py on 127.0.0.1 ...", file=sys.stderr)
+    print(f"\nload: {args.clients} clients -> local endpoint on 127.0.0.1 ...", file=sys.stderr)
     load = load_run(images, args.load_requests, args.clients, env)
     print(f"\nload run, {args.clients} concurrent clients, loopback, local endpoint")
     print(

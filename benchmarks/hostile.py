@@ -6,8 +6,8 @@ added (VmHWM, reset through /proc/self/clear_refs, minus the resident set
 before the request). A payload that runs past --timeout is killed and shown
 as such.
 
-    python benchmarks/hostile.py            # all payloads, a table
-    python benchmarks/hostile.py --only PNG # payloads whose name contains "PNG"
+    python -m benchmarks.hostile            # all payloads, a table
+    python -m benchmarks.hostile --only PNG # payloads whose name contains "PNG"
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "lambda")]
+from pneumonia.machine import describe
+from tests.hostile import PAYLOADS
 
-from pneumonia.machine import describe  # noqa: E402
-from tests.hostile import PAYLOADS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EVENT = ROOT / "tests" / "events" / "predict_binary.json"
 SMOKE = ROOT / "tests" / "events" / "smoke.jpeg"
@@ -40,8 +39,8 @@ def proc_status_kib(field: str) -> int:
 
 def measure_one(name: str) -> dict:
     """Runs in the child: one payload through lambda_handler, after a clean warm-up request."""
-    from app import lambda_handler  # the real handler and model (MODEL_DIR)
-    from local import LocalContext
+    from pneumonia.serving.app import lambda_handler  # the real handler and model (MODEL_DIR)
+    from pneumonia.serving.local import LocalContext
 
     builder, content_type = PAYLOADS[name]
     body = builder()
@@ -77,7 +76,7 @@ def run_child(name: str, timeout: float) -> dict:
     started = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, __file__, "--child", name],
+            [sys.executable, "-m", "benchmarks.hostile", "--child", name],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -41,12 +41,12 @@ def main() -> None:
 
     os.chdir(ROOT)  # params.yaml
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import onnxruntime
     import tensorflow as tf
 
     from pneumonia.config import load_params
     from pneumonia.model import build_model
-    from stages.export_onnx import convert
+    from pneumonia.onnx_export import convert
+    from pneumonia.serving import inference
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -57,12 +57,7 @@ def main() -> None:
         batch = np.random.default_rng(0).integers(0, 256, (1, size, size, 1)).astype(np.float32)
         call = tf.function(lambda x, model=model: model(x, training=False), reduce_retracing=True)
         tf_ms = p50_ms(lambda call=call, batch=batch: call(batch).numpy(), args.calls)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            convert(model, size, opset=17), options, providers=["CPUExecutionProvider"]
-        )
+        session = inference.session(convert(model, size, opset=17), threads=1)
         feeds = {session.get_inputs()[0].name: batch}
         onnx_ms = p50_ms(lambda session=session, feeds=feeds: session.run(None, feeds), args.calls)
         rows.append((width, size, model.count_params(), onnx_ms, tf_ms))

@@ -7,7 +7,6 @@ import importlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,7 @@ def model_dir(tmp_path_factory, keras_model) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them."""
     from pneumonia.imaging import PreprocessConfig
     from pneumonia.metadata import ModelMetadata, model_version
-    from stages.export_onnx import convert
+    from pneumonia.onnx_export import convert
 
     folder = tmp_path_factory.mktemp("model")
     onnx_bytes = convert(keras_model, IMAGE_SIZE, opset=17)
@@ -103,13 +102,12 @@ def model_dir(tmp_path_factory, keras_model) -> Path:
 
 @pytest.fixture(scope="session")
 def app_module(model_dir):
-    """lambda/app.py imported as the Lambda runtime does, with MODEL_DIR set."""
+    """pneumonia.serving.app imported as the Lambda runtime does, with MODEL_DIR set."""
     os.environ["MODEL_DIR"] = str(model_dir)
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "PneumoniaEndpointTests")
-    sys.path.insert(0, str(REPO_ROOT / "lambda"))
-    module = importlib.import_module("app")
-    assert module.SESSION is not None, "the model did not load"
+    module = importlib.import_module("pneumonia.serving.app")
+    assert module.MODEL is not None, "the model did not load"
     return module
 
 

@@ -26,7 +26,7 @@ EVENTS = Path(__file__).resolve().parents[1] / "events"
 
 @pytest.fixture
 def lambda_context(app_module):
-    from local import LocalContext  # lambda/, on sys.path once app_module is imported
+    from pneumonia.serving.local import LocalContext
 
     return LocalContext(aws_request_id="52fdfc07-2182-154f-163f-5f0f9a621d72")
 
@@ -70,10 +70,9 @@ def test_health_names_the_model_version(app_module, lambda_context, model_dir):
 
 
 BROKEN_MODEL_CHILD = """
-import json, sys
-sys.path.insert(0, "lambda")
-import app
-from local import LocalContext
+import json
+from pneumonia.serving import app
+from pneumonia.serving.local import LocalContext
 context = LocalContext()
 for name in ("health", "predict_binary"):
     request = json.load(open(f"tests/events/{name}.json"))
@@ -168,7 +167,7 @@ def test_predict_binary_body_equals_json_body(app_module, lambda_context, real_i
 def test_endpoint_probability_equals_the_pipelines(
     app_module, lambda_context, real_images, keras_model
 ):
-    expected = probabilities_from_keras(keras_model, real_images, app_module.METADATA)
+    expected = probabilities_from_keras(keras_model, real_images, app_module.MODEL.metadata)
     served = [
         call(app_module, image_event(image), lambda_context)[1]["probability_pneumonia"]
         for image in real_images

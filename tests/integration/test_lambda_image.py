@@ -19,12 +19,12 @@ from tests.integration.conftest import probabilities_from_keras
 pytestmark = pytest.mark.integration
 
 RUN_HANDLER = r"""
-import base64, importlib.util, json, sys
+import base64, importlib, importlib.util, json, sys
 assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is importable"
 assert importlib.util.find_spec("keras") is None, "Keras is importable"
-sys.path.insert(0, sys.argv[1])
+module, _, function = sys.argv[1].rpartition(".")  # the image's CMD, from the task root
+lambda_handler = getattr(importlib.import_module(module), function)
 event = json.load(open(sys.argv[2]))
-from app import lambda_handler
 
 class Context:
     function_name = "pneumonia-endpoint"; memory_limit_in_mb = 1769; aws_request_id = "req-1"
@@ -39,10 +39,13 @@ print("RESULTS " + json.dumps(results))
 """
 
 
+def dockerfile() -> str:
+    return (REPO_ROOT / "lambda" / "Dockerfile").read_text()
+
+
 def task_root_from_dockerfile(destination: Path, model_dir: Path) -> Path:
     """Copy what each COPY line of lambda/Dockerfile copies (models/ from `model_dir`)."""
-    dockerfile = (REPO_ROOT / "lambda" / "Dockerfile").read_text()
-    for line in dockerfile.splitlines():
+    for line in dockerfile().splitlines():
         if not line.startswith("COPY "):
             continue
         *sources, target = line.split()[1:]
@@ -84,26 +87,33 @@ def test_the_image_serves_real_images_without_tensorflow(
 ):
     root = task_root_from_dockerfile(tmp_path / "task", model_dir)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
-        "app.py",
         "model/model.json",
         "model/model.onnx",
         "pneumonia/__init__.py",
         "pneumonia/imaging.py",
         "pneumonia/metadata.py",
+        "pneumonia/serving/__init__.py",
+        "pneumonia/serving/app.py",
+        "pneumonia/serving/classifier.py",
+        "pneumonia/serving/inference.py",
+        "pneumonia/serving/requests.py",
         "requirements.txt",
     ]
+    command = re.search(r'^CMD \["([\w.]+)"\]$', dockerfile(), re.M).group(1)
     images = (
         sorted((sample_data / "train" / "PNEUMONIA").iterdir())[:2]
         + sorted((sample_data / "train" / "NORMAL").iterdir())[:2]
     )
     event = REPO_ROOT / "tests" / "events" / "predict_binary.json"
     result = subprocess.run(
-        [str(lambda_venv), "-c", RUN_HANDLER, str(root), str(event), *map(str, images)],
+        [str(lambda_venv), "-c", RUN_HANDLER, command, str(event), *map(str, images)],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=root,
         env={
-            "MODEL_DIR": str(root / "model"),
+            "LAMBDA_TASK_ROOT": str(root),  # as the runtime sets it: the model is in ./model
+            "PYTHONPATH": str(root),  # the runtime's import path
             "POWERTOOLS_TRACE_DISABLED": "true",
             "PATH": "/usr/bin:/bin",
         },
@@ -112,6 +122,6 @@ def test_the_image_serves_real_images_without_tensorflow(
     results = json.loads(re.search(r"^RESULTS (.*)$", result.stdout, re.M).group(1))
     assert [r["status"] for r in results] == [200] * 4
     expected = probabilities_from_keras(
-        keras_model, [p.read_bytes() for p in images], app_module.METADATA
+        keras_model, [p.read_bytes() for p in images], app_module.MODEL.metadata
     )
     np.testing.assert_allclose([r["probability_pneumonia"] for r in results], expected, atol=1e-5)

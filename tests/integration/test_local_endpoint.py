@@ -1,4 +1,4 @@
-"""The documented local endpoint (lambda/local.py) over real HTTP and HTTPS on loopback; the
+"""The documented local endpoint (pneumonia.serving.local) over real HTTP and HTTPS on loopback; the
 OpenAPI document, the SAM template and the Dockerfile checked by their tools."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 def start_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "lambda" / "local.py"), "--port", "0", *extra],
+        [sys.executable, "-m", "pneumonia.serving.local", "--port", "0", *extra],
         env={**os.environ, "MODEL_DIR": str(model_dir), "POWERTOOLS_TRACE_DISABLED": "true"},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -311,11 +311,10 @@ def test_an_idle_connection_does_not_hold_up_https_clients(model_dir, tmp_path):
 def test_openapi_document_is_current_and_valid(app_module):
     from openapi_spec_validator import validate
 
-    sys.path.insert(0, str(REPO_ROOT / "lambda"))
-    import openapi
+    from pneumonia.serving import openapi
 
     committed = json.loads((REPO_ROOT / "lambda" / "openapi.json").read_text())
-    assert committed == openapi.document(), "run `python lambda/openapi.py`"
+    assert committed == openapi.document(), "run `python -m pneumonia.serving.openapi`"
     validate(committed)
     predict = committed["paths"]["/predict"]["post"]
     assert {"200", "400", "413", "415"} <= set(predict["responses"])

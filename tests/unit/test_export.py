@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from stages.export_onnx import canonical, parity
+from pneumonia.onnx_export import canonical
+from stages.export_onnx import parity
 
 
 def test_parity_reports_the_largest_difference_and_flipped_labels():

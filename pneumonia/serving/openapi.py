@@ -1,16 +1,17 @@
 """Write lambda/openapi.json: the endpoint's OpenAPI document, generated from the resolver.
 
-MODEL_DIR=models python lambda/openapi.py
+python -m pneumonia.serving.openapi
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-OUTPUT = HERE / "openapi.json"
+from pneumonia.serving import app
+from pneumonia.serving.requests import PredictRequest
+
+OUTPUT = Path(__file__).resolve().parents[2] / "lambda" / "openapi.json"
 
 
 def document() -> dict:
@@ -19,9 +20,6 @@ def document() -> dict:
     /predict reads its body by content type (JSON or a raw image), so the body is
     not a typed handler parameter; its two forms are described here.
     """
-    sys.path.insert(0, str(HERE))
-    import app
-
     schema = json.loads(
         app.app.get_openapi_json_schema(
             title="Pneumonia prediction endpoint",
@@ -33,7 +31,7 @@ def document() -> dict:
     schema["paths"]["/predict"]["post"]["requestBody"] = {
         "required": True,
         "content": {
-            "application/json": {"schema": app.PredictRequest.model_json_schema()},
+            "application/json": {"schema": PredictRequest.model_json_schema()},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
         },

@@ -4,8 +4,8 @@ Each HTTP request becomes an API Gateway REST proxy event (binary media types
 image/jpeg, image/png and application/octet-stream arrive base64-encoded, as the
 SAM template configures them); the handler's response goes back as HTTP.
 
-    MODEL_DIR=models python lambda/local.py --port 8080
-    MODEL_DIR=models python lambda/local.py --port 8443 --certfile cert.pem --keyfile key.pem
+    MODEL_DIR=models python -m pneumonia.serving.local --port 8080
+    python -m pneumonia.serving.local --port 8443 --certfile cert.pem --keyfile key.pem
 
 As in a Lambda execution environment, the handler runs one event at a time; reading
 requests and writing responses run in parallel, one thread per connection, at most
@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -280,9 +279,8 @@ def serve(
     timeout: float = TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
 ) -> ThreadingHTTPServer:
-    """A started-but-not-running server for the handler in lambda/app.py."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from app import lambda_handler
+    """A started-but-not-running server for the handler in pneumonia.serving.app."""
+    from pneumonia.serving.app import lambda_handler  # loads the model (MODEL_DIR)
 
     tls = None
     if certfile:

@@ -1,0 +1,180 @@
+"""POST /predict and GET /health behind API Gateway (REST), serving model.onnx.
+
+The image's CMD is `pneumonia.serving.app.lambda_handler`. The model loads once per
+cold start from the folder named by MODEL_DIR (default: ./model in the task root,
+where the image puts it). Anything a client sends that is not a usable JPEG or PNG
+gets a 4xx with a JSON {"error": ...}; no image bytes reach the logs or traces.
+"""
+
+
+import json
+import os
+import time
+from http import HTTPStatus
+from pathlib import Path
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, Field
+
+from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
+from pneumonia.serving.classifier import Classifier
+from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, request_image
+
+ROUTES = {"/predict": ["POST"], "/health": ["GET"]}  # for 405 answers with an Allow header
+
+logger = Logger(service="pneumonia-endpoint")
+tracer = Tracer(service="pneumonia-endpoint")
+metrics = Metrics(namespace="PneumoniaEndpoint", service="pneumonia-endpoint")
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+class PredictResponse(BaseModel):
+    predicted_label: str = Field(description="NORMAL or PNEUMONIA")
+    probability_pneumonia: float = Field(ge=0.0, le=1.0)
+    modelVersion: str
+    threshold: float = Field(description="probability at or above which the label is PNEUMONIA")
+
+
+class HealthResponse(BaseModel):
+    status: str
+    modelVersion: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class ModelUnavailable(Exception):
+    """The model did not load at cold start."""
+
+
+def default_model_dir() -> Path:
+    task_root = os.environ.get("LAMBDA_TASK_ROOT")
+    return Path(task_root) / "model" if task_root else Path("models")
+
+
+MODEL_DIR = Path(os.environ.get("MODEL_DIR") or default_model_dir())
+MODEL: Classifier | None
+try:  # once per cold start
+    MODEL = Classifier.load(MODEL_DIR, threads=int(os.environ.get("ONNX_THREADS", "1")))
+except Exception:
+    # onnxruntime's errors (NoSuchFile, InvalidProtobuf, ...) derive from Exception alone.
+    # Whatever it was, the function stays up: /health answers 503 and the cause is in the
+    # log, instead of an init error on every request.
+    logger.exception("model could not be loaded", extra={"model_dir": str(MODEL_DIR)})
+    MODEL = None
+
+
+def loaded() -> Classifier:
+    if MODEL is None:
+        raise ModelUnavailable
+    return MODEL
+
+
+def documented(description: str, model: type[BaseModel] = ErrorResponse) -> OpenAPIResponse:
+    """One OpenAPI response entry: a JSON body shaped like `model`."""
+    return {"description": description, "content": {"application/json": {"model": model}}}
+
+
+def error_response(status: HTTPStatus, message: str) -> Response:
+    return Response(
+        status_code=status.value,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps({"error": message}),
+    )
+
+
+@app.post(
+    "/predict",
+    summary="Classify one chest X-ray",
+    description=(
+        'JSON {"image": "<base64 JPEG or PNG>"}, or a raw image/jpeg or image/png body. '
+        f"Limits: {MAX_BODY_BYTES:,} bytes of request body, {MAX_PIXELS:,} pixels, "
+        f"{MAX_SIDE} px a side."
+    ),
+    responses={
+        200: documented("the prediction", PredictResponse),
+        400: documented("malformed JSON, missing field, bad base64 or undecodable image"),
+        405: documented("a method other than POST"),
+        413: documented("body or image over the limits"),
+        415: documented("not JPEG or PNG"),
+        422: documented("a JPEG or PNG whose structure is over the caps (scans, segments, chunks)"),
+        503: documented("the model did not load"),
+    },
+)
+# Client errors are answered, not faults; responses and exception text stay out of traces.
+@tracer.capture_method(capture_response=False, capture_error=False)
+def predict() -> PredictResponse:
+    model = loaded()
+    label, probability = model.classify(request_image(app.current_event))
+    metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=f"Predicted{label.title()}", unit=MetricUnit.Count, value=1)
+    return PredictResponse(
+        predicted_label=label,
+        probability_pneumonia=probability,
+        modelVersion=model.metadata.model_version,
+        threshold=model.metadata.threshold,
+    )
+
+
+@app.get(
+    "/health",
+    summary="Model loaded?",
+    responses={
+        200: documented("ready", HealthResponse),
+        405: documented("a method other than GET"),
+        503: documented("the model did not load"),
+    },
+)
+def health() -> HealthResponse:
+    return HealthResponse(status="ok", modelVersion=loaded().metadata.model_version)
+
+
+@app.exception_handler(ClientError)
+def handle_client_error(error: ClientError) -> Response:
+    metrics.add_metric(name="ClientErrors", unit=MetricUnit.Count, value=1)
+    logger.info("rejected", extra={"status": error.status.value, "reason": str(error)})
+    return error_response(error.status, str(error))
+
+
+@app.exception_handler(ModelUnavailable)
+def handle_model_unavailable(_: ModelUnavailable) -> Response:
+    return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "the model is not loaded")
+
+
+@app.not_found
+def handle_not_found(_: Exception) -> Response:
+    path = app.current_event.path
+    allowed = ROUTES.get(path)
+    if allowed:
+        response = error_response(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            f"{app.current_event.http_method} is not allowed on {path}; use {', '.join(allowed)}",
+        )
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    return error_response(HTTPStatus.NOT_FOUND, f"no route {path}")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    started = time.perf_counter()
+    response = app.resolve(event, context)
+    logger.info(
+        "request",
+        extra={
+            "method": event.get("httpMethod"),
+            "path": event.get("path"),
+            "status": response["statusCode"],
+            "body_bytes": len(event.get("body") or ""),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return response
