@@ -1,0 +1,53 @@
+"""The OpenAPI document against the running local endpoint: schemathesis, default checks.
+
+Positive cases (schema-valid requests) must get a documented answer: 200, or 400 / 413 /
+415 / 422 for valid base64 whose bytes are not a usable image, which JSON Schema cannot
+express. Negative cases (schema-invalid: an empty `image`, a number, a missing field, other
+content types) must be rejected with a 4xx; no case may get a 5xx, an undocumented status or
+a body that does not match its response schema.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import schemathesis
+from hypothesis import settings
+
+from tests.conftest import REPO_ROOT
+from tests.integration.test_local_endpoint import start_server
+
+pytestmark = pytest.mark.integration
+
+DOCUMENT = json.loads((REPO_ROOT / "lambda" / "openapi.json").read_text())
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"mode": "all"},
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": ["200", "400", "413", "415", "422"]}
+        },
+    }
+)
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
+
+
+@pytest.fixture(scope="module")
+def endpoint(model_dir):
+    process, url = start_server(model_dir)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@schema.parametrize()
+@settings(max_examples=150, deadline=None)
+def test_the_endpoint_keeps_its_openapi_contract(case, endpoint):
+    case.call_and_validate(base_url=endpoint)
+
+
+def test_the_document_says_image_is_non_empty_base64():
+    body = DOCUMENT["paths"]["/predict"]["post"]["requestBody"]["content"]
+    image = body["application/json"]["schema"]["properties"]["image"]
+    assert image["minLength"] == 1 and image["contentEncoding"] == "base64"
+    assert body["image/jpeg"]["schema"] == {"type": "string", "format": "binary"}
