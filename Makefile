@@ -7,10 +7,13 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install data repro test test-fast lint
 
-$(VENV)/.installed: pyproject.toml
+# .wheelhouse: the Lambda image's pinned wheels, fetched once here so that the tests build
+# the image's environment offline (tests/integration/test_lambda_image.py).
+$(VENV)/.installed: pyproject.toml lambda/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip download --quiet --only-binary=:all: -r lambda/requirements.txt -d .wheelhouse
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,7 +6,7 @@ where the image puts it). Anything a client sends that is not a usable JPEG or P
 gets a 4xx with a JSON {"error": ...}; no image bytes reach the logs or traces.
 """
 
-
+import functools
 import json
 import os
 import time
@@ -24,8 +24,6 @@ from pydantic import BaseModel, Field
 from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
 from pneumonia.serving.classifier import Classifier
 from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, request_image
-
-ROUTES = {"/predict": ["POST"], "/health": ["GET"]}  # for 405 answers with an Allow header
 
 logger = Logger(service="pneumonia-endpoint")
 tracer = Tracer(service="pneumonia-endpoint")
@@ -147,10 +145,22 @@ def handle_model_unavailable(_: ModelUnavailable) -> Response:
     return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "the model is not loaded")
 
 
+@functools.cache
+def allowed_methods() -> dict[str, list[str]]:
+    """Each path's methods, read from the resolver (its OpenAPI schema): the decorators above
+    stay the only route table. Computed on the first 405, never at cold start."""
+    verbs = ("get", "put", "post", "delete", "options", "head", "patch")
+    paths = app.get_openapi_schema().paths or {}
+    return {
+        path: [verb.upper() for verb in verbs if getattr(item, verb, None)]
+        for path, item in paths.items()
+    }
+
+
 @app.not_found
 def handle_not_found(_: Exception) -> Response:
     path = app.current_event.path
-    allowed = ROUTES.get(path)
+    allowed = allowed_methods().get(path)
     if allowed:
         response = error_response(
             HTTPStatus.METHOD_NOT_ALLOWED,

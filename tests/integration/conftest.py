@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,6 +61,13 @@ def repo(tmp_path_factory, sample_data) -> Path:
     return repo
 
 
+@pytest.fixture
+def own_repo(repo, tmp_path) -> Path:
+    """A private copy of the reproduced slice repository, for a test that changes params,
+    commits or runs experiments: the shared `repo` stays as the first `dvc repro` left it."""
+    return Path(shutil.copytree(repo, tmp_path / "repo", symlinks=True))
+
+
 @pytest.fixture(scope="session")
 def keras_model():
     """A small seeded network from pneumonia.model (untrained: the tests check plumbing)."""
@@ -102,11 +108,16 @@ def model_dir(tmp_path_factory, keras_model) -> Path:
 
 @pytest.fixture(scope="session")
 def app_module(model_dir):
-    """pneumonia.serving.app imported as the Lambda runtime does, with MODEL_DIR set."""
-    os.environ["MODEL_DIR"] = str(model_dir)
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "PneumoniaEndpointTests")
-    module = importlib.import_module("pneumonia.serving.app")
+    """pneumonia.serving.app imported as the Lambda runtime does, with MODEL_DIR set.
+
+    The environment is set for the import only (the module reads it once, at cold start)
+    and restored after it, so no other test sees it.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODEL_DIR", str(model_dir))
+        patch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+        patch.setenv("POWERTOOLS_METRICS_NAMESPACE", "PneumoniaEndpointTests")
+        module = importlib.import_module("pneumonia.serving.app")
     assert module.MODEL is not None, "the model did not load"
     return module
 

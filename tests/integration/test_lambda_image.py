@@ -61,21 +61,21 @@ def task_root_from_dockerfile(destination: Path, model_dir: Path) -> Path:
     return destination
 
 
+WHEELHOUSE = REPO_ROOT / ".wheelhouse"  # made by `make install`
+
+
 @pytest.fixture(scope="module")
 def lambda_venv(tmp_path_factory) -> Path:
+    """A fresh venv with exactly lambda/requirements.txt, from the local wheelhouse: offline."""
+    if not any(WHEELHOUSE.glob("onnxruntime-*.whl")):
+        pytest.fail(f"no wheels in {WHEELHOUSE}: run `make install` (it downloads them once)")
     venv = tmp_path_factory.mktemp("lambda-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    requirements = str(REPO_ROOT / "lambda" / "requirements.txt")
+    offline = ["--no-index", "--find-links", str(WHEELHOUSE)]
     subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "-r",
-            str(REPO_ROOT / "lambda" / "requirements.txt"),
-        ],
+        [str(python), "-m", "pip", "install", "--quiet", *offline, "-r", requirements],
         check=True,
         timeout=900,
     )

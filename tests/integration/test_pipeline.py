@@ -148,7 +148,8 @@ def test_the_export_is_registered_in_mlflow_and_fetchable(repo, tmp_path):
         assert (tmp_path / name).read_bytes() == (repo / "models" / name).read_bytes()
 
 
-def test_exporting_the_same_model_again_gives_the_same_bytes_and_version(repo):
+def test_exporting_the_same_model_again_gives_the_same_bytes_and_version(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     # tf2onnx alone names and orders nodes differently on each run; the canonical form does not.
     before = (repo / "models/model.onnx").read_bytes()
     version = json.loads((repo / "models/model.json").read_text())["model_version"]
@@ -169,7 +170,8 @@ def test_model_card_is_written_from_this_runs_metrics(repo):
         assert f"| {shift} |" in card
 
 
-def test_train_never_reads_the_test_split(repo):
+def test_train_never_reads_the_test_split(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     # GIVEN the prepared test split is gone, WHEN train runs, THEN it still succeeds.
     test_split = repo / "data/prepared/test.npz"
     hidden = test_split.rename(repo / "test.npz.hidden")
@@ -179,7 +181,8 @@ def test_train_never_reads_the_test_split(repo):
         hidden.rename(test_split)
 
 
-def test_threshold_is_chosen_without_the_test_split(repo):
+def test_threshold_is_chosen_without_the_test_split(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     metrics_file = repo / "metrics/evaluate/metrics.json"
     run(repo, "python", "-m", "stages.evaluate")
     threshold = json.loads(metrics_file.read_text())["threshold"]
@@ -197,7 +200,8 @@ def test_threshold_is_chosen_without_the_test_split(repo):
         test_split.write_bytes(original)
 
 
-def test_repro_reruns_only_what_changed(repo):
+def test_repro_reruns_only_what_changed(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     # GIVEN an up-to-date pipeline, WHEN nothing changes, THEN nothing runs.
     run(repo, "dvc", "repro")
     assert stages_run(run(repo, "dvc", "repro").stdout) == []
@@ -210,7 +214,8 @@ def test_repro_reruns_only_what_changed(repo):
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
-def test_training_is_deterministic_on_cpu(repo):
+def test_training_is_deterministic_on_cpu(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     summaries = []
     for _ in range(2):
         run(repo, "dvc", "repro", "--force", "--single-item", "train")
@@ -221,7 +226,8 @@ def test_training_is_deterministic_on_cpu(repo):
     assert "val_auc" in json.dumps(summaries[0])
 
 
-def test_a_repro_killed_during_train_completes_when_run_again(repo):
+def test_a_repro_killed_during_train_completes_when_run_again(own_repo):
+    repo = own_repo  # a private copy: this test changes it
     set_params(repo, **{"train.epochs": 3})
     process = subprocess.Popen(
         ["dvc", "repro"],
@@ -245,7 +251,8 @@ def test_a_repro_killed_during_train_completes_when_run_again(repo):
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
-def test_the_readme_experiment_walkthrough(repo, tmp_path):
+def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
+    repo = own_repo  # a private copy: this test changes it
     # The README's commands, on the slice (DVC-tracked in data/source: a queued run's
     # temporary copy checks it out from the cache).
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)

@@ -68,7 +68,10 @@ def file_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
-def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(repo, s3_endpoint, tmp_path):
+def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(
+    own_repo, s3_endpoint, tmp_path
+):
+    repo = own_repo
     env = pipeline_env(repo)  # carries CREDENTIALS, set by the s3_endpoint fixture
     run(repo, "dvc", "repro")
     run(repo, "dvc", "remote", "add", "s3", f"s3://{BUCKET}/store")
