@@ -311,49 +311,47 @@ def policy_thresholds(
     return chosen
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    from dvclive import Live
+Predict = Callable[[np.ndarray], np.ndarray]
+Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (labels, probabilities)
 
-    from pneumonia.model import predict_probabilities  # also registers the custom layer
 
-    params = load_params()
-    labels_names = params.base.labels
-    model = keras.models.load_model(paths.KERAS_MODEL)
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return predict_probabilities(model, images)
-
-    prepared = preprocessing()
-    prepared.pop("labels")
-    config = PreprocessConfig(**prepared)
+def choose_on_validation(
+    predict: Predict, config: PreprocessConfig, params: EvaluateParams
+) -> tuple[float, dict[str, float], dict]:
+    """(threshold of the chosen policy, every policy's threshold, val metrics at it)."""
     val_images, val_labels = load_split("val")
     val_probabilities = predict(val_images)
     val_files = [paths.RAW / name for name in load_files("val")]
     shifted_val = shifted_probabilities(predict, val_files, config, "shifted validation")
     thresholds = policy_thresholds(
-        (val_labels, val_probabilities), list(shifted_val.values()), params.evaluate
+        (val_labels, val_probabilities), list(shifted_val.values()), params
     )
-    threshold = thresholds[params.evaluate.threshold_policy]
-    log.info("threshold %.4f (%s, chosen on val)", threshold, params.evaluate.threshold_policy)
+    threshold = thresholds[params.threshold_policy]
+    log.info("threshold %.4f (%s, chosen on val)", threshold, params.threshold_policy)
+    val = binary_metrics(val_labels, val_probabilities, threshold)
+    return threshold, thresholds, {k: float(val[k]) for k in CI_METRICS}
 
-    # test, then the id blocks: other periods of the hospital, never trained or tuned on.
-    results: dict = {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+def score_held_out(
+    predict: Predict, threshold: float, params: EvaluateParams, seed: int
+) -> tuple[dict, Scores]:
+    """Metrics with intervals on test, then the id blocks: other periods of the hospital,
+    never trained or tuned on. A block without both classes is skipped."""
+    results: dict = {}
+    scores: Scores = {}
     for split in paths.HELD_OUT:
         images, labels = load_split(split)
         if split != "test" and len(np.unique(labels)) < 2:
             log.warning("split %s has %d image(s), not both classes: skipped", split, len(labels))
             continue
         scores[split] = (labels, predict(images))
-        results |= evaluate(*scores[split], threshold, params.evaluate, params.base.seed, split)
-    held_out = list(scores)
-    test_labels, test_probabilities = scores["test"]
-    results["worst_split"] = worst_of(results, held_out)
-    # What the other policies would give: the evidence for evaluate.threshold_policy.
-    results["policies"] = {
+        results |= evaluate(*scores[split], threshold, params, seed, split)
+    return results, scores
+
+
+def policy_table(thresholds: dict[str, float], scores: Scores) -> dict:
+    """What each threshold policy would give on each split: the evidence for the chosen one."""
+    return {
         name: {
             "threshold": value,
             **{
@@ -366,24 +364,26 @@ def main() -> None:
         }
         for name, value in thresholds.items()
     }
-    results["val"] = binary_metrics(val_labels, val_probabilities, threshold)
-    results["val"] = {k: float(results["val"][k]) for k in CI_METRICS}
-    test_files = [paths.RAW / name for name in load_files("test")]
-    results["robustness"] = robustness(
-        shifted_probabilities(predict, test_files, config, "robustness"), test_labels, threshold
-    )
 
+
+def log_plots(
+    results: dict, scores: Scores, threshold: float, names: list[str], calibration_bins: int
+) -> None:
+    """metrics.json and the plots `dvc plots` reads, through dvclive."""
+    from dvclive import Live
+
+    test_labels, test_probabilities = scores["test"]
+    predicted = (test_probabilities >= threshold).astype(int)
     with Live(dir=str(paths.EVALUATE_LIVE), save_dvc_exp=False, dvcyaml=None) as live:
         live.summary = results
-        predicted = (test_probabilities >= threshold).astype(int)
         live.log_sklearn_plot("roc", test_labels, test_probabilities, name="roc.json")
         live.log_sklearn_plot(
             "precision_recall", test_labels, test_probabilities, name="precision_recall.json"
         )
         live.log_sklearn_plot(
             "confusion_matrix",
-            [labels_names[i] for i in test_labels],
-            [labels_names[i] for i in predicted],
+            [names[i] for i in test_labels],
+            [names[i] for i in predicted],
             name="confusion_matrix.json",
         )
         live.log_sklearn_plot(
@@ -391,7 +391,7 @@ def main() -> None:
             test_labels,
             test_probabilities,
             name="calibration.json",
-            n_bins=params.evaluate.calibration_bins,
+            n_bins=calibration_bins,
         )
         clean = {key: results["test"][key] for key in ROBUSTNESS_METRICS}
         live.log_plot(
@@ -410,7 +410,7 @@ def main() -> None:
             "held_out",
             [
                 {"split": split, **{key: results[split][key] for key in ROBUSTNESS_METRICS}}
-                for split in held_out
+                for split in scores
             ],
             x="roc_auc",
             y="split",
@@ -419,15 +419,24 @@ def main() -> None:
         )
         live.log_image("held_out_roc.png", held_out_figure(scores, threshold))
 
+
+def write_predictions(
+    test_files: list[Path], scores: Scores, threshold: float, names: list[str]
+) -> None:
+    """metrics/evaluate/predictions.csv: one row per test image."""
+    labels, probabilities = scores["test"]
     pd.DataFrame(
         {
             "file": [path.relative_to(paths.RAW).as_posix() for path in test_files],
-            "label": [labels_names[i] for i in test_labels],
-            "probability_pneumonia": test_probabilities,
-            "predicted_label": [labels_names[i] for i in predicted],
+            "label": [names[i] for i in labels],
+            "probability_pneumonia": probabilities,
+            "predicted_label": [names[i] for i in (probabilities >= threshold).astype(int)],
         }
     ).to_csv(paths.PREDICTIONS, index=False)
 
+
+def track(results: dict, held_out: list[str], threshold: float) -> None:
+    """The figures into the training run in MLflow, and one log line per split."""
     train_info = json.loads(paths.TRAIN_INFO.read_text())
     tracking.configure()
     with tracking.start_run("evaluate", run_id=train_info.get("mlflow_run_id")):
@@ -435,7 +444,6 @@ def main() -> None:
         for split in held_out:
             tracking.log_metrics({f"{split}_{k}": v for k, v in results[split].items()})
         tracking.log_artifact(paths.EVALUATE_LIVE / "metrics.json", "evaluate")
-
     for split in held_out:
         log.info(
             "%s: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f, accuracy %.3f",
@@ -447,6 +455,40 @@ def main() -> None:
             results[split]["specificity"],
             results[split]["accuracy"],
         )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from pneumonia.model import predict_probabilities  # also registers the custom layer
+
+    params = load_params()
+    names = list(params.base.labels)
+    model = keras.models.load_model(paths.KERAS_MODEL)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return predict_probabilities(model, images)
+
+    prepared = preprocessing()
+    prepared.pop("labels")
+    config = PreprocessConfig(**prepared)
+
+    threshold, thresholds, val = choose_on_validation(predict, config, params.evaluate)
+    held_out, scores = score_held_out(predict, threshold, params.evaluate, params.base.seed)
+    results: dict = {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
+    results |= held_out
+    results["worst_split"] = worst_of(results, list(scores))
+    results["policies"] = policy_table(thresholds, scores)
+    results["val"] = val
+    test_files = [paths.RAW / name for name in load_files("test")]
+    shifted_test = shifted_probabilities(predict, test_files, config, "robustness")
+    results["robustness"] = robustness(shifted_test, scores["test"][0], threshold)
+
+    log_plots(results, scores, threshold, names, params.evaluate.calibration_bins)
+    write_predictions(test_files, scores, threshold, names)
+    track(results, list(scores), threshold)
 
 
 if __name__ == "__main__":

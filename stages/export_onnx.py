@@ -100,36 +100,16 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
     )
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import onnxruntime
-    import tensorflow as tf
-    import tf2onnx
-
-    from pneumonia.model import predict_probabilities  # also registers the custom layer
-
-    params = load_params().export_onnx
-    prepared = preprocessing()
-    labels = tuple(prepared.pop("labels"))
-    config = PreprocessConfig(**prepared)
-    evaluation = json.loads((paths.EVALUATE_LIVE / "metrics.json").read_text())
-    threshold = float(evaluation["threshold"])
-
-    model = keras.models.load_model(paths.KERAS_MODEL)
-    onnx_bytes = convert(model, config.image_size, params.opset)
-    paths.ONNX_MODEL.write_bytes(onnx_bytes)
-    session = inference.session(onnx_bytes, threads=0)  # all cores, as before
+def check_parity(model, session, threshold: float, tolerance: float, onnx_bytes: int) -> dict:
+    """Keras against ONNX on the whole test split; written to metrics/export_onnx.json."""
+    from pneumonia.model import predict_probabilities
 
     test_images, _ = load_split("test")
     keras_p = predict_probabilities(model, test_images)
     check = parity(keras_p, inference.predict(session, test_images), threshold)
-    check["tolerance"] = params.parity_tolerance
-    check["passed"] = (
-        check["max_abs_diff"] <= params.parity_tolerance and check["labels_differing"] == 0
-    )
-    check["onnx_bytes"] = len(onnx_bytes)
+    check["tolerance"] = tolerance
+    check["passed"] = check["max_abs_diff"] <= tolerance and check["labels_differing"] == 0
+    check["onnx_bytes"] = onnx_bytes
     paths.EXPORT_METRICS.write_text(json.dumps({"parity": check}, indent=2) + "\n")
     log.info(
         "parity on %d test images: max |diff| %.2e, %d labels differ",
@@ -137,10 +117,26 @@ def main() -> None:
         check["max_abs_diff"],
         check["labels_differing"],
     )
+    return check
 
-    metadata = ModelMetadata(
+
+def describe(
+    onnx_bytes: bytes,
+    session,
+    config: PreprocessConfig,
+    labels: tuple,
+    evaluation: dict,
+    opset: int,
+) -> ModelMetadata:
+    """model.json: what serving needs beside the graph, and where it came from."""
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return ModelMetadata(
         model_version=model_version(onnx_bytes),
-        threshold=threshold,
+        threshold=float(evaluation["threshold"]),
         labels=(labels[0], labels[1]),
         input_name=session.get_inputs()[0].name,
         output_name=session.get_outputs()[0].name,
@@ -156,14 +152,13 @@ def main() -> None:
             "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "opset": params.opset,
+            "opset": opset,
         },
     )
-    paths.MODEL_METADATA.write_text(metadata.to_json())
-    train_info = json.loads(paths.TRAIN_INFO.read_text())
-    paths.MODEL_CARD.write_text(
-        model_card(metadata, evaluation, json.loads(paths.INGEST_SUMMARY.read_text()), train_info)
-    )
+
+
+def track_and_register(metadata: ModelMetadata, check: dict, train_info: dict) -> None:
+    """Parity into the training run in MLflow; the exact ONNX bytes registered if it passed."""
     tracking.configure()
     with tracking.start_run("export_onnx", run_id=train_info.get("mlflow_run_id")):
         tracking.log_metrics(
@@ -175,6 +170,34 @@ def main() -> None:
         if check["passed"]:
             registered = registry.register(paths.ONNX_MODEL, paths.MODEL_METADATA, metadata)
             log.info("registered %s version %s", registry.REGISTERED_MODEL, registered)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import pneumonia.model  # noqa: F401  (registers the custom layer)
+
+    params = load_params().export_onnx
+    prepared = preprocessing()
+    labels = tuple(prepared.pop("labels"))
+    config = PreprocessConfig(**prepared)
+    evaluation = json.loads((paths.EVALUATE_LIVE / "metrics.json").read_text())
+    train_info = json.loads(paths.TRAIN_INFO.read_text())
+
+    model = keras.models.load_model(paths.KERAS_MODEL)
+    onnx_bytes = convert(model, config.image_size, params.opset)
+    paths.ONNX_MODEL.write_bytes(onnx_bytes)
+    session = inference.session(onnx_bytes, threads=0)  # all cores, as before
+    threshold = float(evaluation["threshold"])
+    check = check_parity(model, session, threshold, params.parity_tolerance, len(onnx_bytes))
+
+    metadata = describe(onnx_bytes, session, config, labels, evaluation, params.opset)
+    paths.MODEL_METADATA.write_text(metadata.to_json())
+    summary = json.loads(paths.INGEST_SUMMARY.read_text())
+    paths.MODEL_CARD.write_text(model_card(metadata, evaluation, summary, train_info))
+    track_and_register(metadata, check, train_info)
     log.info(
         "%s written (%d bytes), version %s",
         paths.ONNX_MODEL,
