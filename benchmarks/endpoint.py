@@ -78,7 +78,6 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         app.MODEL = Classifier(KerasSession(), metadata)  # type: ignore[arg-type]
     else:
         from pneumonia.serving import app
-    from pneumonia.imaging import prepare_image
     from pneumonia.serving.local import LocalContext
 
     assert app.MODEL is not None, "the model did not load"
@@ -100,7 +99,13 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         timings.append((time.perf_counter() - started) * 1000)
     print("TIMINGS " + json.dumps(timings))
     print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-    # The same requests in parts: the shared preprocessing, then the network alone.
+    print("PARTS " + json.dumps(time_parts(images, count, session, meta)), flush=True)
+
+
+def time_parts(images: list[bytes], count: int, session, meta) -> dict[str, list[float]]:
+    """The same requests in parts: the shared preprocessing, then the network alone (ms)."""
+    from pneumonia.imaging import prepare_image
+
     parts: dict[str, list[float]] = {"prepare": [], "inference": []}
     for index in range(count):
         started = time.perf_counter()
@@ -110,7 +115,7 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         session.run([meta.output_name], {meta.input_name: batch})
         parts["prepare"].append((prepared - started) * 1000)
         parts["inference"].append((time.perf_counter() - prepared) * 1000)
-    print("PARTS " + json.dumps(parts), flush=True)
+    return parts
 
 
 def percentile(values: list[float], q: float) -> float:

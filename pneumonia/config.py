@@ -16,11 +16,15 @@ class _Section(BaseModel):
 
 
 class BaseParams(_Section):
+    """The `base` section: the global seed and the two class names, negative first."""
+
     seed: int
     labels: tuple[str, str]
 
 
 class IngestParams(_Section):
+    """The `ingest` section: where the images come from and how they are split."""
+
     source: str
     sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$")
     require_sha256: bool  # refuse an archive, .npz or download without sha256
@@ -32,6 +36,8 @@ class IngestParams(_Section):
 
 
 class PreprocessParams(_Section):
+    """The `preprocess` section: the square input side and the intensity normalisation."""
+
     image_size: int = Field(ge=16, le=1024)
     intensity: Literal["none", "equalize", "clahe"]
     clahe_clip_limit: float = Field(gt=0)
@@ -39,6 +45,8 @@ class PreprocessParams(_Section):
 
 
 class AugmentParams(_Section):
+    """`train.augment`: the random training-time transforms and their strengths."""
+
     enabled: bool
     crop_scale_min: float = Field(gt=0, le=1)
     pad_max: float = Field(ge=0, le=1)
@@ -53,6 +61,8 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
+    """The `train` section: architecture, optimiser, schedule and distribution."""
+
     architecture: Literal["simple", "resnet"]
     width: int = Field(ge=4)
     depth: int = Field(ge=1, le=6)
@@ -70,6 +80,8 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
+    """The `evaluate` section: the threshold policy, bootstrap resamples and calibration bins."""
+
     threshold_policy: Literal["youden", "youden_shifted", "target_sensitivity", "fixed"]
     target_sensitivity: float = Field(gt=0, le=1)
     fixed_threshold: float = Field(ge=0, le=1)
@@ -78,17 +90,23 @@ class EvaluateParams(_Section):
 
 
 class ExportParams(_Section):
+    """The `export_onnx` section: ONNX opset and the Keras/ONNX parity tolerance."""
+
     opset: int = Field(ge=13)
     parity_tolerance: float = Field(gt=0)
 
 
 class GateParams(_Section):
+    """The `gate` section: the floors and regression tolerance of the pull-request gate."""
+
     min_roc_auc: float = Field(ge=0, le=1)
     min_sensitivity: float = Field(ge=0, le=1)
     max_regression: float = Field(ge=0, le=1)
 
 
 class Params(_Section):
+    """All of params.yaml, one attribute per section."""
+
     base: BaseParams
     ingest: IngestParams
     preprocess: PreprocessParams

@@ -59,6 +59,7 @@ def state(target: Path = paths.SOURCE) -> str:
 
 
 def remote_url() -> str:
+    """The default DVC remote and its URL, for messages."""
     result = dvc("remote", "default")
     name = result.stdout.strip()
     if not name:
@@ -123,6 +124,7 @@ def ensure(target: Path = paths.SOURCE, fallback: Path | None = DEFAULT_FALLBACK
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: put the dataset in place; exit 1 when it cannot be."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

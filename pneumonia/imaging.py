@@ -31,12 +31,15 @@ class ImageError(ValueError):
     """An input that is not a usable image; `reason` is a stable short code."""
 
     def __init__(self, reason: str, message: str) -> None:
+        """`reason` picks the HTTP status and the quarantine entry; `message` explains."""
         super().__init__(message)
         self.reason = reason
 
 
 @dataclass(frozen=True)
 class ImageHeader:
+    """Format, size and mode, as read from the header before decoding."""
+
     format: str
     width: int
     height: int
@@ -201,16 +204,9 @@ def sanitize(data: bytes) -> tuple[str, bytes, int]:
 def _sanitize_jpeg(data: bytes) -> tuple[bytes, int]:
     """Keep the segments decoding needs; count scans; read the orientation from EXIF."""
     kept = [data[:2]]
-    orientation, scans, segments, position, seen_exif = 1, 0, 0, 2, False
-    while True:
-        if position >= len(data):  # no EOI: libjpeg decides what a truncated stream gives
-            break
-        if data[position] != 0xFF:
-            raise ImageError("corrupt", "the JPEG has bytes between its segments")
-        while position + 1 < len(data) and data[position + 1] == 0xFF:  # fill bytes
-            position += 1
-        if position + 1 >= len(data):
-            break
+    exif: bytes | None = None  # the first EXIF block counts, as in Pillow
+    scans, segments, position = 0, 0, 2
+    while (position := _next_marker(data, position)) + 1 < len(data):
         marker = data[position + 1]
         if marker == 0xD9:  # EOI: anything after it is ignored
             kept.append(b"\xff\xd9")
@@ -219,32 +215,53 @@ def _sanitize_jpeg(data: bytes) -> tuple[bytes, int]:
             kept.append(data[position : position + 2])
             position += 2
             continue
-        if position + 4 > len(data):
-            raise ImageError("corrupt", "the JPEG ends inside a segment header")
         segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise ImageError("corrupt", f"the JPEG has over {MAX_JPEG_SEGMENTS:,} segments")
-        (length,) = struct.unpack_from(">H", data, position + 2)
-        end = position + 2 + length
-        if length < 2 or end > len(data):
-            raise ImageError("corrupt", "a JPEG segment runs past the end of the file")
+        end = _segment_end(data, position, segments)
         if marker == 0xDA:  # a scan: its entropy-coded data runs to the next real marker
             scans += 1
             if scans > MAX_JPEG_SCANS:
-                raise ImageError(
-                    "too_complex", f"the JPEG has over {MAX_JPEG_SCANS} scans (progressive passes)"
-                )
+                message = f"the JPEG has over {MAX_JPEG_SCANS} scans (progressive passes)"
+                raise ImageError("too_complex", message)
             end = _entropy_end(data, end)
-            kept.append(data[position:end])
-        elif marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
-            if not seen_exif:  # the first EXIF block counts, as in Pillow
-                orientation, seen_exif = exif_orientation(data[position + 10 : end]), True
-        elif (0xE0 <= marker <= 0xEF and marker not in JPEG_KEPT_APP) or marker == 0xFE:
-            pass  # other application data and comments: not needed to decode
-        else:
+        if _is_exif(data, position, marker):
+            exif = data[position + 10 : end] if exif is None else exif
+        elif _needed_to_decode(marker):
             kept.append(data[position:end])
         position = end
-    return b"".join(kept), orientation
+    return b"".join(kept), 1 if exif is None else exif_orientation(exif)
+
+
+def _next_marker(data: bytes, position: int) -> int:
+    """The offset of the marker at `position`, past any fill bytes (len(data) at the end)."""
+    if position >= len(data):  # no EOI: libjpeg decides what a truncated stream gives
+        return len(data)
+    if data[position] != 0xFF:
+        raise ImageError("corrupt", "the JPEG has bytes between its segments")
+    while position + 1 < len(data) and data[position + 1] == 0xFF:  # fill bytes
+        position += 1
+    return position
+
+
+def _segment_end(data: bytes, position: int, segments: int) -> int:
+    """The end of the marker segment at `position`, within the caps and the file."""
+    if position + 4 > len(data):
+        raise ImageError("corrupt", "the JPEG ends inside a segment header")
+    if segments > MAX_JPEG_SEGMENTS:
+        raise ImageError("corrupt", f"the JPEG has over {MAX_JPEG_SEGMENTS:,} segments")
+    (length,) = struct.unpack_from(">H", data, position + 2)
+    end = position + 2 + length
+    if length < 2 or end > len(data):
+        raise ImageError("corrupt", "a JPEG segment runs past the end of the file")
+    return end
+
+
+def _is_exif(data: bytes, position: int, marker: int) -> bool:
+    return marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00"
+
+
+def _needed_to_decode(marker: int) -> bool:
+    """Frame, tables, scans, JFIF and Adobe: yes; other application data and comments: no."""
+    return not ((0xE0 <= marker <= 0xEF and marker not in JPEG_KEPT_APP) or marker == 0xFE)
 
 
 def _entropy_end(data: bytes, position: int) -> int:

@@ -21,6 +21,8 @@ class MetadataError(ValueError):
 
 @dataclass(frozen=True)
 class ModelMetadata:
+    """The contents of model.json: version, threshold, labels, tensor names, preprocessing."""
+
     model_version: str  # content hash of the ONNX file, "sha256-<12 hex>"
     threshold: float  # P(PNEUMONIA) at or above which the label is PNEUMONIA
     labels: tuple[str, str]
@@ -55,13 +57,16 @@ class ModelMetadata:
             raise MetadataError("model.json: " + "; ".join(problems))
 
     def label_for(self, probability_pneumonia: float) -> str:
+        """The predicted label: the positive one at or above the threshold."""
         return self.labels[1] if probability_pneumonia >= self.threshold else self.labels[0]
 
     def to_json(self) -> str:
+        """The file's text: indented JSON with a trailing newline."""
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelMetadata:
+        """Build from parsed JSON; any missing, unknown or mistyped field is a MetadataError."""
         if not isinstance(raw.get("labels"), list):
             raise MetadataError("model.json: labels is not a list of two names")
         if not isinstance(raw.get("preprocessing"), dict):
@@ -79,6 +84,7 @@ class ModelMetadata:
 
     @classmethod
     def load(cls, path: Path) -> ModelMetadata:
+        """Read and check a model.json file."""
         try:
             raw = json.loads(Path(path).read_text())
         except json.JSONDecodeError as exc:
@@ -98,6 +104,7 @@ class ModelMetadata:
 
 
 def preprocessing_problems(config: PreprocessConfig) -> list[str]:
+    """What is wrong with a preprocessing block, one message each; empty when valid."""
     problems = []
     if type(config.image_size) is not int or not 16 <= config.image_size <= 1024:
         problems.append(f"preprocessing.image_size {config.image_size!r} is not an int in 16..1024")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -17,21 +19,29 @@ class PerImageStandardization(layers.Layer):
     that a global brightness or contrast change of the input cancels out.
     """
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
+        """Standardise each image of an (N, H, W, C) batch; std floored at 1/sqrt(H*W*C)."""
         mean = ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
         std = ops.std(inputs, axis=(1, 2, 3), keepdims=True)
         pixels = ops.cast(ops.prod(ops.shape(inputs)[1:]), inputs.dtype)
         return (inputs - mean) / ops.maximum(std, ops.rsqrt(pixels))
 
 
-def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, separable: bool = False):
+def _conv_bn_relu(
+    x: keras.KerasTensor,
+    filters: int,
+    kernel: int = 3,
+    strides: int = 1,
+    separable: bool = False,
+) -> keras.KerasTensor:
+    """Convolution (plain or depthwise-separable), batch norm, ReLU."""
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     x = conv(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=0.9)(x)
     return layers.ReLU()(x)
 
 
-def _residual_block(x, filters: int, strides: int):
+def _residual_block(x: keras.KerasTensor, filters: int, strides: int) -> keras.KerasTensor:
     """Pre-activation-free residual block with depthwise-separable convolutions."""
     shortcut = x
     y = _conv_bn_relu(x, filters, strides=strides, separable=True)

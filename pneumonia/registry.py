@@ -99,6 +99,7 @@ def fetch(output: Path, version: str | None = None, alias: str | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: `fetch` a registered version into a folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download a registered version")

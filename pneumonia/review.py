@@ -43,6 +43,7 @@ class MetricsError(RuntimeError):
 
 
 def read_metrics(path: Path) -> dict:
+    """A metrics JSON file; MetricsError when it is missing or not JSON."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -143,8 +144,22 @@ def check_gate(
     section = current.get("test") if isinstance(current, dict) else None
     if not isinstance(section, dict):
         raise MetricsError(f"the metrics lack test.{' / test.'.join(GATED)}")
-    failures = []
+    test, failures = gated_values(section)
+    floors = {"roc_auc": gate.min_roc_auc, "sensitivity": gate.min_sensitivity}
+    for name, floor in floors.items():
+        if name in test and test[name] < floor:
+            failures.append(f"test {name} {test[name]:.4f} is below the floor {floor:.4f}")
+    for name, value in test.items():
+        failure = regression(name, value, base, gate.max_regression, spread)
+        if failure:
+            failures.append(failure)
+    return failures
+
+
+def gated_values(section: dict) -> tuple[dict[str, float], list[str]]:
+    """The gated test metrics that are finite numbers, and a failure for each that is not."""
     test: dict[str, float] = {}
+    failures = []
     for name in GATED:
         value = finite(section.get(name))
         if value is not None:
@@ -156,35 +171,40 @@ def check_gate(
                 f"test {name} is {section[name]!r}, not a finite number: the gate cannot pass "
                 "without it (a split with one class has no AUC)"
             )
-    floors = {"roc_auc": gate.min_roc_auc, "sensitivity": gate.min_sensitivity}
-    for name, floor in floors.items():
-        if name in test and test[name] < floor:
-            failures.append(f"test {name} {test[name]:.4f} is below the floor {floor:.4f}")
-    for name in test:
-        lowest = lowest_seed(spread, name)
-        if lowest is not None:
-            value, seeds = lowest
-            if value - test[name] > gate.max_regression:
-                failures.append(
-                    f"test {name} {test[name]:.4f} is below the base's lowest of {seeds} seeds "
-                    f"({value:.4f}) by more than the tolerance {gate.max_regression:.4f}"
-                )
-            continue
-        try:
-            before = finite(base["test"][name])  # type: ignore[index]
-        except (KeyError, TypeError):
-            before = None
-        if before is None:
-            continue  # no base, or it predates this metric: nothing to regress from
-        if before - test[name] > gate.max_regression:
-            failures.append(
-                f"test {name} fell from {before:.4f} to {test[name]:.4f}, more than "
-                f"the tolerance {gate.max_regression:.4f}"
+    return test, failures
+
+
+def regression(
+    name: str, value: float, base: dict | None, tolerance: float, spread: dict | None
+) -> str | None:
+    """A sentence when `value` fell from the base by more than `tolerance`, else None.
+
+    Measured from the lowest of the base's seeds when it has a spread for the metric,
+    otherwise from the base's single run; nothing when the base has no finite value.
+    """
+    lowest = lowest_seed(spread, name)
+    if lowest is not None:
+        floor, seeds = lowest
+        if floor - value > tolerance:
+            return (
+                f"test {name} {value:.4f} is below the base's lowest of {seeds} seeds "
+                f"({floor:.4f}) by more than the tolerance {tolerance:.4f}"
             )
-    return failures
+        return None
+    try:
+        before = finite(base["test"][name])  # type: ignore[index]
+    except (KeyError, TypeError):
+        before = None
+    if before is not None and before - value > tolerance:
+        return (
+            f"test {name} fell from {before:.4f} to {value:.4f}, more than "
+            f"the tolerance {tolerance:.4f}"
+        )
+    return None  # no base, or it predates this metric: nothing to regress from
 
 
 def dvc(*args: str) -> str:
+    """`dvc ARGS` output for the report; a failure comes back as a markdown block."""
     result = subprocess.run(["dvc", *args], capture_output=True, text=True)
     if result.returncode != 0:
         return f"`dvc {' '.join(args)}` failed:\n```\n{result.stderr.strip()[-1500:]}\n```"
@@ -271,6 +291,7 @@ def gate_origin(gate: Gate) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: `report` writes the markdown review, `gate` checks the metrics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("report", "gate"):

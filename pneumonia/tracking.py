@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the repository root
 ARTIFACT_ROOT = Path("mlartifacts")
@@ -28,7 +32,7 @@ def configure() -> str:
 
 
 @contextmanager
-def start_run(stage: str, run_id: str | None = None):
+def start_run(stage: str, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """A run for this stage; `run_id` continues the training run when it is in this store."""
     if run_id is not None:
         try:
@@ -44,22 +48,26 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
 
 
 def log_params(params: dict[str, Any]) -> None:
+    """Log parameters to the active run, each as its string form."""
     mlflow.log_params({key: str(value) for key, value in params.items()})
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log numeric metrics to the active run; None values are skipped."""
     mlflow.log_metrics(_scalars(metrics), step=step)
 
 
 def set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run."""
     mlflow.set_tags(tags)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Copy a file into the active run's artifacts, under `artifact_path` if given."""
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def keras_epoch_logger():
+def keras_epoch_logger() -> keras.callbacks.Callback:
     """A Keras callback that logs each epoch's metrics to the active run."""
     import keras
 
@@ -68,7 +76,7 @@ def keras_epoch_logger():
     )
 
 
-def log_keras_model(model) -> None:
+def log_keras_model(model: keras.Model) -> None:
     """The trained Keras model as an MLflow model of the run."""
     import mlflow.tensorflow
 

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +25,9 @@ from pneumonia import paths, tracking
 from pneumonia.config import EvaluateParams, load_params
 from pneumonia.imaging import PreprocessConfig, decode_image, prepare_image
 from pneumonia.prepared import load_files, load_split, preprocessing
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("evaluate")
 
@@ -238,7 +242,7 @@ def robustness(shifted: dict[str, np.ndarray], labels: np.ndarray, threshold: fl
     return report
 
 
-def robustness_figure(clean: dict, shifted: dict):
+def robustness_figure(clean: dict, shifted: dict) -> Figure:
     """Grouped bars: each metric, clean against every shift."""
     import matplotlib
 
@@ -265,7 +269,7 @@ def robustness_figure(clean: dict, shifted: dict):
     return figure
 
 
-def held_out_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float):
+def held_out_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> Figure:
     """ROC curve of every held-out split, with the validation threshold marked on each."""
     import matplotlib
 
@@ -458,6 +462,7 @@ def track(results: dict, held_out: list[str], threshold: float) -> None:
 
 
 def main() -> None:
+    """Run the stage: threshold from validation, then held-out and shifted scores, plots, logs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras

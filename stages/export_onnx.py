@@ -15,6 +15,7 @@ import os
 import string
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +27,17 @@ from pneumonia.onnx_export import convert
 from pneumonia.prepared import load_split, preprocessing
 from pneumonia.serving import inference
 
+if TYPE_CHECKING:
+    import keras
+    import onnxruntime
+
 log = logging.getLogger("export_onnx")
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")  # string.Template, ${name}
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
 def parity(keras_p: np.ndarray, onnx_p: np.ndarray, threshold: float) -> dict:
+    """How far two (N,) probability vectors differ, and in how many labels at `threshold`."""
     return {
         "images": len(keras_p),
         "max_abs_diff": float(np.max(np.abs(keras_p - onnx_p))),
@@ -100,7 +106,13 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
     )
 
 
-def check_parity(model, session, threshold: float, tolerance: float, onnx_bytes: int) -> dict:
+def check_parity(
+    model: keras.Model,
+    session: onnxruntime.InferenceSession,
+    threshold: float,
+    tolerance: float,
+    onnx_bytes: int,
+) -> dict:
     """Keras against ONNX on the whole test split; written to metrics/export_onnx.json."""
     from pneumonia.model import predict_probabilities
 
@@ -122,7 +134,7 @@ def check_parity(model, session, threshold: float, tolerance: float, onnx_bytes:
 
 def describe(
     onnx_bytes: bytes,
-    session,
+    session: onnxruntime.InferenceSession,
     config: PreprocessConfig,
     labels: tuple,
     evaluation: dict,
@@ -173,6 +185,7 @@ def track_and_register(metadata: ModelMetadata, check: dict, train_info: dict) -
 
 
 def main() -> None:
+    """Run the stage: convert, check parity, write model.json and the model card, register."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras

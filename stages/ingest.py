@@ -143,6 +143,7 @@ class Source:
 
     @property
     def verified(self) -> bool:
+        """Whether a checksum checked the source's bytes."""
         return self.verified_by is not None
 
 
@@ -187,6 +188,7 @@ class SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
         headers: HTTPMessage,
         newurl: str,
     ) -> urllib.request.Request | None:
+        """The redirected request, as urllib makes it; SourceError for a refused scheme."""
         old = urllib.parse.urlsplit(req.full_url).scheme
         new = urllib.parse.urlsplit(newurl).scheme
         if new not in ("http", "https") or (old == "https" and new != "https"):
@@ -754,6 +756,7 @@ def split_by_patient(
 
 
 def write_images(rows: list[dict], by_file: dict[str, bytes], root: Path) -> None:
+    """Write each row's bytes to root/<file>, replacing whatever `root` held."""
     if root.exists():
         shutil.rmtree(root)
     for row in rows:
@@ -808,6 +811,7 @@ def summarize(report: dict) -> dict:
 
 
 def main() -> None:
+    """Run the stage: resolve, validate, deduplicate and split the source; write the outputs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = load_params()
     labels = params.base.labels

@@ -25,6 +25,7 @@ log = logging.getLogger("preprocess")
 
 
 def preprocess_config(params: PreprocessParams) -> PreprocessConfig:
+    """The `preprocess` params as the config `prepare_image` takes."""
     return PreprocessConfig(**params.model_dump())
 
 
@@ -44,6 +45,7 @@ def prepare_split(
 
 
 def main() -> None:
+    """Run the stage: prepare every split of the manifest and write the arrays."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = load_params()
     config = preprocess_config(params.preprocess)

@@ -15,13 +15,17 @@ import os
 import platform
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pneumonia import machine, paths, tracking
 from pneumonia.config import AugmentParams, TrainParams, load_params
 from pneumonia.prepared import load_split
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 log = logging.getLogger("train")
 
@@ -47,7 +51,7 @@ def describe_device() -> str:
     return f"cuda:{details.get('device_name', 'GPU')} x{len(gpus)}"
 
 
-def distribution_strategy(name: str):
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
     """tf.distribute strategy by params; 'auto' mirrors over several local GPUs."""
     import tensorflow as tf
 
@@ -60,7 +64,9 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def augment_batch(images, generator, config: AugmentParams):
+def augment_batch(
+    images: tf.Tensor, generator: tf.random.Generator, config: AugmentParams
+) -> tf.Tensor:
     """Random resized box (crop or pad), flip, rotation, gamma, contrast, brightness, noise, JPEG.
 
     images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
@@ -71,7 +77,7 @@ def augment_batch(images, generator, config: AugmentParams):
     batch = tf.shape(images)[0]
     size = tf.shape(images)[1:3]
 
-    def uniform(low: float, high: float):
+    def uniform(low: float, high: float) -> tf.Tensor:
         return generator.uniform([batch], low, high)
 
     # Random resized box: side `scale` of the image's (< 1 crops in, > 1 pads with black, as a
@@ -130,14 +136,19 @@ def augment_batch(images, generator, config: AugmentParams):
     return pixels * 255.0
 
 
-def make_datasets(train, val, params: TrainParams, seed: int):
+def make_datasets(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    params: TrainParams,
+    seed: int,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """tf.data pipelines: shuffled, augmented, batched and prefetched."""
     import tensorflow as tf
 
     (train_images, train_labels), (val_images, val_labels) = train, val
     generator = tf.random.Generator.from_seed(seed)
 
-    def to_float(images, labels):
+    def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)[:, tf.newaxis]
 
     train_ds = (
@@ -160,7 +171,8 @@ def make_datasets(train, val, params: TrainParams, seed: int):
     return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
 
 
-def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
+    """AdamW, warm-up then cosine decay; binary cross-entropy; AUC, accuracy and recall."""
     import keras
 
     total_steps = max(1, params.epochs * steps_per_epoch)
@@ -184,6 +196,7 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
 
 
 def flat_params(params: TrainParams) -> dict[str, Any]:
+    """Train params as one flat mapping for MLflow, nested keys dotted ("augment.gamma")."""
     flat = {}
     for key, value in params.model_dump().items():
         if isinstance(value, dict):
@@ -194,6 +207,7 @@ def flat_params(params: TrainParams) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Run the stage: train with early stopping, save the model, log the run."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras

@@ -31,19 +31,21 @@ metrics = Metrics(namespace="PneumoniaEndpoint", service="pneumonia-endpoint")
 app = APIGatewayRestResolver(enable_validation=True)
 
 
-class PredictResponse(BaseModel):
+# The response models have no docstrings: pydantic would publish one as the schema's
+# description, changing lambda/openapi.json. Their fields say what they are.
+class PredictResponse(BaseModel):  # noqa: D101
     predicted_label: str = Field(description="NORMAL or PNEUMONIA")
     probability_pneumonia: float = Field(ge=0.0, le=1.0)
     modelVersion: str
     threshold: float = Field(description="probability at or above which the label is PNEUMONIA")
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(BaseModel):  # noqa: D101
     status: str
     modelVersion: str
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(BaseModel):  # noqa: D101
     error: str
 
 
@@ -52,6 +54,7 @@ class ModelUnavailable(Exception):
 
 
 def default_model_dir() -> Path:
+    """./model in the Lambda task root; ./models when run outside Lambda."""
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     return Path(task_root) / "model" if task_root else Path("models")
 
@@ -69,6 +72,7 @@ except Exception:
 
 
 def loaded() -> Classifier:
+    """The model loaded at cold start; ModelUnavailable (503) when it did not load."""
     if MODEL is None:
         raise ModelUnavailable
     return MODEL
@@ -80,6 +84,7 @@ def documented(description: str, model: type[BaseModel] = ErrorResponse) -> Open
 
 
 def error_response(status: HTTPStatus, message: str) -> Response:
+    """A JSON {"error": message} response with the given status."""
     return Response(
         status_code=status.value,
         content_type=content_types.APPLICATION_JSON,
@@ -108,6 +113,7 @@ def error_response(status: HTTPStatus, message: str) -> Response:
 # Client errors are answered, not faults; responses and exception text stay out of traces.
 @tracer.capture_method(capture_response=False, capture_error=False)
 def predict() -> PredictResponse:
+    """POST /predict: the label and P(PNEUMONIA) for the request's image."""
     model = loaded()
     label, probability = model.classify(request_image(app.current_event))
     metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
@@ -130,11 +136,13 @@ def predict() -> PredictResponse:
     },
 )
 def health() -> HealthResponse:
+    """GET /health: ok and the model version, or 503 when the model did not load."""
     return HealthResponse(status="ok", modelVersion=loaded().metadata.model_version)
 
 
 @app.exception_handler(ClientError)
 def handle_client_error(error: ClientError) -> Response:
+    """A bad request: its 4xx, counted and logged without the request's bytes."""
     metrics.add_metric(name="ClientErrors", unit=MetricUnit.Count, value=1)
     logger.info("rejected", extra={"status": error.status.value, "reason": str(error)})
     return error_response(error.status, str(error))
@@ -142,6 +150,7 @@ def handle_client_error(error: ClientError) -> Response:
 
 @app.exception_handler(ModelUnavailable)
 def handle_model_unavailable(_: ModelUnavailable) -> Response:
+    """503 while the model is not loaded."""
     return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "the model is not loaded")
 
 
@@ -159,6 +168,7 @@ def allowed_methods() -> dict[str, list[str]]:
 
 @app.not_found
 def handle_not_found(_: Exception) -> Response:
+    """405 with an Allow header for a known path, 404 for an unknown one."""
     path = app.current_event.path
     allowed = allowed_methods().get(path)
     if allowed:
@@ -175,6 +185,7 @@ def handle_not_found(_: Exception) -> Response:
 @tracer.capture_lambda_handler(capture_response=False, capture_error=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    """The Lambda entry point: route the API Gateway event and log one line per request."""
     started = time.perf_counter()
     response = app.resolve(event, context)
     logger.info(

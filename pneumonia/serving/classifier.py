@@ -26,6 +26,8 @@ STATUS_FOR_REASON = {
 
 @dataclass(frozen=True)
 class Classifier:
+    """The ONNX session and the metadata that says how to feed and read it."""
+
     session: onnxruntime.InferenceSession
     metadata: ModelMetadata
 

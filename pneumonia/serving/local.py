@@ -111,13 +111,16 @@ class DeadlineReader(io.RawIOBase):
     """A socket's reads, all of them over by a deadline: a client trickling bytes runs out too."""
 
     def __init__(self, sock: socket.socket, seconds: float) -> None:
+        """Reads from `sock` until `seconds` from now."""
         self.sock = sock
         self.deadline = time.monotonic() + seconds
 
     def readable(self) -> bool:
+        """Always: this stream is for reading."""
         return True
 
     def readinto(self, buffer: Any) -> int:
+        """Receive into `buffer` with what is left of the deadline; TimeoutError once it passed."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request was not received in time")
@@ -138,87 +141,110 @@ def content_length(values: list[str]) -> int | None:
     return int(number) if len(number) < 19 else sys.maxsize  # int() refuses 4,300+ digits
 
 
+class EventHandler(BaseHTTPRequestHandler):
+    """One HTTP request as an API Gateway event to `handle_event`, its answer back as HTTP.
+
+    `make_handler` binds `handle_event` and `deadline_s` in a subclass.
+    """
+
+    server_version = "pneumonia-local"
+    deadline_s: float = TIMEOUT_S
+
+    @staticmethod
+    def handle_event(event: dict, context: LocalContext) -> dict:
+        """The Lambda handler; bound by `make_handler`."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """The connection's streams; the whole request must arrive within `deadline_s`."""
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self.deadline_s))
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        """do_GET, do_TRACE, do_QUERY, ...: every method goes to the app, which answers."""
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
+    def _serve(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        event = to_event(self.command, self.path, self.headers.items(), body)
+        context = LocalContext(aws_request_id=event["requestContext"]["requestId"])
+        response = self.handle_event(event, context)
+        headers = dict(response.get("headers") or {})
+        for key, values in (response.get("multiValueHeaders") or {}).items():
+            headers[key] = ", ".join(values)
+        payload = response.get("body") or ""
+        data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
+        self._reply(response["statusCode"], headers, data)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None once a JSON error has been answered."""
+        if self.headers.get_all("Transfer-Encoding"):
+            self._error(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
+            return None
+        length = content_length(self.headers.get_all("Content-Length") or [])
+        if length is None:
+            self._error(HTTPStatus.BAD_REQUEST, "Content-Length is not one number")
+            return None
+        if length > MAX_REQUEST_BYTES:
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Content-Length over 10 MiB")
+            return None
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self._error(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time")
+            return None
+        if len(body) < length:
+            self._error(HTTPStatus.BAD_REQUEST, "the body is shorter than Content-Length")
+            return None
+        return body
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self.close_connection = True
+        headers = {"Content-Type": "application/json", "Connection": "close"}
+        self._reply(status, headers, json.dumps({"error": message}).encode())
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, header too long, ...), in JSON."""
+        if self.request_version == "HTTP/0.9":  # or no version read yet: answer with a
+            self.request_version = "HTTP/1.0"  # status line and headers all the same
+        text = message or HTTPStatus(code).phrase
+        self._error(HTTPStatus(code), f"{text}: {explain}" if explain else text)
+
+    def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
+        self.connection.settimeout(self.deadline_s)  # for each write; reading may have left less
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() != "content-length":
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the Lambda handler logs each request."""
+
+
 def make_handler(
     lambda_handler: Callable[[dict, Any], dict], timeout: float = TIMEOUT_S
 ) -> type[BaseHTTPRequestHandler]:
     """A request handler class that hands each request to `lambda_handler`, one at a time."""
     one_event_at_a_time = threading.Lock()  # Powertools' resolver keeps the event on a global
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "pneumonia-local"
+    def handle_event(event: dict, context: LocalContext) -> dict:
+        with one_event_at_a_time:
+            return lambda_handler(event, context)
 
-        def setup(self) -> None:
-            super().setup()  # every socket operation times out after `timeout`, and
-            self.rfile.close()  # the whole request must arrive within `timeout` too
-            self.rfile = io.BufferedReader(DeadlineReader(self.connection, timeout))
-
-        def __getattr__(self, name: str) -> Callable[[], None]:
-            """do_GET, do_TRACE, do_QUERY, ...: every method goes to the app, which answers."""
-            if name.startswith("do_"):
-                return self._serve
-            raise AttributeError(name)
-
-        def _serve(self) -> None:
-            if self.headers.get_all("Transfer-Encoding"):
-                self._error(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not chunks")
-                return
-            length = content_length(self.headers.get_all("Content-Length") or [])
-            if length is None:
-                self._error(HTTPStatus.BAD_REQUEST, "Content-Length is not one number")
-                return
-            if length > MAX_REQUEST_BYTES:
-                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Content-Length over 10 MiB")
-                return
-            try:
-                body = self.rfile.read(length) if length else b""
-            except TimeoutError:
-                self._error(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time")
-                return
-            if len(body) < length:
-                self._error(HTTPStatus.BAD_REQUEST, "the body is shorter than Content-Length")
-                return
-            event = to_event(self.command, self.path, self.headers.items(), body)
-            context = LocalContext(aws_request_id=event["requestContext"]["requestId"])
-            with one_event_at_a_time:
-                response = lambda_handler(event, context)
-            headers = dict(response.get("headers") or {})
-            for key, values in (response.get("multiValueHeaders") or {}).items():
-                headers[key] = ", ".join(values)
-            payload = response.get("body") or ""
-            data = (
-                base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
-            )
-            self._reply(response["statusCode"], headers, data)
-
-        def _error(self, status: HTTPStatus, message: str) -> None:
-            self.close_connection = True
-            headers = {"Content-Type": "application/json", "Connection": "close"}
-            self._reply(status, headers, json.dumps({"error": message}).encode())
-
-        def send_error(
-            self, code: int, message: str | None = None, explain: str | None = None
-        ) -> None:
-            """http.server's own errors (bad request line, header too long, ...), in JSON."""
-            if self.request_version == "HTTP/0.9":  # or no version read yet: answer with a
-                self.request_version = "HTTP/1.0"  # status line and headers all the same
-            text = message or HTTPStatus(code).phrase
-            self._error(HTTPStatus(code), f"{text}: {explain}" if explain else text)
-
-        def _reply(self, status: int, headers: dict[str, str], data: bytes) -> None:
-            self.connection.settimeout(timeout)  # for each write; reading may have left less
-            self.send_response(status)
-            for key, value in headers.items():
-                if key.lower() != "content-length":
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def log_message(self, format: str, *args) -> None:  # the handler logs each request
-            pass
-
-    return Handler
+    return type(
+        "Handler",
+        (EventHandler,),
+        {"handle_event": staticmethod(handle_event), "deadline_s": timeout},
+    )
 
 
 class LocalServer(ThreadingHTTPServer):
@@ -236,12 +262,14 @@ class LocalServer(ThreadingHTTPServer):
         timeout: float = TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        """Bind `address`; `tls` makes it https, `timeout` bounds each TLS handshake."""
         self.tls = tls
         self.handshake_timeout = timeout
         self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Take a connection slot (waiting for one), then start the connection's thread."""
         self.slots.acquire()  # when all are taken, wait; new connections queue in the backlog
         try:
             super().process_request(request, client_address)  # starts the connection's thread
@@ -250,6 +278,7 @@ class LocalServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread: serve it, then give its slot back."""
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -291,6 +320,7 @@ def serve(
 
 
 def main() -> None:
+    """Command line: serve until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -19,11 +19,14 @@ class ClientError(Exception):
     """Something the client sent; answered with its status and a JSON error."""
 
     def __init__(self, status: HTTPStatus, message: str) -> None:
+        """`status` is the 4xx to answer; `message` goes into the JSON error."""
         super().__init__(message)
         self.status = status
 
 
-class PredictRequest(BaseModel):
+# No docstring: pydantic would publish it as the request schema's description in
+# lambda/openapi.json. The field's description says what to send.
+class PredictRequest(BaseModel):  # noqa: D101
     image: str = Field(
         min_length=1,
         description="base64 (RFC 4648, with padding) of a JPEG or PNG chest X-ray",
@@ -67,6 +70,7 @@ def request_image(event: APIGatewayProxyEvent) -> bytes:
 
 
 def decode_base64(text: str, what: str) -> bytes:
+    """Strict base64 (RFC 4648); a 400 naming `what` when it is not."""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
