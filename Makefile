@@ -27,10 +27,15 @@ data: install
 repro: data
 	dvc repro
 
+# Code, then what deploys it: the SAM template, the image, the workflows (offline).
 lint: install
 	ruff check .
 	ruff format --check .
 	mypy
+	cfn-lint lambda/template.yaml
+	hadolint lambda/Dockerfile
+	check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	zizmor --offline --no-progress .github/workflows/
 
 test: lint
 	pytest

@@ -1,6 +1,6 @@
 """What the security review asked of the workflows, the SAM template and the Lambda image,
 read from the files themselves (their tools, zizmor, cfn-lint and hadolint, run in
-tests/integration/test_local_endpoint.py)."""
+`make lint`)."""
 
 from __future__ import annotations
 
