@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.local_server import start_server
 from tests.integration.pipeline_repo import STAGES, make_slice, run, set_params, stages_run
 
 IMAGE_SIZE = 64
@@ -120,6 +121,15 @@ def app_module(model_dir):
         module = importlib.import_module("pneumonia.serving.app")
     assert module.MODEL is not None, "the model did not load"
     return module
+
+
+@pytest.fixture(scope="session")
+def local_url(model_dir):
+    """The local endpoint serving the test model over http on loopback, for every module."""
+    process, url = start_server(model_dir)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,13 +1,11 @@
-"""The documented local endpoint (pneumonia.serving.local) over real HTTP and HTTPS on loopback; the
-OpenAPI document, the SAM template and the Dockerfile checked by their tools."""
+"""The documented local endpoint (pneumonia.serving.local) over real HTTP and HTTPS on
+loopback, and the committed OpenAPI document."""
 
 from __future__ import annotations
 
 import base64
 import http.client
 import json
-import os
-import re
 import socket
 import ssl
 import subprocess
@@ -17,32 +15,15 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests import loopback
 from tests.conftest import REPO_ROOT
+from tests.integration.local_server import start_server
 
 pytestmark = pytest.mark.integration
-
-
-def start_server(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pneumonia.serving.local", "--port", "0", *extra],
-        env={**os.environ, "MODEL_DIR": str(model_dir), "POWERTOOLS_TRACE_DISABLED": "true"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(r"serving on (\S+)", line)
-    assert match, f"no address announced: {line!r}"
-    # The handler logs each request to stdout: drain it, or a full pipe stalls the server.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    return process, match.group(1)
 
 
 def request(url: str, data: bytes | None = None, headers=None, method=None, context=None):
@@ -81,14 +62,6 @@ def raw_exchange(url: str, data: bytes):
         response = http.client.HTTPResponse(sock)
         response.begin()
         return response.status, response.headers, response.read()
-
-
-@pytest.fixture(scope="module")
-def local_url(model_dir):
-    process, url = start_server(model_dir)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import schemathesis
 from hypothesis import settings
 
 from tests.conftest import REPO_ROOT
-from tests.integration.test_local_endpoint import start_server
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +31,10 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 
-@pytest.fixture(scope="module")
-def endpoint(model_dir):
-    process, url = start_server(model_dir)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-
-
 @schema.parametrize()
 @settings(max_examples=150, deadline=None)
-def test_the_endpoint_keeps_its_openapi_contract(case, endpoint):
-    case.call_and_validate(base_url=endpoint)
+def test_the_endpoint_keeps_its_openapi_contract(case, local_url):
+    case.call_and_validate(base_url=local_url)
 
 
 def test_the_document_says_image_is_non_empty_base64():
