@@ -66,15 +66,31 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        model = keras.models.load_model(f"{model_dir}/model.keras")
+        from pneumonia.decision import sigmoid
+        from pneumonia.model import with_explanations
+
+        model = with_explanations(keras.models.load_model(f"{model_dir}/model.keras"))
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        metadata = ModelMetadata.load(Path(model_dir) / "model.json")
+        with np.load(Path(model_dir) / "gate.npz") as gate:
+            mean, whitening = gate["mean"], gate["whitening"]
 
         class KerasSession:
+            """The served graph's outputs, from Keras and numpy."""
+
             def run(self, output_names, feeds):
                 (batch,) = feeds.values()
-                return [call(batch).numpy()]
+                _, features, cams = (t.numpy() for t in call(batch))
+                c = metadata.calibration
+                outputs = {
+                    metadata.outputs.probability: sigmoid(c.scale * cams.mean((1, 2)) + c.shift),
+                    metadata.outputs.ood_distance: np.sqrt(
+                        (((features - mean) @ whitening) ** 2).sum(1)
+                    ),
+                    metadata.outputs.cam: cams,
+                }
+                return [outputs[name] for name in output_names]
 
-        metadata = ModelMetadata.load(Path(model_dir) / "model.json")
         app.MODEL = Classifier(KerasSession(), metadata)  # type: ignore[arg-type]
     else:
         from pneumonia.serving import app
@@ -112,7 +128,7 @@ def time_parts(images: list[bytes], count: int, session, meta) -> dict[str, list
         batch = prepare_image(images[index % len(images)], meta.preprocessing)[np.newaxis]
         batch = batch.astype(np.float32)
         prepared = time.perf_counter()
-        session.run([meta.output_name], {meta.input_name: batch})
+        session.run([meta.outputs.probability], {meta.input_name: batch})
         parts["prepare"].append((prepared - started) * 1000)
         parts["inference"].append((time.perf_counter() - prepared) * 1000)
     return parts

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pneumonia.imaging import PreprocessConfig
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -33,15 +35,6 @@ class IngestParams(_Section):
     shift_fraction: float = Field(ge=0, lt=0.25)
     min_official_val_images: int = Field(ge=0)
     max_images: int | None = Field(gt=0)
-
-
-class PreprocessParams(_Section):
-    """The `preprocess` section: the square input side and the intensity normalisation."""
-
-    image_size: int = Field(ge=16, le=1024)
-    intensity: Literal["none", "equalize", "clahe"]
-    clahe_clip_limit: float = Field(gt=0)
-    clahe_tile_grid: int = Field(ge=1)
 
 
 class AugmentParams(_Section):
@@ -87,6 +80,8 @@ class EvaluateParams(_Section):
     fixed_threshold: float = Field(ge=0, le=1)
     bootstrap_samples: int = Field(ge=100)
     calibration_bins: int = Field(ge=2)
+    indeterminate_error_rate: float = Field(gt=0, lt=0.5)
+    ood_false_rejection_rate: float = Field(gt=0, lt=0.5)
 
 
 class ExportParams(_Section):
@@ -109,7 +104,7 @@ class Params(_Section):
 
     base: BaseParams
     ingest: IngestParams
-    preprocess: PreprocessParams
+    preprocess: PreprocessConfig  # the one type: serving reads it from model.json
     train: TrainParams
     evaluate: EvaluateParams
     export_onnx: ExportParams

@@ -17,6 +17,7 @@ from typing import Literal
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 # Formats the pipeline and the endpoint accept; anything else is rejected.
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -46,18 +47,29 @@ class ImageHeader:
     mode: str
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """What `prepare_image` needs; written into the model metadata for serving."""
+class PreprocessConfig(BaseModel):
+    """What `prepare_image` needs: params.yaml's `preprocess` section, and model.json's
+    `preprocessing` block for serving. Strict: a missing, unknown or mistyped key fails."""
 
-    image_size: int
-    intensity: Intensity = "none"
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    image_size: int = Field(ge=16, le=1024)  # square side in px fed to the model
+    intensity: Intensity
+    clahe_clip_limit: float = Field(gt=0, allow_inf_nan=False)
+    clahe_tile_grid: int = Field(ge=1, le=64)
+
+
+def is_dicom(data: bytes) -> bool:
+    """A DICOM Part 10 file: "DICM" after the 128-byte preamble."""
+    return data[128:132] == b"DICM"
 
 
 def read_header(data: bytes) -> ImageHeader:
     """Identify the format and size from the header alone, without decoding pixels."""
+    if is_dicom(data):  # pydicom is imported for DICOM files only
+        from pneumonia.dicom import read_dicom_header  # here: pneumonia.dicom imports imaging
+
+        return read_dicom_header(data)
     with _open_checked(data) as (image, _):
         return ImageHeader(image.format or "?", image.width, image.height, image.mode)
 
@@ -108,8 +120,13 @@ def decode_gray(data: bytes, min_size: int | None = None) -> np.ndarray:
     them away.
 
     Returns: (H, W) uint8 for 8-bit and palette sources, uint16 for 16-bit,
-    float32 in [0, 1] for 32-bit float.
+    float32 in [0, 1] for 32-bit float. A DICOM file decodes to (H, W) uint8 through
+    its own display transforms (`pneumonia.dicom.decode_dicom`; `min_size` is ignored).
     """
+    if is_dicom(data):  # pydicom is imported for DICOM files only
+        from pneumonia.dicom import decode_dicom  # here: pneumonia.dicom imports imaging
+
+        return decode_dicom(data)
     with _open_checked(data) as (image, orientation):
         try:
             if image.format == "JPEG":
@@ -410,3 +427,25 @@ def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.nda
         )
         pixels = clahe.apply(pixels)
     return pixels[:, :, np.newaxis]
+
+
+COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "YCbCr", "CMYK", "LAB", "HSV")
+
+
+def colour_thumbnail(data: bytes, side: int = 64) -> np.ndarray | None:
+    """A small (h, w, 3) uint8 RGB thumbnail of a JPEG or PNG stored in colour; None when
+    the file is grayscale. A JPEG is decoded at 1/8 scale in the DCT, so this costs far
+    less than the full decode."""
+    with _open_checked(data) as (image, _):
+        if image.mode not in COLOUR_MODES:
+            return None
+        try:
+            if image.format == "JPEG":
+                image.draft("RGB", (side, side))
+            image.load()
+            thumbnail = image.convert("RGB")
+            thumbnail.thumbnail((side, side))
+            return np.asarray(thumbnail)
+        except Exception as exc:  # a decoder's failure on client bytes is never a fault
+            message = f"the image cannot be decoded ({type(exc).__name__})"
+            raise ImageError("corrupt", message) from None

@@ -75,3 +75,40 @@ def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """(N,) P(PNEUMONIA) for (N, S, S, 1) uint8 images."""
     probabilities = model.predict(images.astype(np.float32), batch_size=128, verbose=0)
     return probabilities.reshape(-1).astype(np.float64)
+
+
+def with_explanations(model: keras.Model) -> keras.Model:
+    """The same network with three outputs, for evaluation, the gate and export.
+
+    - `probability_pneumonia` (N, 1): the model's own output, unchanged;
+    - `features` (N, F): the spatial means of the last three stages' feature maps (the last
+      one is what the dense layer reads): the gate's input. Several depths see more than
+      the class evidence: texture and layout, where other pictures differ from radiographs;
+    - `cam` (N, h, w): the class activation map of the pneumonia logit, the dense layer
+      applied at each position of the last feature map. Global average pooling is linear,
+      so the map's mean is the logit, and the map equals Grad-CAM of the logit before its
+      ReLU (times h*w).
+    """
+    dense = model.get_layer("probability_pneumonia")
+    kernel, bias = dense.get_weights()
+    stages = _stage_outputs(model)
+    feature_map = stages[-1]
+    cam_layer = layers.Dense(1, name="cam_logit")
+    cam = cam_layer(feature_map)
+    cam_layer.set_weights([kernel, bias])
+    pooled = [
+        layers.GlobalAveragePooling2D(name=f"features_{i}")(stage)
+        for i, stage in enumerate(stages[-3:])
+    ]
+    features = layers.Concatenate(name="features")(pooled)
+    cam = layers.Reshape(tuple(feature_map.shape[1:3]), name="cam")(cam)
+    return keras.Model(model.inputs, [model.output, features, cam], name=f"{model.name}_explained")
+
+
+def _stage_outputs(model: keras.Model) -> list[keras.KerasTensor]:
+    """Each resolution's last activation, coarsest last: the output of every stage."""
+    last_at: dict[tuple, keras.KerasTensor] = {}
+    for layer in model.layers:
+        if isinstance(layer, layers.ReLU):
+            last_at[tuple(layer.output.shape[1:3])] = layer.output
+    return list(last_at.values())

@@ -9,19 +9,29 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from pneumonia.serving.inference import SERVED_PROBABILITY
+
 if TYPE_CHECKING:
     import keras
+    import numpy as np
     import onnx
+
+    from pneumonia.decision import Calibration, Gate
 
 
 def convert(model: keras.Model, image_size: int, opset: int) -> bytes:
     """The Keras model as a serialized ONNX graph with a dynamic batch axis."""
+    return canonical(_from_keras(model, image_size, opset)).SerializeToString(deterministic=True)
+
+
+def _from_keras(model: keras.Model, image_size: int, opset: int) -> onnx.ModelProto:
+    """tf2onnx's conversion, input "image" (N, S, S, 1) float32."""
     import tensorflow as tf
     import tf2onnx
 
     signature = (tf.TensorSpec((None, image_size, image_size, 1), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    return canonical(proto).SerializeToString(deterministic=True)
+    return proto
 
 
 def canonical(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -149,3 +159,83 @@ def _name_symbolic_dims(model: onnx.ModelProto) -> None:
                 dim.dim_param = symbols.setdefault(
                     dim.dim_param, "batch" if axis == 0 else fallback
                 )
+
+
+# The graph's outputs after `add_decision_outputs`, by role. The served probability is the
+# calibrated one; the raw sigmoid output stays for the Keras parity check.
+OUTPUTS = {
+    "probability": SERVED_PROBABILITY,  # (N,) calibrated P(PNEUMONIA)
+    "ood_distance": "ood_distance",  # (N,) Mahalanobis distance from the training features
+    "cam": "cam",  # (N, h, w) class activation map of the pneumonia logit
+    "raw_probability": "probability_pneumonia",  # (N, 1) the Keras model's own output
+}
+
+
+def add_decision_outputs(
+    model: onnx.ModelProto,
+    scale: float,
+    shift: float,
+    mean: np.ndarray,
+    whitening: np.ndarray,
+) -> onnx.ModelProto:
+    """The exported graph plus the calibrated probability and the gate's distance.
+
+    From the `cam` and `features` outputs of `pneumonia.model.with_explanations`:
+    probability_calibrated = sigmoid(scale * mean(cam) + shift) (the map's mean is the
+    logit), ood_distance = sqrt(sum(((features - mean) @ whitening)^2)). In the graph, so
+    the version hash covers them and serving needs no second file.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    names = {output.name for output in graph.output}
+    missing = {"cam", "features", OUTPUTS["raw_probability"]} - names
+    if missing:
+        raise ValueError(f"the graph lacks the outputs {sorted(missing)}")
+    constants = {
+        "decision_scale": np.array(scale, dtype=np.float32),
+        "decision_shift": np.array(shift, dtype=np.float32),
+        "gate_mean": np.asarray(mean, dtype=np.float32),
+        "gate_whitening": np.asarray(whitening, dtype=np.float32),
+    }
+    nodes = [
+        helper.make_node("ReduceMean", ["cam"], ["logit"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["logit", "decision_scale"], ["scaled_logit"]),
+        helper.make_node("Add", ["scaled_logit", "decision_shift"], ["calibrated_logit"]),
+        helper.make_node("Sigmoid", ["calibrated_logit"], [OUTPUTS["probability"]]),
+        helper.make_node("Sub", ["features", "gate_mean"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "gate_whitening"], ["whitened"]),
+        helper.make_node("ReduceSumSquare", ["whitened"], ["squared"], axes=[1], keepdims=0),
+        helper.make_node("Sqrt", ["squared"], [OUTPUTS["ood_distance"]]),
+    ]
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    result.graph.node.extend(nodes)
+    result.graph.initializer.extend(
+        numpy_helper.from_array(value, name) for name, value in constants.items()
+    )
+    kept = [o for o in result.graph.output if o.name in (OUTPUTS["raw_probability"], "cam")]
+    del result.graph.output[:]
+    result.graph.output.extend(kept)
+    result.graph.output.extend(
+        helper.make_tensor_value_info(OUTPUTS[name], TensorProto.FLOAT, ["batch"])
+        for name in ("probability", "ood_distance")
+    )
+    onnx.checker.check_model(result)
+    return result
+
+
+def export_for_serving(
+    model: keras.Model, image_size: int, opset: int, calibration: Calibration, gate: Gate
+) -> bytes:
+    """The served graph: the network with its map and features (`with_explanations`), the
+    calibrated probability and the gate's distance; canonical bytes."""
+    from pneumonia.model import with_explanations
+
+    proto = _from_keras(with_explanations(model), image_size, opset)
+    served = add_decision_outputs(
+        proto, calibration.scale, calibration.shift, gate.mean, gate.whitening
+    )
+    return canonical(served).SerializeToString(deterministic=True)

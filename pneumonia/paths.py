@@ -20,6 +20,7 @@ TRAIN_INFO = MODELS / "train_info.json"  # device, epochs run, MLflow run id
 ONNX_MODEL = MODELS / "model.onnx"
 MODEL_METADATA = MODELS / "model.json"
 MODEL_CARD = MODELS / "MODEL_CARD.md"
+GATE = MODELS / "gate.npz"  # the feature mean and whitening of the "not a chest X-ray" gate
 
 METRICS = Path("metrics")
 TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage

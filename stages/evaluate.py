@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,10 @@ from pneumonia.imaging import PreprocessConfig, decode_image, prepare_image
 from pneumonia.prepared import load_files, load_split, preprocessing
 
 if TYPE_CHECKING:
+    import keras
     from matplotlib.figure import Figure
+
+    from pneumonia.decision import Band, Calibration, Gate
 
 log = logging.getLogger("evaluate")
 
@@ -321,8 +325,9 @@ Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (labels, probabili
 
 def choose_on_validation(
     predict: Predict, config: PreprocessConfig, params: EvaluateParams
-) -> tuple[float, dict[str, float], dict]:
-    """(threshold of the chosen policy, every policy's threshold, val metrics at it)."""
+) -> tuple[float, dict[str, float], dict, tuple[np.ndarray, np.ndarray]]:
+    """(threshold of the chosen policy, every policy's threshold, val metrics at it,
+    (labels, probabilities) of validation pooled with its shifted copies)."""
     val_images, val_labels = load_split("val")
     val_probabilities = predict(val_images)
     val_files = [paths.RAW / name for name in load_files("val")]
@@ -333,7 +338,11 @@ def choose_on_validation(
     threshold = thresholds[params.threshold_policy]
     log.info("threshold %.4f (%s, chosen on val)", threshold, params.threshold_policy)
     val = binary_metrics(val_labels, val_probabilities, threshold)
-    return threshold, thresholds, {k: float(val[k]) for k in CI_METRICS}
+    pooled = (
+        np.concatenate([val_labels] * (1 + len(shifted_val))),
+        np.concatenate([val_probabilities, *shifted_val.values()]),
+    )
+    return threshold, thresholds, {k: float(val[k]) for k in CI_METRICS}, pooled
 
 
 def score_held_out(
@@ -371,9 +380,14 @@ def policy_table(thresholds: dict[str, float], scores: Scores) -> dict:
 
 
 def log_plots(
-    results: dict, scores: Scores, threshold: float, names: list[str], calibration_bins: int
+    results: dict,
+    scores: Scores,
+    threshold: float,
+    names: list[str],
+    calibration_bins: int,
+    figures: dict[str, Figure],
 ) -> None:
-    """metrics.json and the plots `dvc plots` reads, through dvclive."""
+    """metrics.json and the plots `dvc plots` reads, through dvclive; `figures` by file name."""
     from dvclive import Live
 
     test_labels, test_probabilities = scores["test"]
@@ -422,10 +436,12 @@ def log_plots(
             title="AUC on each held-out split",
         )
         live.log_image("held_out_roc.png", held_out_figure(scores, threshold))
+        for name, figure in figures.items():
+            live.log_image(name, figure)
 
 
 def write_predictions(
-    test_files: list[Path], scores: Scores, threshold: float, names: list[str]
+    test_files: list[Path], scores: Scores, threshold: float, names: list[str], band: Band
 ) -> None:
     """metrics/evaluate/predictions.csv: one row per test image."""
     labels, probabilities = scores["test"]
@@ -435,6 +451,7 @@ def write_predictions(
             "label": [names[i] for i in labels],
             "probability_pneumonia": probabilities,
             "predicted_label": [names[i] for i in (probabilities >= threshold).astype(int)],
+            "decision": band.decide(probabilities),
         }
     ).to_csv(paths.PREDICTIONS, index=False)
 
@@ -461,38 +478,336 @@ def track(results: dict, held_out: list[str], threshold: float) -> None:
         )
 
 
+# ---------------------------------------------------------------- what the endpoint answers
+
+
+class Scorer:
+    """The network's pneumonia logit, pooled features and activation map, and the
+    calibrated probability once `calibration` is set: one forward pass for all four."""
+
+    def __init__(self, model: keras.Model) -> None:
+        """Wrap a trained model (see pneumonia.model.with_explanations)."""
+        from pneumonia.model import with_explanations
+
+        self.network = with_explanations(model)
+        self.calibration: Calibration | None = None
+
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits (N,), features (N, C), maps (N, h, w)) for (N, S, S, 1) images."""
+        _, features, cams = self.network.predict(
+            images.astype(np.float32), batch_size=128, verbose=0
+        )
+        return cams.mean(axis=(1, 2)).astype(np.float64), features, cams
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(N,) calibrated P(PNEUMONIA)."""
+        if self.calibration is None:
+            raise RuntimeError("fit the calibration first")
+        return self.calibration.apply(self.outputs(images)[0])
+
+
+def calibrate(scorer: Scorer) -> dict:
+    """Fit Platt scaling on validation; sets `scorer.calibration`."""
+    from pneumonia.decision import fit_calibration
+
+    images, labels = load_split("val")
+    logits = scorer.outputs(images)[0]
+    scorer.calibration = fit_calibration(labels, logits)
+    log.info(
+        "calibration: platt, scale %.3f, shift %.3f (on %d validation images)",
+        scorer.calibration.scale,
+        scorer.calibration.shift,
+        len(labels),
+    )
+    return {
+        "method": scorer.calibration.method,
+        "scale": scorer.calibration.scale,
+        "shift": scorer.calibration.shift,
+    }
+
+
+def uncalibrated(scorer: Scorer, bins: int) -> dict[str, float]:
+    """Brier score and ECE of the network's own sigmoid on the test split, for comparison."""
+    from pneumonia.decision import sigmoid
+
+    images, labels = load_split("test")
+    return calibration(labels, sigmoid(scorer.outputs(images)[0]), bins)
+
+
+ERROR_RATES = (0.01, 0.02, 0.04, 0.08)  # compared in metrics.json's decision.error_rates
+
+
+def decision_report(
+    pooled_val: tuple[np.ndarray, np.ndarray], scores: Scores, threshold: float, error_rate: float
+) -> tuple[Band, dict]:
+    """The indeterminate band from validation (clean and shifted), and how it does on each
+    held-out split: share indeterminate, accuracy and rates on the decided cases."""
+    from pneumonia.decision import band_metrics, conformal_band
+
+    band = conformal_band(*pooled_val, error_rate, threshold)
+    report: dict = {"low": band.low, "high": band.high, "error_rate": error_rate}
+    report["val_pooled"] = band_metrics(*pooled_val, band)
+    for split, (labels, probabilities) in scores.items():
+        report[split] = band_metrics(labels, probabilities, band)
+    report["error_rates"] = {  # the evidence for the chosen rate: what others would give
+        str(rate): {
+            split: {
+                key: value
+                for key, value in band_metrics(*scored, other).items()
+                if key in ("share_indeterminate", "accuracy_decided")
+            }
+            for split, scored in scores.items()
+        }
+        for rate in ERROR_RATES
+        for other in [conformal_band(*pooled_val, rate, threshold)]
+    }
+    log.info(
+        "decision band [%.3f, %.3f): test %.1f%% indeterminate, accuracy %.3f on the decided",
+        band.low,
+        band.high,
+        100 * report["test"]["share_indeterminate"],
+        report["test"]["accuracy_decided"],
+    )
+    return band, report
+
+
+def split_features(
+    scorer: Scorer, split: str, config: PreprocessConfig, every: int = 1
+) -> np.ndarray:
+    """Pooled features of a split's images, and of every `every`-th image under each shift of
+    SHIFTS: exposure, resolution and framing vary between real X-rays, so the gate learns
+    them as X-rays, not as outliers."""
+    images, _ = load_split(split)
+    files = [paths.RAW / name for name in load_files(split)][::every]
+    features = [scorer.outputs(images)[1]]
+    for name in tqdm(SHIFTS, desc=f"gate features ({split})", unit="shift"):
+        features.append(scorer.outputs(shifted_inputs(files, SHIFTS[name], config))[1])
+    return np.concatenate(features)
+
+
+def fit_gate(scorer: Scorer, config: PreprocessConfig, false_rejection_rate: float) -> Gate:
+    """The learned check: mean and covariance of the training split's features (a quarter
+    of it also under each shift), threshold on validation and its shifted copies."""
+    from pneumonia.decision import fit_feature_model, with_threshold
+
+    gate = fit_feature_model(split_features(scorer, "train", config, every=4))
+    val_distances = gate.distance(split_features(scorer, "val", config))
+    gate = with_threshold(gate, val_distances, false_rejection_rate)
+    log.info(
+        "gate: distance threshold %.2f (%.1f%% of validation refused at most)",
+        gate.threshold,
+        100 * false_rejection_rate,
+    )
+    return gate
+
+
+def refusals(
+    files: list[bytes], scorer: Scorer, gate: Gate, config: PreprocessConfig
+) -> tuple[list[str], np.ndarray]:
+    """Which check refuses each encoded image, as the endpoint would: "decoder" (a 4xx from
+    decoding, e.g. a DICOM of another modality), "cheap checks", "learned check", or
+    "accepted"; and the feature distance of those that reached the learned check."""
+    from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, prepare
+    from pneumonia.serving.requests import ClientError
+
+    outcomes: list[str] = []
+    reached: list[int] = []
+    inputs: list[np.ndarray] = []
+    for index, data in enumerate(files):
+        try:
+            inputs.append(prepare(data, config)[1])
+            reached.append(index)
+            outcomes.append("accepted")
+        except ClientError as error:
+            outcomes.append("cheap checks" if error.reason == NOT_A_CHEST_XRAY else "decoder")
+    distances = gate.distance(scorer.outputs(np.stack(inputs))[1]) if inputs else np.zeros(0)
+    for index, distance in zip(reached, distances, strict=True):
+        if not distance <= gate.threshold:
+            outcomes[index] = "learned check"
+    return outcomes, distances
+
+
+def gate_report(
+    scorer: Scorer, gate: Gate, config: PreprocessConfig, held_out: list[str]
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """False rejections of real X-rays (held-out splits, and framing shifts of test) and
+    detection of the out-of-distribution set, by kind; plus the distances for the plot."""
+    from pneumonia.ood import out_of_distribution_images
+
+    report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
+    distances: dict[str, np.ndarray] = {}
+    rejected: dict[str, float] = {}
+    for split in held_out:
+        files = [(paths.RAW / name).read_bytes() for name in load_files(split)]
+        outcomes, distances[split] = refusals(files, scorer, gate, config)
+        rejected[split] = float(np.mean([outcome != "accepted" for outcome in outcomes]))
+    test_files = [paths.RAW / name for name in load_files("test")]
+    for name in tqdm(SHIFTS, desc="gate under shifts (test)", unit="shift"):
+        features = scorer.outputs(shifted_inputs(test_files, SHIFTS[name], config))[1]
+        rejected[f"test, {name}"] = float(np.mean(gate.distance(features) > gate.threshold))
+    report["false_rejections"] = rejected
+    images = out_of_distribution_images()
+    outcomes, distances["out of distribution"] = refusals(
+        [image.data for image in images], scorer, gate, config
+    )
+    detected: dict[str, list[bool]] = {}
+    for image, outcome in zip(images, outcomes, strict=True):
+        detected.setdefault(image.kind, []).append(outcome != "accepted")
+    report["ood_detection"] = {kind: float(np.mean(hits)) for kind, hits in detected.items()}
+    report["ood_detection"]["all"] = float(np.mean([o != "accepted" for o in outcomes]))
+    report["ood_images"] = len(images)
+    report["ood_refused_by"] = {name: outcomes.count(name) for name in sorted(set(outcomes))}
+    report["ood_accepted"] = [
+        i.name for i, o in zip(images, outcomes, strict=True) if o == "accepted"
+    ]
+    log.info(
+        "gate: %.1f%% of test refused, %.1f%% of %d out-of-distribution images refused",
+        100 * rejected["test"],
+        100 * report["ood_detection"]["all"],
+        report["ood_images"],
+    )
+    return report, distances
+
+
+def gate_figure(distances: dict[str, np.ndarray], threshold: float) -> Figure:
+    """Histograms of the feature distance: held-out X-rays against the out-of-distribution
+    images that reached the learned check, with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    finite = np.concatenate([d for d in distances.values() if len(d)])
+    bins = np.linspace(0, np.percentile(finite, 99.5) * 1.05, 60)
+    for name, values in distances.items():
+        axis.hist(
+            np.clip(values, 0, bins[-1]),
+            bins=list(bins),
+            alpha=0.5,
+            label=f"{name} ({len(values)})",
+            density=True,
+        )
+    axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.1f}")
+    axis.set_xlabel("Mahalanobis distance of the pooled features from the training split")
+    axis.set_ylabel("density")
+    axis.set_title("Not-a-chest-X-ray gate (learned check)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+# ---------------------------------------------------------------- explanations
+
+ATTENTION_IMAGES = 4  # of each class, the first test images in manifest order
+
+
+def attention_figure(scorer: Scorer, names: list[str]) -> Figure:
+    """Class activation maps over a fixed set of test images, for `dvc plots diff`: how the
+    model's attention moved between two revisions. Panels are numbered, never named (file
+    names carry patient ids)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pneumonia.heatmap import heatmap, overlay
+
+    images, labels = load_split("test")
+    files = load_files("test")
+    chosen = [i for c in (1, 0) for i in np.flatnonzero(labels == c)[:ATTENTION_IMAGES]]
+    _, _, cams = scorer.outputs(images[chosen])
+    probabilities = scorer(images[chosen])
+    columns = max(1, math.ceil(len(chosen) / 2))
+    figure, axes = plt.subplots(2, columns, figsize=(2.6 * columns, 6), dpi=80, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for panel, (axis, index, cam, p) in enumerate(
+        zip(axes.ravel(), chosen, cams, probabilities, strict=False)
+    ):
+        gray = to_uint8_gray((paths.RAW / files[index]).read_bytes())
+        heat = heatmap(cam, gray.shape[1], gray.shape[0])
+        axis.imshow(overlay(gray, heat))
+        axis.set_title(f"#{panel + 1} {names[labels[index]]}\nP(pneumonia) {p:.2f}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle("Where the evidence for pneumonia is (class activation map)")
+    figure.tight_layout()
+    return figure
+
+
+def to_uint8_gray(data: bytes) -> np.ndarray:
+    """An encoded image decoded to (H, W) uint8 gray."""
+    from pneumonia.imaging import decode_gray, to_uint8
+
+    return to_uint8(decode_gray(data))
+
+
+def faithfulness(scorer: Scorer, model: keras.Model, seed: int) -> dict:
+    """Do the maps show what the model uses? Blurring the hottest 10% against the same
+    region moved elsewhere (positive test images), and the maps of randomised weights."""
+    from pneumonia.faithfulness import deletion_test, randomisation_test, randomised_copy
+
+    images, labels = load_split("test")
+    positives = images[labels == 1][:100]
+    cams = scorer.outputs(positives)[2]
+    deletion = deletion_test(positives, cams, lambda x: scorer.outputs(x)[0], seed=seed)
+    randomised = Scorer(randomised_copy(model, seed=seed))
+    sample = images[:20]
+    randomisation = randomisation_test(scorer.outputs(sample)[2], randomised.outputs(sample)[2])
+    log.info(
+        "faithfulness: hot region beats control on %.0f%% of %d positives (median gap %.2f); "
+        "rank correlation with random weights %.2f",
+        100 * deletion["share_hot_beats_control"],
+        deletion["images"],
+        deletion["median_gap"],
+        randomisation["median_rank_correlation"],
+    )
+    return {"deletion": deletion, "randomisation": randomisation}
+
+
 def main() -> None:
-    """Run the stage: threshold from validation, then held-out and shifted scores, plots, logs."""
+    """Run the stage: calibration, threshold and band from validation, the gate from train
+    and validation, then held-out and shifted scores, plots, logs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from pneumonia.model import predict_probabilities  # also registers the custom layer
+    import pneumonia.model  # noqa: F401  (registers the custom layer)
 
     params = load_params()
     names = list(params.base.labels)
     model = keras.models.load_model(paths.KERAS_MODEL)
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        return predict_probabilities(model, images)
-
+    scorer = Scorer(model)
     prepared = preprocessing()
     prepared.pop("labels")
-    config = PreprocessConfig(**prepared)
+    config = PreprocessConfig.model_validate(prepared)
 
-    threshold, thresholds, val = choose_on_validation(predict, config, params.evaluate)
-    held_out, scores = score_held_out(predict, threshold, params.evaluate, params.base.seed)
-    results: dict = {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
+    results: dict = {"calibration": calibrate(scorer)}
+    threshold, thresholds, val, pooled_val = choose_on_validation(scorer, config, params.evaluate)
+    held_out, scores = score_held_out(scorer, threshold, params.evaluate, params.base.seed)
+    results |= {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
     results |= held_out
     results["worst_split"] = worst_of(results, list(scores))
     results["policies"] = policy_table(thresholds, scores)
     results["val"] = val
+    results["test_uncalibrated"] = uncalibrated(scorer, params.evaluate.calibration_bins)
     test_files = [paths.RAW / name for name in load_files("test")]
-    shifted_test = shifted_probabilities(predict, test_files, config, "robustness")
+    shifted_test = shifted_probabilities(scorer, test_files, config, "robustness")
     results["robustness"] = robustness(shifted_test, scores["test"][0], threshold)
+    band, results["decision"] = decision_report(
+        pooled_val, scores, threshold, params.evaluate.indeterminate_error_rate
+    )
+    gate = fit_gate(scorer, config, params.evaluate.ood_false_rejection_rate)
+    results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores))
+    np.savez(paths.GATE, mean=gate.mean, whitening=gate.whitening)
 
-    log_plots(results, scores, threshold, names, params.evaluate.calibration_bins)
-    write_predictions(test_files, scores, threshold, names)
+    results["explanations"] = faithfulness(scorer, model, params.base.seed)
+    figures = {
+        "ood_gate.png": gate_figure(distances, gate.threshold),
+        "attention.png": attention_figure(scorer, names),
+    }
+    log_plots(results, scores, threshold, names, params.evaluate.calibration_bins, figures)
+    write_predictions(test_files, scores, threshold, names, band)
     track(results, list(scores), threshold)
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import string
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,13 +24,15 @@ from pneumonia import paths, registry, tracking
 from pneumonia.config import load_params
 from pneumonia.imaging import PreprocessConfig
 from pneumonia.metadata import ModelMetadata, model_version
-from pneumonia.onnx_export import convert
+from pneumonia.onnx_export import export_for_serving
 from pneumonia.prepared import load_split, preprocessing
 from pneumonia.serving import inference
 
 if TYPE_CHECKING:
     import keras
     import onnxruntime
+
+    from pneumonia.decision import Calibration, Gate
 
 log = logging.getLogger("export_onnx")
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")  # string.Template, ${name}
@@ -103,41 +106,140 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         images=test["images"],
         held_out_rows=held_out_rows,
         robustness_rows=robustness_rows,
+        **decision_fields(evaluation),
     )
+
+
+def decision_fields(evaluation: dict) -> dict[str, str]:
+    """The model card's calibration, band, gate and explanation figures."""
+    decision, gate = evaluation["decision"], evaluation["ood_gate"]
+    explanations = evaluation["explanations"]
+    calibration = evaluation["calibration"]
+    splits = [s for s in paths.HELD_OUT if s in decision]
+    return {
+        "calibration_scale": f"{calibration['scale']:.3f}",
+        "calibration_shift": f"{calibration['shift']:.3f}",
+        "ece_uncalibrated": f"{evaluation['test_uncalibrated']['ece']:.4f}",
+        "band_low": f"{decision['low']:.4f}",
+        "band_high": f"{decision['high']:.4f}",
+        "band_error_rate": f"{decision['error_rate']:.3f}",
+        "decision_rows": "\n".join(
+            f"| {s} | {decision[s]['share_indeterminate']:.1%} | "
+            f"{decision[s]['accuracy_decided']:.3f} | {decision[s]['sensitivity_decided']:.3f} | "
+            f"{decision[s]['specificity_decided']:.3f} |"
+            for s in splits
+        ),
+        "gate_threshold": f"{gate['threshold']:.2f}",
+        "gate_frr": f"{gate['false_rejection_rate']:.1%}",
+        "gate_rejection_rows": "\n".join(
+            f"| {name} | {share:.1%} |" for name, share in gate["false_rejections"].items()
+        ),
+        "gate_detection_rows": "\n".join(
+            f"| {kind} | {share:.1%} |" for kind, share in gate["ood_detection"].items()
+        ),
+        "deletion_share": f"{explanations['deletion']['share_hot_beats_control']:.0%}",
+        "deletion_images": str(explanations["deletion"]["images"]),
+        "deletion_gap": f"{explanations['deletion']['median_gap']:.2f}",
+        "randomisation": f"{explanations['randomisation']['median_rank_correlation']:.2f}",
+    }
 
 
 def check_parity(
     model: keras.Model,
     session: onnxruntime.InferenceSession,
-    threshold: float,
+    decision: Decision,
     tolerance: float,
     onnx_bytes: int,
 ) -> dict:
-    """Keras against ONNX on the whole test split; written to metrics/export_onnx.json."""
-    from pneumonia.model import predict_probabilities
+    """Keras (and numpy for the calibration and the gate) against ONNX on the whole test
+    split, and the ONNX map against TensorFlow Grad-CAM on 20 test images; written to
+    metrics/export_onnx.json."""
+    from pneumonia.faithfulness import gradcam
+    from pneumonia.model import predict_probabilities, with_explanations
+    from pneumonia.onnx_export import OUTPUTS
 
     test_images, _ = load_split("test")
-    keras_p = predict_probabilities(model, test_images)
-    check = parity(keras_p, inference.predict(session, test_images), threshold)
+    _, features, cams = with_explanations(model).predict(
+        test_images.astype(np.float32), batch_size=128, verbose=0
+    )
+    keras_p = decision.calibration.apply(cams.mean(axis=(1, 2)))
+    names = [OUTPUTS[k] for k in ("raw_probability", "probability", "ood_distance", "cam")]
+    raw, onnx_p, distance, onnx_cams = inference.run(session, test_images, names)
+    check = parity(keras_p, onnx_p.astype(np.float64), decision.threshold)
+    check["max_abs_diff_uncalibrated"] = float(
+        np.max(np.abs(predict_probabilities(model, test_images) - raw.reshape(-1)))
+    )
+    keras_distance = decision.gate.distance(features)
+    check["max_rel_diff_distance"] = float(
+        np.max(np.abs(keras_distance - distance) / np.maximum(keras_distance, 1e-6))
+    )
+    reference = gradcam(model, test_images[:20])
+    rectified = np.maximum(onnx_cams[:20], 0).reshape(20, -1)
+    check["gradcam_min_pearson"] = float(
+        min(
+            np.corrcoef(a, b)[0, 1]
+            for a, b in zip(reference.reshape(20, -1), rectified, strict=True)
+            if np.ptp(a) > 0 and np.ptp(b) > 0
+        )
+    )
     check["tolerance"] = tolerance
-    check["passed"] = check["max_abs_diff"] <= tolerance and check["labels_differing"] == 0
+    check["passed"] = (
+        check["max_abs_diff"] <= tolerance
+        and check["max_abs_diff_uncalibrated"] <= tolerance
+        and check["labels_differing"] == 0
+        and check["max_rel_diff_distance"] <= 1e-3
+        and check["gradcam_min_pearson"] >= 0.99
+    )
     check["onnx_bytes"] = onnx_bytes
     paths.EXPORT_METRICS.write_text(json.dumps({"parity": check}, indent=2) + "\n")
     log.info(
-        "parity on %d test images: max |diff| %.2e, %d labels differ",
+        "parity on %d test images: max |diff| %.2e, %d labels differ, distance %.1e, "
+        "Grad-CAM Pearson >= %.4f",
         check["images"],
         check["max_abs_diff"],
         check["labels_differing"],
+        check["max_rel_diff_distance"],
+        check["gradcam_min_pearson"],
     )
     return check
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What evaluate chose on validation: calibration, threshold, band and gate."""
+
+    calibration: Calibration
+    threshold: float
+    band: dict
+    gate: Gate
+
+
+def load_decision(evaluation: dict) -> Decision:
+    """The evaluate stage's choices, from its metrics.json and models/gate.npz."""
+    from pneumonia.decision import Calibration, Gate
+
+    calibration = evaluation["calibration"]
+    with np.load(paths.GATE) as arrays:
+        gate = Gate(
+            mean=arrays["mean"],
+            whitening=arrays["whitening"],
+            threshold=evaluation["ood_gate"]["threshold"],
+            false_rejection_rate=evaluation["ood_gate"]["false_rejection_rate"],
+        )
+    return Decision(
+        calibration=Calibration(calibration["scale"], calibration["shift"]),
+        threshold=float(evaluation["threshold"]),
+        band={k: evaluation["decision"][k] for k in ("low", "high", "error_rate")},
+        gate=gate,
+    )
+
+
 def describe(
     onnx_bytes: bytes,
-    session: onnxruntime.InferenceSession,
     config: PreprocessConfig,
     labels: tuple,
     evaluation: dict,
+    decision: Decision,
     opset: int,
 ) -> ModelMetadata:
     """model.json: what serving needs beside the graph, and where it came from."""
@@ -146,26 +248,41 @@ def describe(
     import tensorflow as tf
     import tf2onnx
 
-    return ModelMetadata(
-        model_version=model_version(onnx_bytes),
-        threshold=float(evaluation["threshold"]),
-        labels=(labels[0], labels[1]),
-        input_name=session.get_inputs()[0].name,
-        output_name=session.get_outputs()[0].name,
-        preprocessing=config,
-        training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
-        metrics={
-            "test": evaluation["test"],
-            "test_ci95_low": evaluation["test_ci95_low"],
-            "test_ci95_high": evaluation["test_ci95_high"],
-        },
-        versions={
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "opset": opset,
-        },
+    from pneumonia.onnx_export import OUTPUTS
+
+    return ModelMetadata.model_validate(
+        dict(
+            model_version=model_version(onnx_bytes),
+            threshold=decision.threshold,
+            labels=(labels[0], labels[1]),
+            input_name="image",
+            outputs={k: OUTPUTS[k] for k in ("probability", "ood_distance", "cam")},
+            preprocessing=config,
+            calibration={
+                "method": "platt",
+                "scale": decision.calibration.scale,
+                "shift": decision.calibration.shift,
+            },
+            decision_band=decision.band,
+            ood_gate={
+                "threshold": decision.gate.threshold,
+                "false_rejection_rate": decision.gate.false_rejection_rate,
+            },
+            training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
+            metrics={
+                "test": evaluation["test"],
+                "test_ci95_low": evaluation["test_ci95_low"],
+                "test_ci95_high": evaluation["test_ci95_high"],
+                "decision_test": evaluation["decision"]["test"],
+            },
+            versions={
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "tf2onnx": tf2onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "opset": opset,
+            },
+        )
     )
 
 
@@ -195,18 +312,20 @@ def main() -> None:
     params = load_params().export_onnx
     prepared = preprocessing()
     labels = tuple(prepared.pop("labels"))
-    config = PreprocessConfig(**prepared)
+    config = PreprocessConfig.model_validate(prepared)
     evaluation = json.loads((paths.EVALUATE_LIVE / "metrics.json").read_text())
     train_info = json.loads(paths.TRAIN_INFO.read_text())
 
+    decision = load_decision(evaluation)
     model = keras.models.load_model(paths.KERAS_MODEL)
-    onnx_bytes = convert(model, config.image_size, params.opset)
+    onnx_bytes = export_for_serving(
+        model, config.image_size, params.opset, decision.calibration, decision.gate
+    )
     paths.ONNX_MODEL.write_bytes(onnx_bytes)
     session = inference.session(onnx_bytes, threads=0)  # all cores, as before
-    threshold = float(evaluation["threshold"])
-    check = check_parity(model, session, threshold, params.parity_tolerance, len(onnx_bytes))
+    check = check_parity(model, session, decision, params.parity_tolerance, len(onnx_bytes))
 
-    metadata = describe(onnx_bytes, session, config, labels, evaluation, params.opset)
+    metadata = describe(onnx_bytes, config, labels, evaluation, decision, params.opset)
     paths.MODEL_METADATA.write_text(metadata.to_json())
     summary = json.loads(paths.INGEST_SUMMARY.read_text())
     paths.MODEL_CARD.write_text(model_card(metadata, evaluation, summary, train_info))

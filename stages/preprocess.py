@@ -7,7 +7,6 @@ the preprocessing config the arrays were made with, which train and export read.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -18,15 +17,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from pneumonia import paths
-from pneumonia.config import PreprocessParams, load_params
+from pneumonia.config import load_params
 from pneumonia.imaging import PreprocessConfig, prepare_image
 
 log = logging.getLogger("preprocess")
-
-
-def preprocess_config(params: PreprocessParams) -> PreprocessConfig:
-    """The `preprocess` params as the config `prepare_image` takes."""
-    return PreprocessConfig(**params.model_dump())
 
 
 def prepare_split(
@@ -48,7 +42,7 @@ def main() -> None:
     """Run the stage: prepare every split of the manifest and write the arrays."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = load_params()
-    config = preprocess_config(params.preprocess)
+    config = params.preprocess
     manifest = pd.read_csv(paths.MANIFEST)
     if paths.PREPARED.exists():
         shutil.rmtree(paths.PREPARED)
@@ -66,8 +60,7 @@ def main() -> None:
         )
         log.info("%s: %d images -> %s", split, len(rows), paths.prepared_split(split))
     paths.PREPARED_PARAMS.write_text(
-        json.dumps({"labels": list(params.base.labels), **dataclasses.asdict(config)}, indent=2)
-        + "\n"
+        json.dumps({"labels": list(params.base.labels), **config.model_dump()}, indent=2) + "\n"
     )
 
 

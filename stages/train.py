@@ -206,23 +206,14 @@ def flat_params(params: TrainParams) -> dict[str, Any]:
     return flat
 
 
-def main() -> None:
-    """Run the stage: train with early stopping, save the model, log the run."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def set_up(seed: int) -> tuple[str, dict]:
+    """Seed every generator, make kernels deterministic; (device, CPU facts) for the record."""
     import keras
     import tensorflow as tf
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
 
-    from pneumonia.model import build_model
-
-    params = load_params()
-    train_params, seed = params.train, params.base.seed
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    device = describe_device()
-    cpu = machine.cpu()
+    device, cpu = describe_device(), machine.cpu()
     log.info(
         "device: %s (%s %s, %s, %s)",
         device,
@@ -231,22 +222,70 @@ def main() -> None:
         cpu["model"],
         cpu["isa"],
     )
+    return device, cpu
+
+
+def fit(
+    model: keras.Model,
+    datasets: tuple[tf.data.Dataset, tf.data.Dataset],
+    params: TrainParams,
+    train_labels: np.ndarray,
+    live: Any,
+) -> dict[str, Any]:
+    """Train with early stopping on val AUC (best weights restored); the run's summary."""
+    import keras
+    from dvclive.keras import DVCLiveCallback
+
+    train_ds, val_ds = datasets
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_auc",
+        mode="max",
+        patience=params.early_stopping_patience,
+        restore_best_weights=True,
+        verbose=1,
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=params.epochs,
+        class_weight=class_weights(train_labels, params.class_weight),
+        callbacks=[early_stopping, DVCLiveCallback(live=live), tracking.keras_epoch_logger()],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    val_auc = history.history["val_auc"]
+    best_epoch = int(np.argmax(val_auc))
+    return {
+        "best_epoch": best_epoch + 1,
+        "epochs_run": len(val_auc),
+        "best_val_auc": float(val_auc[best_epoch]),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    """Run the stage: train with early stopping, save the model, log the run."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from dvclive import Live
+
+    from pneumonia.model import build_model
+
+    params = load_params()
+    train_params, seed = params.train, params.base.seed
+    device, cpu = set_up(seed)
 
     train, val = load_split("train"), load_split("val")
     image_size = train[0].shape[1]
     log.info("train %d images, val %d images, %d px", len(train[1]), len(val[1]), image_size)
-    train_ds, val_ds = make_datasets(train, val, train_params, seed)
-    steps_per_epoch = math.ceil(len(train[1]) / train_params.batch_size)
-
-    strategy = distribution_strategy(train_params.distribution)
-    with strategy.scope():
+    datasets = make_datasets(train, val, train_params, seed)
+    with distribution_strategy(train_params.distribution).scope():
         model = build_model(image_size, train_params)
-        compile_model(model, train_params, steps_per_epoch)
+        compile_model(model, train_params, math.ceil(len(train[1]) / train_params.batch_size))
     log.info("model %s: %d parameters", model.name, model.count_params())
 
     paths.MODELS.mkdir(exist_ok=True)
     tracking.configure()
-    started = time.perf_counter()
     with (
         tracking.start_run("train") as run,
         Live(dir=str(paths.TRAIN_LIVE), save_dvc_exp=False, dvcyaml=None) as live,
@@ -255,34 +294,7 @@ def main() -> None:
         tracking.set_tags(
             {"device": device, "stage": "train", **{f"cpu.{k}": v for k, v in cpu.items()}}
         )
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_auc",
-            mode="max",
-            patience=train_params.early_stopping_patience,
-            restore_best_weights=True,
-            verbose=1,
-        )
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=train_params.epochs,
-            class_weight=class_weights(train[1], train_params.class_weight),
-            callbacks=[
-                early_stopping,
-                DVCLiveCallback(live=live),
-                tracking.keras_epoch_logger(),
-            ],
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-        train_seconds = time.perf_counter() - started
-        val_auc = history.history["val_auc"]
-        best_epoch = int(np.argmax(val_auc))
-        summary = {
-            "best_epoch": best_epoch + 1,
-            "epochs_run": len(val_auc),
-            "best_val_auc": float(val_auc[best_epoch]),
-            "train_seconds": round(train_seconds, 1),
-        }
+        summary = fit(model, datasets, train_params, train[1], live)
         live.summary.update(summary)
         live.make_summary()
         tracking.log_metrics(summary)
@@ -293,8 +305,8 @@ def main() -> None:
     log.info(
         "best val AUC %.4f at epoch %d, %.0f s",
         summary["best_val_auc"],
-        best_epoch + 1,
-        train_seconds,
+        summary["best_epoch"],
+        summary["train_seconds"],
     )
 
 

@@ -6,12 +6,14 @@ where the image puts it). Anything a client sends that is not a usable JPEG or P
 gets a 4xx with a JSON {"error": ...}; no image bytes reach the logs or traces.
 """
 
+import base64
 import functools
 import json
 import os
 import time
 from http import HTTPStatus
 from pathlib import Path
+from typing import Literal
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -22,8 +24,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
 
 from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
-from pneumonia.serving.classifier import Classifier
-from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, request_image
+from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier
+from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, parse_request
 
 logger = Logger(service="pneumonia-endpoint")
 tracer = Tracer(service="pneumonia-endpoint")
@@ -33,11 +35,33 @@ app = APIGatewayRestResolver(enable_validation=True)
 
 # The response models have no docstrings: pydantic would publish one as the schema's
 # description, changing lambda/openapi.json. Their fields say what they are.
+class Explanation(BaseModel):  # noqa: D101
+    method: str = Field(description="how the heatmap was computed")
+    heatmap_png: str = Field(
+        description="base64 8-bit grayscale PNG with the image's aspect ratio, brighter where "
+        "the evidence for pneumonia is stronger",
+        json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
+    )
+    overlay_png: str = Field(
+        description="base64 RGB PNG: the heatmap in colour over the image",
+        json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
+    )
+
+
 class PredictResponse(BaseModel):  # noqa: D101
-    predicted_label: str = Field(description="NORMAL or PNEUMONIA")
-    probability_pneumonia: float = Field(ge=0.0, le=1.0)
+    predicted_label: Literal["NORMAL", "PNEUMONIA"] = Field(
+        description="the label at the threshold (the published contract)"
+    )
+    decision: Literal["NORMAL", "PNEUMONIA", "INDETERMINATE"] = Field(
+        description="INDETERMINATE when the probability is inside the decision band: "
+        "route the study to a person"
+    )
+    probability_pneumonia: float = Field(ge=0.0, le=1.0, description="calibrated P(PNEUMONIA)")
     modelVersion: str
     threshold: float = Field(description="probability at or above which the label is PNEUMONIA")
+    explanation: Explanation | None = Field(
+        default=None, description="only when asked for (explain)"
+    )
 
 
 class HealthResponse(BaseModel):  # noqa: D101
@@ -47,6 +71,7 @@ class HealthResponse(BaseModel):  # noqa: D101
 
 class ErrorResponse(BaseModel):  # noqa: D101
     error: str
+    reason: str = Field(description="a stable short code, e.g. not_a_chest_xray")
 
 
 class ModelUnavailable(Exception):
@@ -83,20 +108,22 @@ def documented(description: str, model: type[BaseModel] = ErrorResponse) -> Open
     return {"description": description, "content": {"application/json": {"model": model}}}
 
 
-def error_response(status: HTTPStatus, message: str) -> Response:
-    """A JSON {"error": message} response with the given status."""
+def error_response(status: HTTPStatus, message: str, reason: str) -> Response:
+    """A JSON {"error": message, "reason": reason} response with the given status."""
     return Response(
         status_code=status.value,
         content_type=content_types.APPLICATION_JSON,
-        body=json.dumps({"error": message}),
+        body=json.dumps({"error": message, "reason": reason}),
     )
 
 
 @app.post(
     "/predict",
-    summary="Classify one chest X-ray",
+    summary="Classify one frontal chest X-ray",
     description=(
-        'JSON {"image": "<base64 JPEG or PNG>"}, or a raw image/jpeg or image/png body. '
+        'JSON {"image": "<base64 JPEG, PNG or DICOM>", "explain": false}, or a raw image/jpeg, '
+        "image/png or application/dicom body (DICOM Part 10: uncompressed, RLE, JPEG baseline "
+        "or lossless, JPEG 2000). `?explain=true` (or the JSON field) adds a heatmap. "
         f"Limits: {MAX_BODY_BYTES:,} bytes of request body, {MAX_PIXELS:,} pixels, "
         f"{MAX_SIDE} px a side."
     ),
@@ -105,24 +132,41 @@ def error_response(status: HTTPStatus, message: str) -> Response:
         400: documented("malformed JSON, missing field, bad base64 or undecodable image"),
         405: documented("a method other than POST"),
         413: documented("body or image over the limits"),
-        415: documented("not JPEG or PNG"),
-        422: documented("a JPEG or PNG whose structure is over the caps (scans, segments, chunks)"),
+        415: documented("not JPEG, PNG or DICOM, or a DICOM transfer syntax we cannot decode"),
+        422: documented(
+            "not a frontal chest X-ray (reason not_a_chest_xray: colour, near-uniform, "
+            "odd aspect ratio, or unlike the training X-rays); a DICOM that is multi-frame, "
+            "colour, of another modality or a lateral view; a JPEG or PNG whose structure "
+            "is over the caps"
+        ),
         503: documented("the model did not load"),
     },
 )
 # Client errors are answered, not faults; responses and exception text stay out of traces.
 @tracer.capture_method(capture_response=False, capture_error=False)
 def predict() -> PredictResponse:
-    """POST /predict: the label and P(PNEUMONIA) for the request's image."""
+    """POST /predict: label, decision and calibrated P(PNEUMONIA) for the request's image."""
     model = loaded()
-    label, probability = model.classify(request_image(app.current_event))
+    submission = parse_request(app.current_event)
+    prediction = model.classify(submission.image, explain=submission.explain)
     metrics.add_metric(name="Predictions", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name=f"Predicted{label.title()}", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(
+        name=f"Decision{prediction.decision.title()}", unit=MetricUnit.Count, value=1
+    )
+    explanation = None
+    if prediction.heatmap_png is not None and prediction.overlay_png is not None:
+        explanation = Explanation(
+            method="class activation map of the pneumonia logit (last feature map)",
+            heatmap_png=base64.b64encode(prediction.heatmap_png).decode(),
+            overlay_png=base64.b64encode(prediction.overlay_png).decode(),
+        )
     return PredictResponse(
-        predicted_label=label,
-        probability_pneumonia=probability,
+        predicted_label=prediction.label,  # type: ignore[arg-type]
+        decision=prediction.decision,  # type: ignore[arg-type]
+        probability_pneumonia=prediction.probability,
         modelVersion=model.metadata.model_version,
         threshold=model.metadata.threshold,
+        explanation=explanation,
     )
 
 
@@ -144,14 +188,18 @@ def health() -> HealthResponse:
 def handle_client_error(error: ClientError) -> Response:
     """A bad request: its 4xx, counted and logged without the request's bytes."""
     metrics.add_metric(name="ClientErrors", unit=MetricUnit.Count, value=1)
-    logger.info("rejected", extra={"status": error.status.value, "reason": str(error)})
-    return error_response(error.status, str(error))
+    if error.reason == NOT_A_CHEST_XRAY:
+        metrics.add_metric(name="NotAChestXray", unit=MetricUnit.Count, value=1)
+    logger.info("rejected", extra={"status": error.status.value, "reason": error.reason})
+    return error_response(error.status, str(error), error.reason)
 
 
 @app.exception_handler(ModelUnavailable)
 def handle_model_unavailable(_: ModelUnavailable) -> Response:
     """503 while the model is not loaded."""
-    return error_response(HTTPStatus.SERVICE_UNAVAILABLE, "the model is not loaded")
+    return error_response(
+        HTTPStatus.SERVICE_UNAVAILABLE, "the model is not loaded", "model_unavailable"
+    )
 
 
 @functools.cache
@@ -175,10 +223,11 @@ def handle_not_found(_: Exception) -> Response:
         response = error_response(
             HTTPStatus.METHOD_NOT_ALLOWED,
             f"{app.current_event.http_method} is not allowed on {path}; use {', '.join(allowed)}",
+            "method_not_allowed",
         )
         response.headers["Allow"] = ", ".join(allowed)
         return response
-    return error_response(HTTPStatus.NOT_FOUND, f"no route {path}")
+    return error_response(HTTPStatus.NOT_FOUND, f"no route {path}", "not_found")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)

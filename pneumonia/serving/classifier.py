@@ -1,4 +1,10 @@
-"""A loaded model: model.onnx and the model.json that describes it, and one image classified."""
+"""A loaded model: model.onnx and the model.json that describes it, and one image classified.
+
+The order for each image: decode (caps checked from the bytes first) -> the cheap
+"is this a chest X-ray?" checks -> the one preprocessing path -> the ONNX graph, which
+gives the calibrated probability, the gate's feature distance and, when asked, the class
+activation map -> the learned check -> label, decision and heatmap.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from pneumonia.imaging import ImageError, prepare_image
-from pneumonia.metadata import ModelMetadata
+from pneumonia import heatmap, screening
+from pneumonia.imaging import (
+    ImageError,
+    PreprocessConfig,
+    colour_thumbnail,
+    decode_gray,
+    is_dicom,
+    prepare_image,
+    to_uint8,
+)
+from pneumonia.metadata import MetadataError, ModelMetadata
 from pneumonia.serving import inference
 from pneumonia.serving.requests import ClientError
 
@@ -19,9 +34,26 @@ STATUS_FOR_REASON = {
     "not_an_image": HTTPStatus.BAD_REQUEST,
     "corrupt": HTTPStatus.BAD_REQUEST,
     "unsupported_format": HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+    "unsupported_transfer_syntax": HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     "too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     "too_complex": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "multi_frame": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "colour": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "wrong_modality": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "lateral_view": HTTPStatus.UNPROCESSABLE_ENTITY,
 }
+NOT_A_CHEST_XRAY = "not_a_chest_xray"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the endpoint answers for one image."""
+
+    label: str  # NORMAL or PNEUMONIA, at the threshold
+    probability: float  # calibrated P(PNEUMONIA)
+    decision: str  # NORMAL, PNEUMONIA or INDETERMINATE, by the decision band
+    heatmap_png: bytes | None = None  # 8-bit gray PNG, the image's aspect ratio
+    overlay_png: bytes | None = None  # the heatmap in colour over the image
 
 
 @dataclass(frozen=True)
@@ -33,23 +65,62 @@ class Classifier:
 
     @classmethod
     def load(cls, model_dir: Path, threads: int = 1) -> Classifier:
-        """The session and its metadata; refuses a model.json that is malformed or names
-        other bytes than the model.onnx beside it."""
+        """The session and its metadata; refuses a model.json that is malformed, names other
+        bytes than the model.onnx beside it, or names outputs the graph does not have."""
         metadata = ModelMetadata.load(model_dir / "model.json")  # types and ranges checked
         onnx_bytes = (model_dir / "model.onnx").read_bytes()
         metadata.check_describes(onnx_bytes)  # the served bytes are the ones hashed
-        return cls(inference.session(onnx_bytes, threads), metadata)
+        session = inference.session(onnx_bytes, threads)
+        names = {output.name for output in session.get_outputs()}
+        missing = set(metadata.outputs.model_dump().values()) - names
+        if missing or metadata.input_name not in {i.name for i in session.get_inputs()}:
+            raise MetadataError(f"model.json names tensors the graph lacks: {sorted(missing)}")
+        return cls(session, metadata)
 
-    def classify(self, image_bytes: bytes) -> tuple[str, float]:
-        """(predicted label, P(PNEUMONIA)) for one encoded image; ClientError for bad bytes."""
-        try:
-            # Format, structure and pixel caps are checked from the bytes before decoding.
-            pixels = prepare_image(image_bytes, self.metadata.preprocessing)  # (S, S, 1) uint8
-        except ImageError as error:
-            status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)
-            raise ClientError(status, str(error)) from None
+    def classify(self, image_bytes: bytes, explain: bool = False) -> Prediction:
+        """The prediction for one encoded image; ClientError for bytes that are not a usable
+        chest X-ray (4xx, with the reason)."""
+        gray, pixels = prepare(image_bytes, self.metadata.preprocessing)
+        outputs = self.metadata.outputs
+        wanted = [outputs.probability, outputs.ood_distance] + ([outputs.cam] if explain else [])
         batch = pixels[np.newaxis].astype(np.float32)  # (1, S, S, 1)
-        metadata = self.metadata
-        (output,) = self.session.run([metadata.output_name], {metadata.input_name: batch})
-        probability = float(np.clip(output.reshape(-1)[0], 0.0, 1.0))
-        return metadata.label_for(probability), probability
+        results = self.session.run(wanted, {self.metadata.input_name: batch})
+        probability = float(np.clip(results[0].reshape(-1)[0], 0.0, 1.0))
+        distance = float(results[1].reshape(-1)[0])
+        gate = self.metadata.ood_gate
+        if not distance <= gate.threshold:  # NaN is refused too
+            raise ClientError(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "the image is not like the chest X-rays the model was trained on "
+                f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})",
+                NOT_A_CHEST_XRAY,
+            )
+        heat = overlay = None
+        if explain:
+            heat_map = heatmap.heatmap(results[2][0], gray.shape[1], gray.shape[0])
+            heat = heatmap.png(heat_map)
+            overlay = heatmap.png(heatmap.overlay(to_uint8(gray), heat_map))
+        return Prediction(
+            label=self.metadata.label_for(probability),
+            probability=probability,
+            decision=self.metadata.decision_for(probability),
+            heatmap_png=heat,
+            overlay_png=overlay,
+        )
+
+
+def prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(the decoded gray image, the model input) after the cheap "is this a chest X-ray?"
+    checks; ClientError with the reason for what is refused."""
+    try:
+        # Format, structure and pixel caps are checked from the bytes before decoding.
+        gray = decode_gray(data, min_size=config.image_size)
+        thumbnail = None if is_dicom(data) else colour_thumbnail(data)
+        pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
+    except ImageError as error:
+        status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)
+        raise ClientError(status, str(error), error.reason) from None
+    why = screening.screen(gray, thumbnail)
+    if why is not None:
+        raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, why, NOT_A_CHEST_XRAY)
+    return gray, pixels

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+SERVED_PROBABILITY = "probability_calibrated"  # the exported graph's served output
+
 
 def session(model: bytes | Path, threads: int = 1) -> onnxruntime.InferenceSession:
     """A CPU session for serialized ONNX bytes or a file; `threads` intra-op threads (0: all)."""
@@ -16,13 +18,26 @@ def session(model: bytes | Path, threads: int = 1) -> onnxruntime.InferenceSessi
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def run(
+    session: onnxruntime.InferenceSession,
+    images: np.ndarray,
+    outputs: list[str],
+    batch_size: int = 128,
+) -> list[np.ndarray]:
+    """The named outputs for (N, S, S, 1) images (uint8 or float32 levels 0..255), in batches."""
+    input_name = session.get_inputs()[0].name
+    parts = [
+        session.run(outputs, {input_name: images[i : i + batch_size].astype(np.float32)})
+        for i in range(0, len(images), batch_size)
+    ]
+    return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
+
+
 def predict(
     session: onnxruntime.InferenceSession, images: np.ndarray, batch_size: int = 128
 ) -> np.ndarray:
-    """(N,) P(PNEUMONIA), float64, for (N, S, S, 1) images (uint8 or float32 levels 0..255)."""
-    input_name = session.get_inputs()[0].name
-    outputs = [
-        session.run(None, {input_name: images[i : i + batch_size].astype(np.float32)})[0]
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outputs).reshape(-1).astype(np.float64)
+    """(N,) P(PNEUMONIA), float64: the served (calibrated) output where the graph has one,
+    else its first output."""
+    names = [output.name for output in session.get_outputs()]
+    name = SERVED_PROBABILITY if SERVED_PROBABILITY in names else names[0]
+    return run(session, images, [name], batch_size)[0].reshape(-1).astype(np.float64)

@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "application/dicom", "application/octet-stream")
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 TIMEOUT_S = 20.0  # for the TLS handshake, then for the whole request, then for each write
 MAX_CONNECTIONS = 16
@@ -206,7 +206,8 @@ class EventHandler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self.close_connection = True
         headers = {"Content-Type": "application/json", "Connection": "close"}
-        self._reply(status, headers, json.dumps({"error": message}).encode())
+        reason = status.phrase.lower().replace(" ", "_").replace("-", "_")
+        self._reply(status, headers, json.dumps({"error": message, "reason": reason}).encode())
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, header too long, ...), in JSON."""

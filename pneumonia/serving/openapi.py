@@ -24,7 +24,9 @@ def document() -> dict:
         app.app.get_openapi_json_schema(
             title="Pneumonia prediction endpoint",
             version="1.0.0",
-            description="Classifies pediatric chest X-rays as NORMAL or PNEUMONIA. "
+            description="Classifies pediatric frontal chest X-rays (JPEG, PNG or DICOM) as "
+            "NORMAL or PNEUMONIA, with a calibrated probability, a decision that may be "
+            "INDETERMINATE, and on request a heatmap; refuses what is not a chest X-ray (422). "
             "Not a diagnostic device.",
         )
     )
@@ -34,8 +36,18 @@ def document() -> dict:
             "application/json": {"schema": PredictRequest.model_json_schema()},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/dicom": {"schema": {"type": "string", "format": "binary"}},
         },
     }
+    schema["paths"]["/predict"]["post"]["parameters"] = [
+        {
+            "name": "explain",
+            "in": "query",
+            "required": False,
+            "description": "add a heatmap of where the evidence for pneumonia is",
+            "schema": {"type": "boolean", "default": False},
+        }
+    ]
     return schema
 
 

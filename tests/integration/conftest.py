@@ -84,24 +84,46 @@ def keras_model():
     return build_model(IMAGE_SIZE, params)
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, keras_model) -> Path:
-    """models/model.onnx + models/model.json as export_onnx writes them."""
-    from pneumonia.imaging import PreprocessConfig
-    from pneumonia.metadata import ModelMetadata, model_version
-    from pneumonia.onnx_export import convert
+# The test model's gate refuses features this many times farther than the farthest of the
+# committed sample: the untrained network's distances say little, and the endpoint tests send
+# synthetic gray images that must reach the model. Detection is measured by evaluate.
+GATE_MARGIN = 3.0
 
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
+    """models/model.onnx + models/model.json as export_onnx writes them: the served graph
+    (calibration, gate distance, activation map) and its metadata."""
+    from pneumonia.decision import Calibration, Gate, fit_feature_model
+    from pneumonia.imaging import PreprocessConfig, prepare_image
+    from pneumonia.metadata import ModelMetadata, model_version
+    from pneumonia.model import with_explanations
+    from pneumonia.onnx_export import OUTPUTS, export_for_serving
+
+    config = PreprocessConfig(
+        image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    files = sorted(sample_data.rglob("*.jpeg"))
+    pixels = np.stack([prepare_image(path.read_bytes(), config) for path in files])
+    _, features, _ = with_explanations(keras_model).predict(pixels.astype(np.float32), verbose=0)
+    fitted = fit_feature_model(features)
+    gate = Gate(fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(features).max(), 0.02)
     folder = tmp_path_factory.mktemp("model")
-    onnx_bytes = convert(keras_model, IMAGE_SIZE, opset=17)
+    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate)
     (folder / "model.onnx").write_bytes(onnx_bytes)
-    metadata = ModelMetadata(
-        model_version=model_version(onnx_bytes),
-        threshold=0.5,
-        labels=("NORMAL", "PNEUMONIA"),
-        input_name="image",
-        output_name="probability_pneumonia",
-        preprocessing=PreprocessConfig(image_size=IMAGE_SIZE, intensity="clahe"),
-        training_data_sha256=hashlib.sha256(b"test").hexdigest(),
+    metadata = ModelMetadata.model_validate(
+        {
+            "model_version": model_version(onnx_bytes),
+            "threshold": 0.5,
+            "labels": ("NORMAL", "PNEUMONIA"),
+            "input_name": "image",
+            "outputs": {k: OUTPUTS[k] for k in ("probability", "ood_distance", "cam")},
+            "preprocessing": config,
+            "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
+            "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
+            "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
+            "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
+        }
     )
     (folder / "model.json").write_text(metadata.to_json())
     return folder
@@ -121,6 +143,21 @@ def app_module(model_dir):
         module = importlib.import_module("pneumonia.serving.app")
     assert module.MODEL is not None, "the model did not load"
     return module
+
+
+@pytest.fixture
+def lambda_context(app_module):
+    """A Lambda context for calling the handler in-process."""
+    from pneumonia.serving.local import LocalContext
+
+    return LocalContext(aws_request_id="52fdfc07-2182-154f-163f-5f0f9a621d72")
+
+
+@pytest.fixture
+def clear_metrics(app_module):
+    """Drop the metrics a handler call left behind (Powertools keeps them globally)."""
+    yield
+    app_module.metrics.clear_metrics()
 
 
 @pytest.fixture(scope="session")

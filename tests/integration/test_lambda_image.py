@@ -90,8 +90,11 @@ def test_the_image_serves_real_images_without_tensorflow(
         "model/model.json",
         "model/model.onnx",
         "pneumonia/__init__.py",
+        "pneumonia/dicom.py",
+        "pneumonia/heatmap.py",
         "pneumonia/imaging.py",
         "pneumonia/metadata.py",
+        "pneumonia/screening.py",
         "pneumonia/serving/__init__.py",
         "pneumonia/serving/app.py",
         "pneumonia/serving/classifier.py",
@@ -104,6 +107,19 @@ def test_the_image_serves_real_images_without_tensorflow(
         sorted((sample_data / "train" / "PNEUMONIA").iterdir())[:2]
         + sorted((sample_data / "train" / "NORMAL").iterdir())[:2]
     )
+    # The same picture as DICOM, uncompressed and JPEG lossless (decoded by GDCM in its child
+    # process): pydicom and its decoders work in the image's environment.
+    from pneumonia.imaging import decode_gray
+    from tests.unit.test_dicom import gdcm_transcode, make_dicom
+
+    pixels = decode_gray(images[0].read_bytes())
+    dicom = make_dicom(pixels, WindowCenter=128, WindowWidth=256)
+    for name, data in (
+        ("plain.dcm", dicom),
+        ("lossless.dcm", gdcm_transcode(dicom, "JPEGLosslessProcess14_1", tmp_path)),
+    ):
+        (tmp_path / name).write_bytes(data)
+        images.append(tmp_path / name)
     event = REPO_ROOT / "tests" / "events" / "predict_binary.json"
     result = subprocess.run(
         [str(lambda_venv), "-c", RUN_HANDLER, command, str(event), *map(str, images)],
@@ -120,7 +136,7 @@ def test_the_image_serves_real_images_without_tensorflow(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(re.search(r"^RESULTS (.*)$", result.stdout, re.M).group(1))
-    assert [r["status"] for r in results] == [200] * 4
+    assert [r["status"] for r in results] == [200] * 6, results
     expected = probabilities_from_keras(
         keras_model, [p.read_bytes() for p in images], app_module.MODEL.metadata
     )

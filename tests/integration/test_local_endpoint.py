@@ -290,8 +290,14 @@ def test_openapi_document_is_current_and_valid(app_module):
     assert committed == openapi.document(), "run `python -m pneumonia.serving.openapi`"
     validate(committed)
     predict = committed["paths"]["/predict"]["post"]
-    assert {"200", "400", "413", "415"} <= set(predict["responses"])
-    assert set(predict["requestBody"]["content"]) == {"application/json", "image/jpeg", "image/png"}
+    assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
+    assert set(predict["requestBody"]["content"]) == {
+        "application/json",
+        "image/jpeg",
+        "image/png",
+        "application/dicom",
+    }
+    assert [p["name"] for p in predict["parameters"]] == ["explain"]
 
 
 def test_smoke_script_passes_on_a_healthy_endpoint_and_fails_on_a_wrong_version(

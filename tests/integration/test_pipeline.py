@@ -140,6 +140,40 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     assert metadata["threshold"] == evaluation["threshold"]
     manifest_hash = hashlib.sha256((repo / "data/manifest.csv").read_bytes()).hexdigest()
     assert metadata["training_data_sha256"] == manifest_hash
+    # What evaluate chose on validation travels to serving: calibration, band, gate.
+    assert metadata["calibration"] == {
+        "method": "platt",
+        **{key: evaluation["calibration"][key] for key in ("scale", "shift")},
+    }
+    band = metadata["decision_band"]
+    assert [band["low"], band["high"]] == [
+        evaluation["decision"]["low"],
+        evaluation["decision"]["high"],
+    ]
+    assert band["low"] <= metadata["threshold"] <= band["high"]
+    assert metadata["ood_gate"]["threshold"] == evaluation["ood_gate"]["threshold"]
+    # ... and the graph computes what evaluate computed with Keras and numpy.
+    assert parity["max_rel_diff_distance"] <= 1e-3
+    assert parity["gradcam_min_pearson"] >= 0.99
+
+
+def test_evaluate_reports_the_decision_the_gate_and_the_explanations(repo):
+    evaluation = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+    assert evaluation["test"]["ece"] <= evaluation["test_uncalibrated"]["ece"] + 0.05
+    for split in ("test", "val_pooled"):
+        report = evaluation["decision"][split]
+        assert 0 <= report["share_indeterminate"] <= 1 and 0 <= report["accuracy_decided"] <= 1
+    gate = evaluation["ood_gate"]
+    assert set(gate["ood_detection"]) >= {"colour_photo", "document", "noise", "blank", "all"}
+    assert gate["ood_images"] >= 80 and sum(gate["ood_refused_by"].values()) == gate["ood_images"]
+    assert 0 <= gate["false_rejections"]["test"] <= 1
+    assert gate["ood_refused_by"].get("decoder", 0) >= 1  # the CT and MR DICOM files
+    assert evaluation["explanations"]["deletion"]["images"] >= 1
+    plots = repo / "metrics/evaluate/plots/images"
+    for name in ("ood_gate.png", "attention.png"):
+        assert (plots / name).stat().st_size > 1000
+    card = (repo / "models/MODEL_CARD.md").read_text()
+    assert "INDETERMINATE" in card and "Not a chest X-ray" in card and "Explanations" in card
 
 
 def test_the_export_is_registered_in_mlflow_and_fetchable(repo, tmp_path):

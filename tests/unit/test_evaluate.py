@@ -22,6 +22,8 @@ def policy(name: str, **overrides) -> EvaluateParams:
         "fixed_threshold": 0.5,
         "bootstrap_samples": 200,
         "calibration_bins": 10,
+        "indeterminate_error_rate": 0.04,
+        "ood_false_rejection_rate": 0.01,
         **overrides,
     }
     return EvaluateParams(**values)

@@ -30,7 +30,7 @@ from pneumonia.imaging import (
 from tests import hostile
 from tests.images import encode, gradient
 
-CONFIG = PreprocessConfig(image_size=64, intensity="clahe")
+CONFIG = PreprocessConfig(image_size=64, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8)
 
 
 def outcome(data: bytes) -> str:

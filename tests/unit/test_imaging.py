@@ -15,7 +15,7 @@ from pneumonia.imaging import (
 )
 from tests.images import encode, gradient
 
-CONFIG = PreprocessConfig(image_size=32, intensity="none")
+CONFIG = PreprocessConfig(image_size=32, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8)
 
 
 def rgb(pixels: np.ndarray) -> Image.Image:
@@ -76,7 +76,9 @@ def test_a_large_jpeg_is_scaled_down_in_the_dct_and_matches_the_full_decode():
     smooth = cv2.GaussianBlur(rng.integers(0, 256, (1024, 1200)).astype(np.uint8), (0, 0), 12)
     pixels = cv2.normalize(smooth, None, 0, 255, cv2.NORM_MINMAX)
     data = encode(rgb(pixels), "JPEG", quality=95)
-    config = PreprocessConfig(image_size=128, intensity="none")
+    config = PreprocessConfig(
+        image_size=128, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
     # libjpeg decodes 1/8 of each side, still >= 128, straight to luma.
     assert decode_gray(data, min_size=128).shape == (128, 150)
     assert decode_gray(data, min_size=200).shape == (256, 300)  # 1/4: 1/8 would be < 200
@@ -108,7 +110,9 @@ def test_decoded_array_and_bytes_take_the_same_path():
 @pytest.mark.parametrize("intensity", ["equalize", "clahe"])
 def test_intensity_normalisation_spreads_a_low_contrast_image(intensity):
     dull = (gradient() // 8 + 100).astype(np.uint8)  # values 100..131
-    config = PreprocessConfig(image_size=32, intensity=intensity)
+    config = PreprocessConfig(
+        image_size=32, intensity=intensity, clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
     output = prepare_image(encode(Image.fromarray(dull), "PNG"), config)
     assert np.ptp(output) > 1.5 * np.ptp(prepare_image(dull, CONFIG))
 

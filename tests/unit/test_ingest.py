@@ -683,3 +683,35 @@ def test_a_tar_with_a_link_or_a_device_is_refused(tmp_path, kind, link):
     with pytest.raises(SourceError, match=r"b\.jpeg"):
         extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_dicom_files_in_the_dataset_layout_are_ingested_and_bad_ones_quarantined(tmp_path):
+    """A .dcm beside the JPEGs goes through the same validation: a DX frontal is accepted,
+    a CT and a lateral view are quarantined with their reasons, and no tag value is in the
+    reasons."""
+    from pneumonia.imaging import PreprocessConfig, decode_gray, prepare_image
+    from stages.ingest import candidates_from_folder
+    from tests.unit.test_dicom import SENTINELS, make_dicom
+
+    pixels = decode_gray(jpeg(0))
+    folder = tmp_path / "chest_xray" / "train"
+    for label in LABELS:
+        (folder / label).mkdir(parents=True)
+    (folder / "NORMAL" / "IM-0001-0001.dcm").write_bytes(
+        make_dicom(pixels, WindowCenter=128, WindowWidth=256)
+    )
+    (folder / "NORMAL" / "IM-0002-0001.dcm").write_bytes(make_dicom(pixels, Modality="CT"))
+    (folder / "PNEUMONIA" / "person1_virus_1.dcm").write_bytes(
+        make_dicom(pixels, ViewPosition="LL")
+    )
+    accepted, quarantined = validate(candidates_from_folder(tmp_path / "chest_xray", LABELS))
+    assert [row["file"] for row in accepted] == ["train/NORMAL/IM-0001-0001.dcm"]
+    reasons = {row["file"].split("/")[-1]: row["reason"] for row in quarantined}
+    assert reasons == {"IM-0002-0001.dcm": "wrong_modality", "person1_virus_1.dcm": "lateral_view"}
+    assert not any(str(value) in str(quarantined) for value in SENTINELS.values())
+    # The accepted file prepares exactly as the picture it holds.
+    data = (folder / "NORMAL" / "IM-0001-0001.dcm").read_bytes()
+    config = PreprocessConfig(
+        image_size=64, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    np.testing.assert_array_equal(prepare_image(data, config), prepare_image(pixels, config))

@@ -1,0 +1,63 @@
+"""The cheap half of "is this a chest X-ray?": checks on the picture itself, before the model.
+
+A frontal chest radiograph is grayscale, uses a wide range of gray levels and is roughly
+as wide as it is tall (films are 14x17 or 17x17 inches; detectors likewise). A colour
+photograph, a blank or near-constant image, a screenshot or a long strip fails one of these
+in about a millisecond. What passes goes on to the learned check (the distance of the
+model's features from the training split's; see pneumonia.decision.Gate).
+
+The bounds are wide on purpose: every image of the training data passes by a margin, and
+the evaluate stage reports the false rejections on the held-out splits.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pneumonia.imaging import to_uint8
+
+MAX_SATURATION = 0.20  # mean HSV saturation of the thumbnail, 0..1 (radiographs: 0.00;
+# a scan of film with a 15% tint: 0.15)
+MIN_DYNAMIC_RANGE = 0.15  # 1st to 99th percentile of the gray levels, share of full scale
+ASPECT_RANGE = (0.6, 1.67)  # width / height
+
+
+def saturation(thumbnail: np.ndarray) -> float:
+    """Mean HSV saturation (0..1) of an (h, w, 3) uint8 RGB image."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(thumbnail), cv2.COLOR_RGB2HSV)
+    return float(hsv[:, :, 1].mean()) / 255.0
+
+
+def dynamic_range(gray: np.ndarray) -> float:
+    """The 1st-to-99th percentile spread of an (H, W) gray image, share of full scale."""
+    levels = to_uint8(gray)
+    if levels.size > 65_536:  # a strided sample is enough for two percentiles
+        step = int(np.ceil(np.sqrt(levels.size / 65_536)))
+        levels = levels[::step, ::step]
+    low, high = np.percentile(levels, (1, 99))
+    return float(high - low) / 255.0
+
+
+def screen(gray: np.ndarray, thumbnail: np.ndarray | None) -> str | None:
+    """Why the image is not a chest X-ray, or None when it passes the cheap checks.
+
+    `gray`: the decoded (H, W) gray pixels, EXIF orientation applied; `thumbnail`: a small
+    RGB copy when the file is stored in colour (`imaging.colour_thumbnail`), else None.
+    """
+    height, width = gray.shape
+    aspect = width / height
+    if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1]:
+        return (
+            f"the image's aspect ratio is {aspect:.2f} (width / height); "
+            f"a chest radiograph's is between {ASPECT_RANGE[0]} and {ASPECT_RANGE[1]}"
+        )
+    if thumbnail is not None and (value := saturation(thumbnail)) > MAX_SATURATION:
+        return f"the image is in colour (mean saturation {value:.2f}); an X-ray is grayscale"
+    spread = dynamic_range(gray)
+    if spread < MIN_DYNAMIC_RANGE:
+        return (
+            f"the image is nearly uniform (its gray levels span {spread:.0%} of the range); "
+            "a radiograph spans far more"
+        )
+    return None

@@ -1,0 +1,103 @@
+"""Calibration, the indeterminate band and the gate's distance, on data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumonia.decision import (
+    Band,
+    Calibration,
+    band_metrics,
+    conformal_band,
+    conformal_quantile,
+    fit_calibration,
+    fit_feature_model,
+    sigmoid,
+    with_threshold,
+)
+
+
+def test_platt_scaling_recovers_the_scale_and_shift_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, 20_000)
+    labels = (rng.random(20_000) < sigmoid(0.5 * logits - 1.0)).astype(int)
+    fitted = fit_calibration(labels, logits)
+    assert fitted.scale == pytest.approx(0.5, abs=0.03)
+    assert fitted.shift == pytest.approx(-1.0, abs=0.06)
+    # calibrated probabilities match the observed frequencies in every decile
+    p = fitted.apply(logits)
+    edges = np.quantile(p, np.linspace(0, 1, 11))
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
+    for b in range(10):
+        assert abs(p[which == b].mean() - labels[which == b].mean()) < 0.03
+
+
+def test_calibration_keeps_the_ranking():
+    calibration = Calibration(scale=0.7, shift=0.4)
+    p = calibration.apply(np.linspace(-8, 8, 101))
+    assert np.all(np.diff(p) > 0)
+
+
+def test_a_logit_that_does_not_rank_is_refused():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1, 500)
+    with pytest.raises(ValueError, match="does not rank"):
+        fit_calibration((logits < 0).astype(int), logits)
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1, 100, dtype=float)  # 99 scores
+    assert conformal_quantile(scores, 0.9) == 90.0  # ceil(0.9 * 100) = 90th smallest
+    assert conformal_quantile(scores, 0.999) == 99.0  # capped at the largest
+
+
+def test_the_band_holds_its_error_rate_on_fresh_data_from_the_same_distribution():
+    rng = np.random.default_rng(2)
+
+    def draw(n):
+        labels = (rng.random(n) < 0.7).astype(int)
+        p = sigmoid(np.where(labels == 1, rng.normal(2, 1.5, n), rng.normal(-2, 1.5, n)))
+        return labels, p
+
+    band = conformal_band(*draw(2_000), error_rate=0.05, threshold=0.5)
+    assert band.low <= 0.5 <= band.high
+    labels, p = draw(50_000)
+    report = band_metrics(labels, p, band)
+    assert report["pneumonia_called_normal"] <= 0.05 + 0.01
+    assert report["normal_called_pneumonia"] <= 0.05 + 0.01
+    assert 0 < report["share_indeterminate"] < 0.5
+    assert report["accuracy_decided"] > 0.93
+
+
+def test_decisions_never_contradict_the_label():
+    band = Band(low=0.3, high=0.8, error_rate=0.05)
+    p = np.linspace(0, 1, 1001)
+    decisions = band.decide(p)
+    threshold = 0.5
+    assert not np.any((decisions == "PNEUMONIA") & (p < threshold))
+    assert not np.any((decisions == "NORMAL") & (p >= threshold))
+    assert set(decisions) == {"NORMAL", "PNEUMONIA", "INDETERMINATE"}
+
+
+def test_gate_distance_is_the_mahalanobis_distance_under_the_shrunk_covariance():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    gate = fit_feature_model(features)
+    queries = rng.normal(size=(20, 12)) * 3
+    expected = np.sqrt(LedoitWolf().fit(features).mahalanobis(queries))
+    np.testing.assert_allclose(gate.distance(queries), expected, rtol=1e-6)
+
+
+def test_gate_threshold_refuses_at_most_the_chosen_share_of_fresh_inliers():
+    rng = np.random.default_rng(4)
+    mixing = rng.normal(size=(8, 8))
+    gate = fit_feature_model(rng.normal(size=(3_000, 8)) @ mixing)
+    calibration = gate.distance(rng.normal(size=(1_000, 8)) @ mixing)
+    gate = with_threshold(gate, calibration, 0.02)
+    fresh = gate.distance(rng.normal(size=(20_000, 8)) @ mixing)
+    assert np.mean(fresh > gate.threshold) <= 0.02 + 0.01
+    outliers = gate.distance(rng.normal(size=(200, 8)) @ mixing + 10)
+    assert np.all(outliers > gate.threshold)

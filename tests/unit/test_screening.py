@@ -1,0 +1,78 @@
+"""The cheap "is this a chest X-ray?" checks: every committed real X-ray passes, with its
+framing and exposure shifted too; colour, near-uniform and strip-shaped pictures do not."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumonia.imaging import colour_thumbnail, decode_gray
+from pneumonia.screening import screen
+from tests.conftest import SAMPLE_DATA
+
+
+def judged(data: bytes) -> str | None:
+    return screen(decode_gray(data), colour_thumbnail(data))
+
+
+def encoded(pixels: np.ndarray, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+XRAYS = sorted(SAMPLE_DATA.rglob("*.jpeg"))
+
+
+def test_every_committed_real_xray_passes():
+    assert len(XRAYS) == 150
+    refused = {path.name: why for path in XRAYS if (why := judged(path.read_bytes()))}
+    assert refused == {}
+
+
+@pytest.mark.parametrize(
+    "shift",
+    [
+        lambda g: np.clip(g.astype(int) * 0.6 + 50, 0, 255).astype(np.uint8),  # low contrast
+        lambda g: np.pad(g, 20),  # a black border
+        lambda g: g[:, 20:-20],  # narrower: aspect 0.82
+        lambda g: np.stack([g] * 3, axis=-1),  # gray stored as RGB
+    ],
+    ids=["low contrast", "padded", "portrait crop", "gray as RGB"],
+)
+def test_real_xrays_stay_accepted_under_ordinary_variation(shift):
+    for path in XRAYS[::15]:
+        gray = decode_gray(path.read_bytes())
+        assert judged(encoded(np.ascontiguousarray(shift(gray)))) is None
+
+
+def test_a_colour_photograph_is_refused():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    assert "colour" in judged(encoded(rgb, "JPEG"))
+
+
+def test_a_tinted_xray_with_little_saturation_is_still_gray_enough():
+    gray = decode_gray(XRAYS[0].read_bytes()).astype(np.float32)
+    sepia = np.stack([gray, gray * 0.95, gray * 0.85], axis=-1).astype(np.uint8)
+    assert judged(encoded(sepia)) is None
+
+
+@pytest.mark.parametrize("level", [0, 128, 255])
+def test_blank_images_are_refused(level):
+    assert "uniform" in judged(encoded(np.full((300, 300), level, np.uint8)))
+
+
+def test_a_near_constant_image_with_a_few_stray_pixels_is_refused():
+    pixels = np.full((300, 300), 120, np.uint8)
+    pixels[::50, ::50] = 255
+    assert "uniform" in judged(encoded(pixels))
+
+
+@pytest.mark.parametrize("shape", [(100, 400), (1920, 600)], ids=["banner", "tall strip"])
+def test_strips_are_refused_for_their_aspect_ratio(shape):
+    pixels = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
+    assert "aspect ratio" in judged(encoded(pixels))
