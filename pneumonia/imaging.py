@@ -433,19 +433,49 @@ COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "YCbCr", "CMYK", "LAB", "HSV")
 
 
 def colour_thumbnail(data: bytes, side: int = 64) -> np.ndarray | None:
-    """A small (h, w, 3) uint8 RGB thumbnail of a JPEG or PNG stored in colour; None when
-    the file is grayscale. A JPEG is decoded at 1/8 scale in the DCT, so this costs far
-    less than the full decode."""
+    """A small (h, w, 3) uint8 RGB copy of a JPEG or PNG stored in colour, at most `side`
+    px a side; None when the file is grayscale. A JPEG is decoded at 1/8 scale in the DCT
+    (a colour check needs no detail), so this costs far less than the full decode."""
     with _open_checked(data) as (image, _):
         if image.mode not in COLOUR_MODES:
             return None
         try:
             if image.format == "JPEG":
-                image.draft("RGB", (side, side))
+                image.draft("RGB", (1, 1))  # the smallest DCT scale, 1/8
             image.load()
             thumbnail = image.convert("RGB")
-            thumbnail.thumbnail((side, side))
+            if max(thumbnail.size) > side:
+                thumbnail.thumbnail((side, side))
             return np.asarray(thumbnail)
         except Exception as exc:  # a decoder's failure on client bytes is never a fault
             message = f"the image cannot be decoded ({type(exc).__name__})"
             raise ImageError("corrupt", message) from None
+
+
+def decode_with_colour(
+    data: bytes, min_size: int | None = None, side: int = 64
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`decode_gray`'s pixels, and a small RGB copy (at most `side` px a side) when the file
+    is stored in colour, else None: what serving's colour check needs, at the cost of one
+    decode. A colour JPEG is decoded once as YCbCr: its Y plane is, bit for bit, the luma
+    `decode_gray` gets; the thumbnail comes from a strided sample of all three planes."""
+    if is_dicom(data):
+        return decode_gray(data, min_size), None
+    with _open_checked(data) as (image, orientation):
+        colour = image.mode in COLOUR_MODES
+        single_pass = colour and image.format == "JPEG" and image.mode in ("RGB", "YCbCr")
+        if single_pass:
+            try:
+                image.draft("YCbCr", (min_size, min_size) if min_size else None)
+                image.load()
+                if orientation in TRANSPOSE:
+                    image = image.transpose(TRANSPOSE[orientation])
+                planes = np.asarray(image)
+            except Exception as exc:  # a decoder's failure on client bytes is never a fault
+                message = f"the image cannot be decoded ({type(exc).__name__})"
+                raise ImageError("corrupt", message) from None
+    if not single_pass:
+        return decode_gray(data, min_size), colour_thumbnail(data, side) if colour else None
+    step = max(1, -(-max(planes.shape[:2]) // side))
+    sample = np.ascontiguousarray(planes[::step, ::step][:, :, [0, 2, 1]])  # Y, Cr, Cb
+    return np.ascontiguousarray(planes[:, :, 0]), cv2.cvtColor(sample, cv2.COLOR_YCrCb2RGB)

@@ -42,10 +42,6 @@ class Explanation(BaseModel):  # noqa: D101
         "the evidence for pneumonia is stronger",
         json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
     )
-    overlay_png: str = Field(
-        description="base64 RGB PNG: the heatmap in colour over the image",
-        json_schema_extra={"contentEncoding": "base64", "contentMediaType": "image/png"},
-    )
 
 
 class PredictResponse(BaseModel):  # noqa: D101
@@ -154,11 +150,10 @@ def predict() -> PredictResponse:
         name=f"Decision{prediction.decision.title()}", unit=MetricUnit.Count, value=1
     )
     explanation = None
-    if prediction.heatmap_png is not None and prediction.overlay_png is not None:
+    if prediction.heatmap_png is not None:
         explanation = Explanation(
             method="class activation map of the pneumonia logit (last feature map)",
             heatmap_png=base64.b64encode(prediction.heatmap_png).decode(),
-            overlay_png=base64.b64encode(prediction.overlay_png).decode(),
         )
     return PredictResponse(
         predicted_label=prediction.label,  # type: ignore[arg-type]

@@ -19,11 +19,8 @@ from pneumonia import heatmap, screening
 from pneumonia.imaging import (
     ImageError,
     PreprocessConfig,
-    colour_thumbnail,
-    decode_gray,
-    is_dicom,
+    decode_with_colour,
     prepare_image,
-    to_uint8,
 )
 from pneumonia.metadata import MetadataError, ModelMetadata
 from pneumonia.serving import inference
@@ -53,7 +50,6 @@ class Prediction:
     probability: float  # calibrated P(PNEUMONIA)
     decision: str  # NORMAL, PNEUMONIA or INDETERMINATE, by the decision band
     heatmap_png: bytes | None = None  # 8-bit gray PNG, the image's aspect ratio
-    overlay_png: bytes | None = None  # the heatmap in colour over the image
 
 
 @dataclass(frozen=True)
@@ -95,17 +91,14 @@ class Classifier:
                 f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})",
                 NOT_A_CHEST_XRAY,
             )
-        heat = overlay = None
-        if explain:
-            heat_map = heatmap.heatmap(results[2][0], gray.shape[1], gray.shape[0])
-            heat = heatmap.png(heat_map)
-            overlay = heatmap.png(heatmap.overlay(to_uint8(gray), heat_map))
+        heat = None
+        if explain:  # the map is already computed; a plain request does not fetch it
+            heat = heatmap.png(heatmap.heatmap(results[2][0], gray.shape[1], gray.shape[0]))
         return Prediction(
             label=self.metadata.label_for(probability),
             probability=probability,
             decision=self.metadata.decision_for(probability),
             heatmap_png=heat,
-            overlay_png=overlay,
         )
 
 
@@ -114,8 +107,7 @@ def prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarr
     checks; ClientError with the reason for what is refused."""
     try:
         # Format, structure and pixel caps are checked from the bytes before decoding.
-        gray = decode_gray(data, min_size=config.image_size)
-        thumbnail = None if is_dicom(data) else colour_thumbnail(data)
+        gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
         pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
     except ImageError as error:
         status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)

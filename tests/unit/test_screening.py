@@ -49,10 +49,13 @@ def test_real_xrays_stay_accepted_under_ordinary_variation(shift):
         assert judged(encoded(np.ascontiguousarray(shift(gray)))) is None
 
 
-def test_a_colour_photograph_is_refused():
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
-    assert "colour" in judged(encoded(rgb, "JPEG"))
+@pytest.mark.parametrize("format", ["JPEG", "PNG"])
+def test_a_colour_picture_is_refused(format):
+    rgb = np.zeros((240, 240, 3), np.uint8)  # red to green across, blue down: a colourful scene
+    rgb[..., 0] = np.linspace(0, 255, 240)[None, :]
+    rgb[..., 1] = np.linspace(255, 0, 240)[None, :]
+    rgb[..., 2] = np.linspace(0, 200, 240)[:, None]
+    assert "colour" in judged(encoded(rgb, format))
 
 
 def test_a_tinted_xray_with_little_saturation_is_still_gray_enough():
@@ -76,3 +79,25 @@ def test_a_near_constant_image_with_a_few_stray_pixels_is_refused():
 def test_strips_are_refused_for_their_aspect_ratio(shape):
     pixels = np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8)
     assert "aspect ratio" in judged(encoded(pixels))
+
+
+def test_serving_decodes_once_and_gets_the_same_gray_pixels_as_the_pipeline():
+    """decode_with_colour (serving: one YCbCr decode for a colour JPEG) against decode_gray
+    (pipeline): bit-identical gray, at the model's size and in full, EXIF rotation included."""
+    from pneumonia.imaging import decode_with_colour
+
+    picture = Image.open(XRAYS[0])  # an RGB JPEG, as every committed X-ray is
+    rotated = []
+    for value in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = value
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+        rotated.append(buffer.getvalue())
+    for data in [path.read_bytes() for path in XRAYS] + rotated:
+        for min_size in (128, None):
+            gray, thumbnail = decode_with_colour(data, min_size=min_size)
+            np.testing.assert_array_equal(gray, decode_gray(data, min_size=min_size))
+            assert thumbnail is None or (thumbnail.ndim == 3 and max(thumbnail.shape) <= 64)
+            verdict = screen(gray, thumbnail)
+            assert verdict == screen(decode_gray(data), colour_thumbnail(data))
