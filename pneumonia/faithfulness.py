@@ -65,13 +65,17 @@ def keras_cams(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> 
     return np.asarray(outputs[2], dtype=np.float32)
 
 
-def gradcam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def gradcam(
+    model: keras.Model, images: np.ndarray, batch_size: int = 32, rectify: bool = True
+) -> np.ndarray:
     """(N, h, w) float32 Grad-CAM of the pneumonia logit w.r.t. the last feature map.
 
     The feature map A is the input of the model's GlobalAveragePooling2D layer; the logit
     is the dense layer applied to its average (the input of the sigmoid). With
     tf.GradientTape: weights_k = mean over (h, w) of d logit / d A_k, and the map is
-    ReLU(sum_k weights_k * A_k). Inference mode (batch norm statistics, no dropout).
+    ReLU(sum_k weights_k * A_k) (the sum alone with `rectify=False`: on a map that is
+    negative almost everywhere, the ReLU leaves only rounding noise to compare).
+    Inference mode (batch norm statistics, no dropout).
     """
     import tensorflow as tf
 
@@ -86,7 +90,8 @@ def gradcam(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.
             logit = tf.matmul(tf.reduce_mean(feature_map, axis=(1, 2)), kernel) + bias
         gradients = tape.gradient(logit, feature_map)
         weights = tf.reduce_mean(gradients, axis=(1, 2))
-        maps.append(tf.nn.relu(tf.einsum("bhwc,bc->bhw", feature_map, weights)).numpy())
+        combined = tf.einsum("bhwc,bc->bhw", feature_map, weights)
+        maps.append((tf.nn.relu(combined) if rectify else combined).numpy())
     if not maps:
         shape = tuple(int(size) for size in features.output.shape[1:3])
         return np.zeros((0, *shape), dtype=np.float32)

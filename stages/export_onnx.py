@@ -173,13 +173,14 @@ def check_parity(
     check["max_rel_diff_distance"] = float(
         np.max(np.abs(keras_distance - distance) / np.maximum(keras_distance, 1e-6))
     )
-    reference = gradcam(model, test_images[:20])
-    rectified = np.maximum(onnx_cams[:20], 0).reshape(20, -1)
+    # Grad-CAM's weighted sum before its ReLU against the graph's map (the served heatmap is
+    # the ReLU of both): equal up to the factor h * w when the export is right.
+    count = min(20, len(test_images))
+    reference = gradcam(model, test_images[:count], rectify=False).reshape(count, -1)
     check["gradcam_min_pearson"] = float(
         min(
             np.corrcoef(a, b)[0, 1]
-            for a, b in zip(reference.reshape(20, -1), rectified, strict=True)
-            if np.ptp(a) > 0 and np.ptp(b) > 0
+            for a, b in zip(reference, onnx_cams[:count].reshape(count, -1), strict=True)
         )
     )
     check["tolerance"] = tolerance

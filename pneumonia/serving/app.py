@@ -149,6 +149,11 @@ def predict() -> PredictResponse:
     metrics.add_metric(
         name=f"Decision{prediction.decision.title()}", unit=MetricUnit.Count, value=1
     )
+    # The calibrated probability itself: CloudWatch keeps its distribution (percentiles), the
+    # first thing to watch for drift. A number, never image data.
+    metrics.add_metric(
+        name="ProbabilityPneumonia", unit=MetricUnit.NoUnit, value=prediction.probability
+    )
     explanation = None
     if prediction.heatmap_png is not None:
         explanation = Explanation(
@@ -232,6 +237,8 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     """The Lambda entry point: route the API Gateway event and log one line per request."""
     started = time.perf_counter()
     response = app.resolve(event, context)
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=latency_ms)
     logger.info(
         "request",
         extra={
@@ -239,7 +246,7 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
             "path": event.get("path"),
             "status": response["statusCode"],
             "body_bytes": len(event.get("body") or ""),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "latency_ms": latency_ms,
         },
     )
     return response

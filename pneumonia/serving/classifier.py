@@ -8,7 +8,7 @@ activation map -> the learned check -> label, decision and heatmap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
 
@@ -77,12 +77,28 @@ class Classifier:
         """The prediction for one encoded image; ClientError for bytes that are not a usable
         chest X-ray (4xx, with the reason)."""
         gray, pixels = prepare(image_bytes, self.metadata.preprocessing)
+        probabilities, distances, cams = self.infer(pixels[np.newaxis], explain)
+        prediction = self.judge(float(probabilities[0]), float(distances[0]))
+        if cams is None:
+            return prediction
+        # The map comes from the same run; a plain request does not fetch it.
+        heat = heatmap.png(heatmap.heatmap(cams[0], gray.shape[1], gray.shape[0]))
+        return replace(prediction, heatmap_png=heat)
+
+    def infer(
+        self, batch: np.ndarray, explain: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities (N,), gate distances (N,), maps (N, h, w) or None) for
+        (N, S, S, 1) prepared images, in one run of the graph."""
         outputs = self.metadata.outputs
         wanted = [outputs.probability, outputs.ood_distance] + ([outputs.cam] if explain else [])
-        batch = pixels[np.newaxis].astype(np.float32)  # (1, S, S, 1)
-        results = self.session.run(wanted, {self.metadata.input_name: batch})
-        probability = float(np.clip(results[0].reshape(-1)[0], 0.0, 1.0))
-        distance = float(results[1].reshape(-1)[0])
+        results = self.session.run(wanted, {self.metadata.input_name: batch.astype(np.float32)})
+        probabilities = np.clip(results[0].reshape(-1), 0.0, 1.0)
+        return probabilities, results[1].reshape(-1), results[2] if explain else None
+
+    def judge(self, probability: float, distance: float) -> Prediction:
+        """Label and decision for one image's outputs; ClientError (422) when its features are
+        too far from the training X-rays'."""
         gate = self.metadata.ood_gate
         if not distance <= gate.threshold:  # NaN is refused too
             raise ClientError(
@@ -91,14 +107,10 @@ class Classifier:
                 f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})",
                 NOT_A_CHEST_XRAY,
             )
-        heat = None
-        if explain:  # the map is already computed; a plain request does not fetch it
-            heat = heatmap.png(heatmap.heatmap(results[2][0], gray.shape[1], gray.shape[0]))
         return Prediction(
             label=self.metadata.label_for(probability),
             probability=probability,
             decision=self.metadata.decision_for(probability),
-            heatmap_png=heat,
         )
 
 

@@ -160,6 +160,33 @@ def clear_metrics(app_module):
     app_module.metrics.clear_metrics()
 
 
+S3_CREDENTIALS = {  # the environment is the only place credentials come from
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's) on loopback, its URL; credentials in the
+    environment while it runs."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in S3_CREDENTIALS.items():
+            patch.setenv(key, value)
+        yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def local_url(model_dir):
     """The local endpoint serving the test model over http on loopback, for every module."""

@@ -304,3 +304,53 @@ def test_every_error_answer_has_a_reason(app_module, lambda_context):
         status, body = call(app_module, request, lambda_context)
         assert 400 <= status < 500
         assert isinstance(body.get("reason"), str) and body["reason"]
+
+
+def test_a_twelve_bit_dicom_windowed_back_to_the_picture_gets_the_same_answer(
+    app_module, lambda_context, xray
+):
+    """12-bit stored values (x16, with an offset undone by the rescale intercept) and a
+    window spanning the picture: within 0.03 of the PNG's probability."""
+    from tests.unit.test_dicom import make_dicom
+
+    stored = xray.astype(np.uint16) * 16 + 8  # 12 bits: 8..4088
+    dicom = make_dicom(
+        stored,
+        bits_stored=12,
+        RescaleSlope=1,
+        RescaleIntercept=-1000,
+        WindowCenter=2048 - 1000,
+        WindowWidth=4096,
+    )
+    png_answer = call(app_module, image_event(png_bytes(xray), "image/png"), lambda_context)[1]
+    status, body = call(app_module, image_event(dicom, "application/dicom"), lambda_context)
+    assert status == 200, body
+    assert abs(body["probability_pneumonia"] - png_answer["probability_pneumonia"]) <= 0.03
+
+
+def emitted_metrics(out: str) -> dict:
+    """The CloudWatch embedded-metric blobs printed to stdout, merged by metric name."""
+    merged: dict = {}
+    for line in out.splitlines():
+        if '"_aws"' in line:
+            record = json.loads(line)
+            names = [m["Name"] for d in record["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
+            merged |= {name: record[name] for name in names}
+    return merged
+
+
+def test_each_request_emits_its_probability_decision_and_latency_as_metrics(
+    app_module, lambda_context, xray, capsys
+):
+    data = png_bytes(xray)
+    status, body = call(app_module, image_event(data, "image/png"), lambda_context)
+    assert status == 200
+    out = capsys.readouterr().out
+    emitted = emitted_metrics(out)
+    assert emitted["ProbabilityPneumonia"] in (
+        body["probability_pneumonia"],
+        [body["probability_pneumonia"]],
+    )
+    assert emitted[f"Decision{body['decision'].title()}"] in (1.0, [1.0])
+    assert "Latency" in emitted
+    assert base64.b64encode(data)[:40].decode() not in out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,29 +17,14 @@ from tests.integration.pipeline_repo import pipeline_env, run, set_params, stage
 pytestmark = pytest.mark.integration
 
 BUCKET = "pneumonia-dvc"
-CREDENTIALS = {  # the environment is the only place credentials come from
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update(CREDENTIALS)
+def s3_endpoint(s3_server):
     import boto3
 
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=BUCKET)
+    return s3_server
 
 
 def objects_in_bucket(endpoint: str) -> int:
@@ -72,7 +56,7 @@ def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(
     own_repo, s3_endpoint, tmp_path
 ):
     repo = own_repo
-    env = pipeline_env(repo)  # carries CREDENTIALS, set by the s3_endpoint fixture
+    env = pipeline_env(repo)  # carries the credentials the s3_server fixture sets
     run(repo, "dvc", "repro")
     run(repo, "dvc", "remote", "add", "s3", f"s3://{BUCKET}/store")
     run(repo, "dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint)

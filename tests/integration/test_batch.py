@@ -1,0 +1,115 @@
+"""Batch scoring (python -m pneumonia.batch): the endpoint's answers for a whole folder or S3
+prefix, broken files as rows, resumable after a kill, no duplicate rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def source(tmp_path, sample_data) -> Path:
+    """The committed X-rays in their folders, a truncated JPEG, a text file and a copy."""
+    root = tmp_path / "backlog"
+    shutil.copytree(sample_data / "train", root / "studies")
+    first = next((root / "studies" / "NORMAL").iterdir())
+    (root / "broken.jpeg").write_bytes(first.read_bytes()[:500])
+    (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def read_rows(output: Path) -> list[dict]:
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def test_every_file_is_a_row_with_the_endpoints_answer(source, tmp_path, app_module, model_dir):
+    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.requests import ClientError
+
+    model = app_module.MODEL
+    output = tmp_path / "predictions.jsonl"
+    counts = score(folder_items(source), output, model_dir, batch_size=16, workers=2)
+    rows = read_rows(output)
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    assert sorted(row["file"] for row in rows) == files
+    assert counts["scored"] + counts["errors"] == 152 and counts["skipped"] == 0
+    assert counts["errors"] == sum(row["status"] == "error" for row in rows) >= 2
+    for row in rows:
+        data = (source / row["file"]).read_bytes()
+        assert row["modelVersion"] == model.metadata.model_version
+        try:
+            expected = model.classify(data)
+        except ClientError as error:
+            assert (row["status"], row["error"]) == ("error", str(error))
+            continue
+        assert row["status"] == "ok"
+        assert abs(row["probability_pneumonia"] - expected.probability) <= 1e-5
+        assert (row["predicted_label"], row["decision"]) == (expected.label, expected.decision)
+    by_file = {row["file"]: row for row in rows}
+    assert by_file["broken.jpeg"]["status"] == "error"
+    assert by_file["notes.txt"]["error"] == "the bytes are not a recognised image"
+
+
+def test_a_rerun_skips_what_is_scored_and_adds_no_row(source, tmp_path, model_dir):
+    from pneumonia.batch import folder_items, score
+
+    output = tmp_path / "predictions.jsonl"
+    score(folder_items(source), output, model_dir, workers=1)
+    before = output.read_text()
+    counts = score(folder_items(source), output, model_dir, workers=1)
+    assert counts == {"scored": 0, "errors": 0, "skipped": 152}
+    assert output.read_text() == before
+
+
+def test_a_run_killed_midway_completes_on_rerun_without_duplicates(source, tmp_path, model_dir):
+    output = tmp_path / "predictions.jsonl"
+    command = [sys.executable, "-m", "pneumonia.batch", str(source), "--output", str(output)]
+    command += ["--model-dir", str(model_dir), "--batch-size", "1", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if output.exists() and output.read_text().count("\n") >= 5:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = len(read_rows(output)) if output.read_text().endswith("\n") else None
+    with output.open("a") as sink:  # a row torn by the kill, as a crash mid-write leaves it
+        sink.write('{"file": "studies/NORMAL/torn.jpeg", "sha2')
+    subprocess.run(command, cwd=REPO_ROOT, env=env, check=True, capture_output=True)
+    rows = read_rows(output)
+    assert len(rows) == 152 and len({row["file"] for row in rows}) == 152
+    assert killed_at is None or killed_at < 152
+
+
+def test_an_s3_prefix_is_scored_by_key(source, tmp_path, model_dir, s3_server):
+    import boto3
+
+    from pneumonia.batch import s3_items, score
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket="backlog")
+    for path in sorted(source.rglob("*"))[:12]:
+        if path.is_file():
+            client.upload_file(str(path), "backlog", f"2026/{path.relative_to(source)}")
+    output = tmp_path / "predictions.jsonl"
+    items = s3_items("s3://backlog/2026/", endpoint_url=s3_server)
+    score(items, output, model_dir, workers=1)
+    rows = read_rows(output)
+    assert sorted(row["file"] for row in rows) == sorted(item.file for item in items)
+    assert all(row["file"].startswith("2026/") for row in rows)
+    assert {row["status"] for row in rows} <= {"ok", "error"}
