@@ -90,7 +90,6 @@ PLUGINS = {
     JPEGLSLossless: "gdcm",  # GDCM bundles CharLS
     JPEGLSNearLossless: "gdcm",
 }
-SUPPORTED_SYNTAXES = NATIVE_SYNTAXES | frozenset(PLUGINS)
 # Plugins that can crash the process on corrupt input: run in a capped child process.
 ISOLATED_PLUGINS = frozenset({"gdcm"})
 CHILD_TIMEOUT_S = 30

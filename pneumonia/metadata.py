@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pneumonia.decision import Band
 from pneumonia.imaging import PreprocessConfig
 
 VERSION_PATTERN = r"^sha256-[0-9a-f]{12}$"
@@ -90,13 +92,10 @@ class ModelMetadata(_Strict):
         return self.labels[1] if probability_pneumonia >= self.threshold else self.labels[0]
 
     def decision_for(self, probability_pneumonia: float) -> str:
-        """NORMAL, PNEUMONIA or INDETERMINATE, by the decision band."""
-        band = self.decision_band
-        if probability_pneumonia < band.low:
-            return self.labels[0]
-        if probability_pneumonia >= band.high:
-            return self.labels[1]
-        return "INDETERMINATE"
+        """NORMAL, PNEUMONIA or INDETERMINATE, by the decision band (the rule evaluate
+        measured it with: pneumonia.decision.Band)."""
+        band = Band(**self.decision_band.model_dump())
+        return str(band.decide(np.array([probability_pneumonia]))[0])
 
     def to_json(self) -> str:
         """The file's text: indented JSON with a trailing newline."""

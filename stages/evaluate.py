@@ -649,7 +649,7 @@ def gate_report(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """False rejections of real X-rays (held-out splits, and framing shifts of test) and
     detection of the out-of-distribution set, by kind; plus the distances for the plot."""
-    from pneumonia.ood import out_of_distribution_images
+    from pneumonia.ood import NOT_COVERED, out_of_distribution_images
 
     report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
     distances: dict[str, np.ndarray] = {}
@@ -677,6 +677,7 @@ def gate_report(
     report["ood_accepted"] = [
         i.name for i, o in zip(images, outcomes, strict=True) if o == "accepted"
     ]
+    report["ood_not_measured"] = NOT_COVERED  # kinds the set cannot hold, and why
     log.info(
         "gate: %.1f%% of test refused, %.1f%% of %d out-of-distribution images refused",
         100 * rejected["test"],

@@ -20,9 +20,11 @@ import pytest
 from PIL import Image
 
 from tests.integration.test_endpoint import call, event, image_event, json_event
+from tests.unit.test_dicom import SENTINELS as PLANTED
+from tests.unit.test_dicom import make_dicom
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clear_metrics")]
-SENTINELS = ("SENTINEL^NAME", "SENTINEL-ID-123", "19990101", "ACC-SENTINEL-9", "SENTINEL HOSPITAL")
+SENTINELS = tuple(PLANTED.values())  # patient name, id, birth date, accession, institution
 
 
 @pytest.fixture
@@ -53,34 +55,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def dicom_bytes(pixels: np.ndarray, **tags) -> bytes:
-    """An explicit VR little endian DICOM Part 10 file of 8-bit MONOCHROME2 pixels, with an
-    identity window and the patient tags a hospital export carries."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = SENTINELS[:3]
-    ds.AccessionNumber, ds.InstitutionName = SENTINELS[3:]
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
+    """A DX frontal DICOM of 8-bit pixels with an identity window (128/256), carrying the
+    planted patient tags (tests.unit.test_dicom.make_dicom)."""
+    return make_dicom(
+        pixels, **{"WindowCenter": 128, "WindowWidth": 256, "ViewPosition": "PA", **tags}
     )
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.WindowCenter, ds.WindowWidth = 128, 256
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_the_answer_carries_a_decision_and_a_calibrated_probability(
@@ -311,8 +290,6 @@ def test_a_twelve_bit_dicom_windowed_back_to_the_picture_gets_the_same_answer(
 ):
     """12-bit stored values (x16, with an offset undone by the rescale intercept) and a
     window spanning the picture: within 0.03 of the PNG's probability."""
-    from tests.unit.test_dicom import make_dicom
-
     stored = xray.astype(np.uint16) * 16 + 8  # 12 bits: 8..4088
     dicom = make_dicom(
         stored,

@@ -90,6 +90,7 @@ def test_the_image_serves_real_images_without_tensorflow(
         "model/model.json",
         "model/model.onnx",
         "pneumonia/__init__.py",
+        "pneumonia/decision.py",
         "pneumonia/dicom.py",
         "pneumonia/heatmap.py",
         "pneumonia/imaging.py",
