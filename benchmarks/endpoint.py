@@ -88,6 +88,7 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
                         (((features - mean) @ whitening) ** 2).sum(1)
                     ),
                     metadata.outputs.cam: cams,
+                    metadata.outputs.features: features,
                 }
                 return [outputs[name] for name in output_names]
 

@@ -100,9 +100,10 @@ class Job:
     data: bytes
 
 
-def score_jobs(jobs: list[Job], model: Classifier) -> list[dict]:
+def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> list[dict]:
     """The output rows of a batch of files, as the endpoint would answer each: decode and
-    checks per file, one inference run for the usable ones, then the gate and the decision."""
+    checks per file, one inference run for the usable ones, then the gate and the decision.
+    With `features`, each scored row carries the model's features (for pneumonia.monitor)."""
     inputs: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     for index, job in enumerate(jobs):
@@ -111,13 +112,24 @@ def score_jobs(jobs: list[Job], model: Classifier) -> list[dict]:
         except ClientError as error:
             errors[index] = str(error)
     scores: dict[int, tuple[float, float]] = {}
+    vectors: dict[int, list[float]] = {}
     if inputs:
-        probabilities, distances, _ = model.infer(np.stack(list(inputs.values())))
+        outputs = model.infer(np.stack(list(inputs.values())), features=features)
         scores = {
             index: (float(p), float(d))
-            for index, p, d in zip(inputs, probabilities, distances, strict=True)
+            for index, p, d in zip(inputs, outputs.probabilities, outputs.distances, strict=True)
         }
-    return [row(job, scores.get(index), errors.get(index), model) for index, job in enumerate(jobs)]
+        if outputs.features is not None:
+            # float32 precision is what the graph computes; 6 significant digits keep it.
+            vectors = {
+                index: [float(f"{value:.6g}") for value in vector]
+                for index, vector in zip(inputs, outputs.features, strict=True)
+            }
+    rows = [row(job, scores.get(index), errors.get(index), model) for index, job in enumerate(jobs)]
+    for index, line in enumerate(rows):
+        if line["status"] == "ok" and index in vectors:
+            line["features"] = vectors[index]
+    return rows
 
 
 def row(
@@ -154,9 +166,9 @@ def _load_worker(model_dir: Path) -> None:
     _WORKER_MODEL = Classifier.load(model_dir, threads=1)
 
 
-def _score_in_worker(jobs: list[Job]) -> list[dict]:
+def _score_in_worker(jobs: list[Job], features: bool) -> list[dict]:
     assert _WORKER_MODEL is not None, "the worker's model did not load"
-    return score_jobs(jobs, _WORKER_MODEL)
+    return score_jobs(jobs, _WORKER_MODEL, features)
 
 
 def batches(
@@ -182,11 +194,16 @@ def batches(
 
 
 def score(
-    items: list[Item], output: Path, model_dir: Path, batch_size: int = 64, workers: int = 2
+    items: list[Item],
+    output: Path,
+    model_dir: Path,
+    batch_size: int = 64,
+    workers: int = 2,
+    features: bool = False,
 ) -> dict[str, int]:
     """Score what the output does not hold yet with `workers` processes; rows are appended
     in the order of `items`, batch by batch, so that a killed run loses at most the batches
-    in flight."""
+    in flight. `features`: each scored row carries the model's features too."""
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
@@ -215,7 +232,7 @@ def score(
             if not jobs:  # all skipped: no worker needed (none is started for a no-op rerun)
                 bar.update(read)
                 continue
-            pending.append((pool.submit(_score_in_worker, jobs), read))
+            pending.append((pool.submit(_score_in_worker, jobs, features), read))
             if len(pending) > 2 * workers:  # bounded: memory and what a kill can lose
                 write_oldest()
         while pending:
@@ -232,12 +249,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores to use")
     parser.add_argument("--endpoint-url", help="an S3-compatible endpoint instead of AWS")
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="add the model's features to each row (what pneumonia.monitor's MMD test reads)",
+    )
     args = parser.parse_args()
     if args.source.startswith("s3://"):
         items = s3_items(args.source, args.endpoint_url)
     else:
         items = folder_items(Path(args.source))
-    counts = score(items, args.output, args.model_dir, args.batch_size, args.workers)
+    counts = score(items, args.output, args.model_dir, args.batch_size, args.workers, args.features)
     print(json.dumps({"files": len(items), **counts, "output": str(args.output)}))
 
 

@@ -34,6 +34,7 @@ class Outputs(_Strict):
     probability: str = Field(min_length=1)  # (N,) calibrated P(PNEUMONIA)
     ood_distance: str = Field(min_length=1)  # (N,) distance from the training features
     cam: str = Field(min_length=1)  # (N, h, w) class activation map of the logit
+    features: str = Field(min_length=1)  # (N, F) the features the gate's distance measures
 
 
 class Calibration(_Strict):

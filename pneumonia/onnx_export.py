@@ -167,8 +167,10 @@ OUTPUTS = {
     "probability": SERVED_PROBABILITY,  # (N,) calibrated P(PNEUMONIA)
     "ood_distance": "ood_distance",  # (N,) Mahalanobis distance from the training features
     "cam": "cam",  # (N, h, w) class activation map of the pneumonia logit
+    "features": "features",  # (N, F) the features the gate measures; drift monitoring reads them
     "raw_probability": "probability_pneumonia",  # (N, 1) the Keras model's own output
 }
+SERVED = ("probability", "ood_distance", "cam", "features")  # the roles model.json names
 
 
 def add_decision_outputs(
@@ -216,7 +218,9 @@ def add_decision_outputs(
     result.graph.initializer.extend(
         numpy_helper.from_array(value, name) for name, value in constants.items()
     )
-    kept = [o for o in result.graph.output if o.name in (OUTPUTS["raw_probability"], "cam")]
+    kept = [
+        o for o in result.graph.output if o.name in (OUTPUTS["raw_probability"], "cam", "features")
+    ]
     del result.graph.output[:]
     result.graph.output.extend(kept)
     result.graph.output.extend(

@@ -26,6 +26,8 @@ METRICS = Path("metrics")
 TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage
 EVALUATE_LIVE = METRICS / "evaluate"  # dvclive dir of the evaluate stage
 PREDICTIONS = METRICS / "evaluate" / "predictions.csv"
+# The validation split's answers and features: pneumonia.monitor's --reference.
+REFERENCE = METRICS / "evaluate" / "reference.jsonl"
 EXPORT_METRICS = METRICS / "export_onnx.json"
 INGEST_SUMMARY = METRICS / "ingest.json"  # the ingest report's counts, no file names
 

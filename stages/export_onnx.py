@@ -164,10 +164,15 @@ def check_parity(
     )
     keras_p = decision.calibration.apply(cams.mean(axis=(1, 2)))
     names = [OUTPUTS[k] for k in ("raw_probability", "probability", "ood_distance", "cam")]
-    raw, onnx_p, distance, onnx_cams = inference.run(session, test_images, names)
+    raw, onnx_p, distance, onnx_cams, onnx_features = inference.run(
+        session, test_images, [*names, OUTPUTS["features"]]
+    )
     check = parity(keras_p, onnx_p.astype(np.float64), decision.threshold)
     check["max_abs_diff_uncalibrated"] = float(
         np.max(np.abs(predict_probabilities(model, test_images) - raw.reshape(-1)))
+    )
+    check["max_rel_diff_features"] = float(
+        np.max(np.abs(features - onnx_features)) / max(float(np.abs(features).max()), 1e-6)
     )
     keras_distance = decision.gate.distance(features)
     check["max_rel_diff_distance"] = float(
@@ -189,6 +194,7 @@ def check_parity(
         and check["max_abs_diff_uncalibrated"] <= tolerance
         and check["labels_differing"] == 0
         and check["max_rel_diff_distance"] <= 1e-3
+        and check["max_rel_diff_features"] <= tolerance
         and check["gradcam_min_pearson"] >= 0.99
     )
     check["onnx_bytes"] = onnx_bytes
@@ -249,7 +255,7 @@ def describe(
     import tensorflow as tf
     import tf2onnx
 
-    from pneumonia.onnx_export import OUTPUTS
+    from pneumonia.onnx_export import OUTPUTS, SERVED
 
     return ModelMetadata.model_validate(
         dict(
@@ -257,7 +263,7 @@ def describe(
             threshold=decision.threshold,
             labels=(labels[0], labels[1]),
             input_name="image",
-            outputs={k: OUTPUTS[k] for k in ("probability", "ood_distance", "cam")},
+            outputs={k: OUTPUTS[k] for k in SERVED},
             preprocessing=config,
             calibration={
                 "method": "platt",

@@ -52,7 +52,11 @@ def describe_device() -> str:
 
 
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """tf.distribute strategy by params; 'auto' mirrors over several local GPUs."""
+    """tf.distribute strategy by params; 'auto' mirrors over several local GPUs.
+
+    'multi_worker_mirrored' reads the cluster from TF_CONFIG and must be created before any
+    other TensorFlow op: `main` creates it first.
+    """
     import tensorflow as tf
 
     if name == "auto":
@@ -62,6 +66,71 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker_mirrored":  # reads TF_CONFIG
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the model and the records: always, except on a worker of a
+    multi-worker cluster other than the chief (the `chief` task, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and ("chief" not in resolver.cluster_spec().as_dict())
+    )
+
+
+def prepare_multi_worker(
+    model: keras.Model, strategy: tf.distribute.Strategy, train_ds: tf.data.Dataset
+) -> None:
+    """Two workarounds for Keras 3's TensorFlow trainer under a multi-worker strategy
+    (keras-team/keras#20585, open for Keras 3.15): its first-batch symbolic build reduces the
+    whole (images, labels) structure, and its "mean" reduction of per-replica scalars (loss,
+    metrics) asks for axis 0; with more than one worker, both raise. The model is built here
+    on one batch instead, and scalars are averaged over the replicas (axis=None), so every
+    worker logs the same values and early stopping stops them at the same epoch."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    with strategy.scope():
+        images, labels = next(iter(train_ds))
+        model._symbolic_build(data_batch=(images[:1], labels[:1]))
+    model._maybe_symbolic_build = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    keras_reduce = trainer.reduce_per_replica
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tf.nest.map_structure(
+                lambda value: strategy.reduce("MEAN", value, axis=None), values
+            )
+        return keras_reduce(values, strategy, reduction)
+
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+def average_statistics(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Average the non-trainable weights (batch normalisation's moving mean and variance)
+    over the workers. The trainable ones are equal on every worker (their gradients are
+    all-reduced), but each worker's moving statistics saw only its own shard of the
+    batches; their mean is the estimate over all of them, and the workers end equal."""
+    import tensorflow as tf
+
+    for variable in model.non_trainable_weights:
+        local = strategy.run(lambda variable=variable: tf.identity(variable.value))
+        variable.assign(strategy.reduce("MEAN", local, axis=None))
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the model's weights, in order: equal on every worker of one run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def augment_batch(
@@ -232,7 +301,10 @@ def fit(
     train_labels: np.ndarray,
     live: Any,
 ) -> dict[str, Any]:
-    """Train with early stopping on val AUC (best weights restored); the run's summary."""
+    """Train with early stopping on val AUC (best weights restored); the run's summary.
+
+    `live` is the dvclive run, None on a worker that is not the chief (it records nothing).
+    """
     import keras
     from dvclive.keras import DVCLiveCallback
 
@@ -250,7 +322,8 @@ def fit(
         validation_data=val_ds,
         epochs=params.epochs,
         class_weight=class_weights(train_labels, params.class_weight),
-        callbacks=[early_stopping, DVCLiveCallback(live=live), tracking.keras_epoch_logger()],
+        callbacks=[early_stopping]
+        + ([DVCLiveCallback(live=live), tracking.keras_epoch_logger()] if live else []),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     val_auc = history.history["val_auc"]
@@ -264,25 +337,44 @@ def fit(
 
 
 def main() -> None:
-    """Run the stage: train with early stopping, save the model, log the run."""
+    """Run the stage: train with early stopping, save the model, log the run.
+
+    On a multi-worker cluster every worker runs this; the chief alone writes the model and
+    the records, and each worker logs the digest of the weights it finished with.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
     from dvclive import Live
 
     from pneumonia.model import build_model
 
     params = load_params()
     train_params, seed = params.train, params.base.seed
+    strategy = distribution_strategy(train_params.distribution)  # before any other op
     device, cpu = set_up(seed)
 
     train, val = load_split("train"), load_split("val")
     image_size = train[0].shape[1]
     log.info("train %d images, val %d images, %d px", len(train[1]), len(val[1]), image_size)
     datasets = make_datasets(train, val, train_params, seed)
-    with distribution_strategy(train_params.distribution).scope():
+    with strategy.scope():
         model = build_model(image_size, train_params)
         compile_model(model, train_params, math.ceil(len(train[1]) / train_params.batch_size))
-    log.info("model %s: %d parameters", model.name, model.count_params())
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
+        prepare_multi_worker(model, strategy, datasets[0])
+    log.info(
+        "model %s: %d parameters, %d replica(s) in sync",
+        model.name,
+        model.count_params(),
+        strategy.num_replicas_in_sync,
+    )
+    if not is_chief(strategy):
+        fit(model, datasets, train_params, train[1], live=None)
+        average_statistics(model, strategy)
+        log.info("worker done: weights sha256 %s", weights_digest(model))
+        return
 
     paths.MODELS.mkdir(exist_ok=True)
     tracking.configure()
@@ -295,18 +387,27 @@ def main() -> None:
             {"device": device, "stage": "train", **{f"cpu.{k}": v for k, v in cpu.items()}}
         )
         summary = fit(model, datasets, train_params, train[1], live)
+        if multi_worker:
+            average_statistics(model, strategy)  # with the other workers, in step
         live.summary.update(summary)
         live.make_summary()
         tracking.log_metrics(summary)
         model.save(paths.KERAS_MODEL)
         tracking.log_keras_model(model)
-        info = {"device": device, "cpu": cpu, "mlflow_run_id": run.info.run_id, **summary}
+        info = {
+            "device": device,
+            "cpu": cpu,
+            "replicas": strategy.num_replicas_in_sync,
+            "mlflow_run_id": run.info.run_id,
+            **summary,
+        }
         paths.TRAIN_INFO.write_text(json.dumps(info, indent=2) + "\n")
     log.info(
-        "best val AUC %.4f at epoch %d, %.0f s",
+        "best val AUC %.4f at epoch %d, %.0f s; weights sha256 %s",
         summary["best_val_auc"],
         summary["best_epoch"],
         summary["train_seconds"],
+        weights_digest(model),
     )
 
 

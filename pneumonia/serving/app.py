@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
 
 from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
-from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier
+from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier, default_model_dir
 from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, parse_request
 
 logger = Logger(service="pneumonia-endpoint")
@@ -72,12 +72,6 @@ class ErrorResponse(BaseModel):  # noqa: D101
 
 class ModelUnavailable(Exception):
     """The model did not load at cold start."""
-
-
-def default_model_dir() -> Path:
-    """./model in the Lambda task root; ./models when run outside Lambda."""
-    task_root = os.environ.get("LAMBDA_TASK_ROOT")
-    return Path(task_root) / "model" if task_root else Path("models")
 
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or default_model_dir())

@@ -8,6 +8,7 @@ activation map -> the learned check -> label, decision and heatmap.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from pathlib import Path
@@ -53,6 +54,16 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """One run of the graph on N images."""
+
+    probabilities: np.ndarray  # (N,) calibrated P(PNEUMONIA)
+    distances: np.ndarray  # (N,) the gate's feature distance
+    cams: np.ndarray | None  # (N, h, w) class activation maps, when asked for
+    features: np.ndarray | None  # (N, F) the features, when asked for
+
+
+@dataclass(frozen=True)
 class Classifier:
     """The ONNX session and the metadata that says how to feed and read it."""
 
@@ -77,24 +88,29 @@ class Classifier:
         """The prediction for one encoded image; ClientError for bytes that are not a usable
         chest X-ray (4xx, with the reason)."""
         gray, pixels = prepare(image_bytes, self.metadata.preprocessing)
-        probabilities, distances, cams = self.infer(pixels[np.newaxis], explain)
-        prediction = self.judge(float(probabilities[0]), float(distances[0]))
-        if cams is None:
+        outputs = self.infer(pixels[np.newaxis], explain)
+        prediction = self.judge(float(outputs.probabilities[0]), float(outputs.distances[0]))
+        if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
-        heat = heatmap.png(heatmap.heatmap(cams[0], gray.shape[1], gray.shape[0]))
+        heat = heatmap.png(heatmap.heatmap(outputs.cams[0], gray.shape[1], gray.shape[0]))
         return replace(prediction, heatmap_png=heat)
 
-    def infer(
-        self, batch: np.ndarray, explain: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(calibrated probabilities (N,), gate distances (N,), maps (N, h, w) or None) for
-        (N, S, S, 1) prepared images, in one run of the graph."""
-        outputs = self.metadata.outputs
-        wanted = [outputs.probability, outputs.ood_distance] + ([outputs.cam] if explain else [])
+    def infer(self, batch: np.ndarray, explain: bool = False, features: bool = False) -> Outputs:
+        """The graph's outputs for (N, S, S, 1) prepared images, in one run; the maps and the
+        features only when asked for."""
+        roles = self.metadata.outputs
+        wanted = [roles.probability, roles.ood_distance]
+        wanted += [roles.cam] if explain else []
+        wanted += [roles.features] if features else []
         results = self.session.run(wanted, {self.metadata.input_name: batch.astype(np.float32)})
-        probabilities = np.clip(results[0].reshape(-1), 0.0, 1.0)
-        return probabilities, results[1].reshape(-1), results[2] if explain else None
+        named = dict(zip(wanted, results, strict=True))
+        return Outputs(
+            probabilities=np.clip(named[roles.probability].reshape(-1), 0.0, 1.0),
+            distances=named[roles.ood_distance].reshape(-1),
+            cams=named.get(roles.cam),
+            features=named.get(roles.features),
+        )
 
     def judge(self, probability: float, distance: float) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when its features are
@@ -112,6 +128,12 @@ class Classifier:
             probability=probability,
             decision=self.metadata.decision_for(probability),
         )
+
+
+def default_model_dir() -> Path:
+    """./model in the Lambda task root (where the image puts it); ./models outside Lambda."""
+    task_root = os.environ.get("LAMBDA_TASK_ROOT")
+    return Path(task_root) / "model" if task_root else Path("models")
 
 
 def prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:

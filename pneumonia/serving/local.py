@@ -51,6 +51,11 @@ class LocalContext:
     memory_limit_in_mb: int = 2048
     invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:pneumonia-endpoint"
     aws_request_id: str = ""
+    timeout_ms: int = 10_000  # the function's timeout, as the template sets it
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Time left before the function's timeout (idempotency records expire by it)."""
+        return self.timeout_ms
 
 
 def header(headers: Iterable[tuple[str, str]], name: str, default: str = "") -> str:

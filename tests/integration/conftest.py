@@ -98,7 +98,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     from pneumonia.imaging import PreprocessConfig, prepare_image
     from pneumonia.metadata import ModelMetadata, model_version
     from pneumonia.model import with_explanations
-    from pneumonia.onnx_export import OUTPUTS, export_for_serving
+    from pneumonia.onnx_export import OUTPUTS, SERVED, export_for_serving
 
     config = PreprocessConfig(
         image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
@@ -117,7 +117,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
             "threshold": 0.5,
             "labels": ("NORMAL", "PNEUMONIA"),
             "input_name": "image",
-            "outputs": {k: OUTPUTS[k] for k in ("probability", "ood_distance", "cam")},
+            "outputs": {k: OUTPUTS[k] for k in SERVED},
             "preprocessing": config,
             "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
             "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},

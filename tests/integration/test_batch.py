@@ -113,3 +113,25 @@ def test_an_s3_prefix_is_scored_by_key(source, tmp_path, model_dir, s3_server):
     assert sorted(row["file"] for row in rows) == sorted(item.file for item in items)
     assert all(row["file"].startswith("2026/") for row in rows)
     assert {row["status"] for row in rows} <= {"ok", "error"}
+
+
+def test_rows_carry_the_models_features_when_asked(source, tmp_path, app_module, model_dir):
+    import numpy as np
+
+    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.classifier import prepare
+
+    model = app_module.MODEL
+    items = folder_items(source)[:6]  # broken.jpeg, notes.txt and four X-rays
+    output = tmp_path / "predictions.jsonl"
+    score(items, output, model_dir, batch_size=4, workers=1, features=True)
+    rows = read_rows(output)
+    assert {row["status"] for row in rows} == {"ok", "error"}
+    for row in rows:
+        if row["status"] == "error":
+            assert "features" not in row
+            continue
+        pixels = prepare((source / row["file"]).read_bytes(), model.metadata.preprocessing)[1]
+        expected = model.infer(pixels[np.newaxis], features=True).features[0]
+        assert len(row["features"]) == len(expected) > 0
+        np.testing.assert_allclose(row["features"], expected, rtol=1e-5, atol=1e-6)

@@ -90,6 +90,7 @@ def test_the_image_serves_real_images_without_tensorflow(
         "model/model.json",
         "model/model.onnx",
         "pneumonia/__init__.py",
+        "pneumonia/batch.py",
         "pneumonia/decision.py",
         "pneumonia/dicom.py",
         "pneumonia/heatmap.py",
@@ -99,6 +100,7 @@ def test_the_image_serves_real_images_without_tensorflow(
         "pneumonia/serving/__init__.py",
         "pneumonia/serving/app.py",
         "pneumonia/serving/classifier.py",
+        "pneumonia/serving/fanout.py",
         "pneumonia/serving/inference.py",
         "pneumonia/serving/requests.py",
         "requirements.txt",
@@ -142,3 +144,32 @@ def test_the_image_serves_real_images_without_tensorflow(
         keras_model, [p.read_bytes() for p in images], app_module.MODEL.metadata
     )
     np.testing.assert_allclose([r["probability_pneumonia"] for r in results], expected, atol=1e-5)
+
+
+def test_the_scoring_handler_loads_in_the_images_environment(lambda_venv, tmp_path, model_dir):
+    # template.yaml's ScoreFunction runs the same image with this handler: its imports
+    # (boto3, Powertools' batch and idempotency utilities) and the model must load there.
+    root = task_root_from_dockerfile(tmp_path / "task", model_dir)
+    check = (
+        "import importlib.util; "
+        "assert importlib.util.find_spec('tensorflow') is None; "
+        "from pneumonia.serving import fanout; "
+        "print('VERSION', fanout.MODEL.metadata.model_version, callable(fanout.lambda_handler))"
+    )
+    result = subprocess.run(
+        [str(lambda_venv), "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={
+            "LAMBDA_TASK_ROOT": str(root),
+            "PYTHONPATH": str(root),
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "IDEMPOTENCY_TABLE": "answers",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = json.loads((model_dir / "model.json").read_text())["model_version"]
+    assert f"VERSION {version} True" in result.stdout

@@ -172,3 +172,29 @@ def test_the_image_is_python_3_12_on_amazon_linux_2023_with_the_dev_pins():
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert f'"onnxruntime=={pins["onnxruntime"]}"' in pyproject
     assert int(pins["numpy"].split(".")[0]) >= 2
+
+
+def test_backlog_scoring_is_wired_s3_to_sqs_to_the_second_handler_with_a_dead_letter_queue():
+    resources = template()["Resources"]
+    function = resources["ScoreFunction"]["Properties"]
+    (command,) = function["ImageConfig"]["Command"]
+    assert command == "pneumonia.serving.fanout.lambda_handler"
+    module = command.rpartition(".")[0].replace(".", "/") + ".py"
+    assert module in (REPO_ROOT / "lambda" / "Dockerfile").read_text()
+    source = function["Events"]["Studies"]["Properties"]
+    assert source["Queue"] == "ScoringQueue.Arn"
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources["ScoringQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == "ScoringDeadLetterQueue.Arn"
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]  # Lambda's SQS guidance
+    # Rows go outside the prefix that notifies the queue: a row never triggers scoring.
+    (notification,) = resources["StudiesBucket"]["Properties"]["NotificationConfiguration"][
+        "QueueConfigurations"
+    ]
+    (rule,) = notification["Filter"]["S3Key"]["Rules"]
+    variables = function["Environment"]["Variables"]
+    assert rule["Value"] == variables["INPUT_PREFIX"]
+    assert not variables["OUTPUT_PREFIX"].startswith(rule["Value"])
+    table = resources["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"]["AttributeName"] == "expiration"  # Powertools'
