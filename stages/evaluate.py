@@ -457,21 +457,14 @@ def write_predictions(
     ).to_csv(paths.PREDICTIONS, index=False)
 
 
-def write_reference(scorer: Scorer, names: list[str]) -> None:
-    """metrics/evaluate/reference.jsonl: one row per validation image, as pneumonia.batch
-    writes its rows with --features (label, calibrated probability, features), for
-    `python -m pneumonia.monitor --reference`. No file names: they carry patient ids."""
+def write_reference(scorer: Scorer) -> None:
+    """metrics/evaluate/reference.jsonl: the validation split's labels, calibrated
+    probabilities and features, `python -m pneumonia.monitor --reference` (no file names:
+    they carry patient ids)."""
+    from pneumonia import monitor
+
     images, labels = load_split("val")
-    features = scorer.outputs(images)[1]
-    probabilities = scorer(images)
-    with paths.REFERENCE.open("w") as sink:
-        for label, probability, vector in zip(labels, probabilities, features, strict=True):
-            row = {
-                "label": names[label],
-                "probability_pneumonia": float(probability),
-                "features": [float(f"{value:.6g}") for value in vector],
-            }
-            sink.write(json.dumps(row) + "\n")
+    monitor.write_reference(paths.REFERENCE, labels, scorer(images), scorer.outputs(images)[1])
 
 
 def track(results: dict, held_out: list[str], threshold: float) -> None:
@@ -843,7 +836,7 @@ def main() -> None:
     }
     log_plots(results, scores, threshold, names, params.evaluate.calibration_bins, figures)
     write_predictions(test_files, scores, threshold, names, band)
-    write_reference(scorer, names)
+    write_reference(scorer)
     track(results, list(scores), threshold)
 
 

@@ -247,10 +247,13 @@ def test_repro_reruns_only_what_changed(own_repo):
     set_params(repo, **{"train.epochs": 2})
     assert stages_run(run(repo, "dvc", "repro").stdout) == ["train", "evaluate", "export_onnx"]
     assert "up to date" in run(repo, "dvc", "status").stdout
-    # WHEN a preprocess param changes, THEN preprocess onward would rerun (a dry run: the
-    # stages it lists are the ones a real run runs, as the train change above showed).
+    # WHEN a preprocess param changes, THEN preprocess reruns and, having changed
+    # data/prepared, leaves every stage after it stale (and ingest up to date); running them
+    # is what the train change above showed.
     set_params(repo, **{"preprocess.intensity": "equalize"})
-    assert stages_run(run(repo, "dvc", "repro", "--dry").stdout) == STAGES[1:]
+    assert stages_run(run(repo, "dvc", "repro", "preprocess").stdout) == ["preprocess"]
+    stale = re.findall(r"^(\w+):", run(repo, "dvc", "status").stdout, re.M)
+    assert stale == STAGES[2:]
 
 
 def test_training_is_deterministic_on_cpu_and_never_reads_the_test_split(own_repo):
@@ -348,3 +351,37 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     assert "## Model review" in text and "train.dropout" in text
     assert "metrics/train/metrics.json" in text and "Metric gate" in text
     assert (tmp_path / "review_plots" / "index.html").exists()
+
+
+def test_batch_rows_with_features_feed_the_drift_monitor(repo, tmp_path):
+    # The formats line up end to end: evaluate's reference, batch's rows with --features.
+    predictions = tmp_path / "predictions.jsonl"
+    source = repo / "data" / "raw" / "train"
+    run(repo, "python", "-m", "pneumonia.batch", str(source), "--output", str(predictions),
+        "--workers", "1", "--features")  # fmt: skip
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert ok and all("features" in row for row in ok)
+    result = run(
+        repo,
+        "python",
+        "-m",
+        "pneumonia.monitor",
+        "--reference",
+        "metrics/evaluate/reference.jsonl",
+        "--current",
+        str(predictions),
+        "--permutations",
+        "200",
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]  # 2 would be unusable input
+    report = json.loads((tmp_path / "predictions.monitor.json").read_text())
+    assert report["counts"]["window"] == len(ok)
+    assert {name for name, test in report["tests"].items() if test["run"]} == {
+        "ks",
+        "mmd",
+        "prevalence",
+    }
+    assert report["drift"] == (result.returncode == 1)
+    assert (tmp_path / "predictions.monitor.png").stat().st_size > 5000
