@@ -9,10 +9,8 @@ gets a 4xx with a JSON {"error": ...}; no image bytes reach the logs or traces.
 import base64
 import functools
 import json
-import os
 import time
 from http import HTTPStatus
-from pathlib import Path
 from typing import Literal
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -24,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
 
 from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
-from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier, default_model_dir
+from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier, model_dir
 from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, parse_request
 
 logger = Logger(service="pneumonia-endpoint")
@@ -74,15 +72,14 @@ class ModelUnavailable(Exception):
     """The model did not load at cold start."""
 
 
-MODEL_DIR = Path(os.environ.get("MODEL_DIR") or default_model_dir())
 MODEL: Classifier | None
 try:  # once per cold start
-    MODEL = Classifier.load(MODEL_DIR, threads=int(os.environ.get("ONNX_THREADS", "1")))
+    MODEL = Classifier.from_environment()
 except Exception:
     # onnxruntime's errors (NoSuchFile, InvalidProtobuf, ...) derive from Exception alone.
     # Whatever it was, the function stays up: /health answers 503 and the cause is in the
     # log, instead of an init error on every request.
-    logger.exception("model could not be loaded", extra={"model_dir": str(MODEL_DIR)})
+    logger.exception("model could not be loaded", extra={"model_dir": str(model_dir())})
     MODEL = None
 
 

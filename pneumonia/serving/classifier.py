@@ -84,6 +84,12 @@ class Classifier:
             raise MetadataError(f"model.json names tensors the graph lacks: {sorted(missing)}")
         return cls(session, metadata)
 
+    @classmethod
+    def from_environment(cls) -> Classifier:
+        """The model a Lambda handler serves, once per cold start: from `model_dir()`, with
+        ONNX_THREADS intra-op threads (default 1)."""
+        return cls.load(model_dir(), threads=int(os.environ.get("ONNX_THREADS", "1")))
+
     def classify(self, image_bytes: bytes, explain: bool = False) -> Prediction:
         """The prediction for one encoded image; ClientError for bytes that are not a usable
         chest X-ray (4xx, with the reason)."""
@@ -130,8 +136,11 @@ class Classifier:
         )
 
 
-def default_model_dir() -> Path:
-    """./model in the Lambda task root (where the image puts it); ./models outside Lambda."""
+def model_dir() -> Path:
+    """The folder a handler serves from: MODEL_DIR when set, else ./model in the Lambda task
+    root (where the image puts it), else ./models."""
+    if os.environ.get("MODEL_DIR"):
+        return Path(os.environ["MODEL_DIR"])
     task_root = os.environ.get("LAMBDA_TASK_ROOT")
     return Path(task_root) / "model" if task_root else Path("models")
 

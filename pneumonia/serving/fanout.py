@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -46,7 +45,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 
 from pneumonia.batch import Job, score_jobs
-from pneumonia.serving.classifier import Classifier, default_model_dir
+from pneumonia.serving.classifier import Classifier
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -63,10 +62,9 @@ logger = Logger(service="pneumonia-scoring")
 metrics = Metrics(namespace="PneumoniaScoring", service="pneumonia-scoring")
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
-MODEL_DIR = Path(os.environ.get("MODEL_DIR") or default_model_dir())
 # Once per cold start. A model that does not load fails every message, and the queue's
 # redrive policy keeps them: no answer is written that the model did not give.
-MODEL = Classifier.load(MODEL_DIR, threads=int(os.environ.get("ONNX_THREADS", "1")))
+MODEL = Classifier.from_environment()
 OUTPUT_BUCKET = os.environ.get("OUTPUT_BUCKET")  # default: the object's own bucket
 OUTPUT_PREFIX = os.environ.get("OUTPUT_PREFIX", "predictions/")
 INPUT_PREFIX = os.environ.get("INPUT_PREFIX", "")
