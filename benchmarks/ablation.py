@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia.evaluation.metrics import worst_of
 from pneumonia.machine import cpu, describe
 from pneumonia.paths import HELD_OUT
-from stages.evaluate import worst_of
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVERS: dict[str, list[str]] = {

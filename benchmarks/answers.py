@@ -72,10 +72,11 @@ def main() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    from pneumonia.dicom import decode_dicom
-    from pneumonia.imaging import decode_gray, prepare_image
-    from pneumonia.onnx_export import OUTPUTS
-    from pneumonia.prepared import load_files
+    from pneumonia.data.prepared import load_files
+    from pneumonia.images.decode import decode_gray
+    from pneumonia.images.dicom import decode_dicom
+    from pneumonia.images.prepare import prepare_image
+    from pneumonia.model.export import OUTPUTS
     from pneumonia.serving.classifier import Classifier
 
     model = Classifier.load(ROOT / "models", threads=1)

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.batch import folder_items, score
     from pneumonia.serving.classifier import Classifier
     from pneumonia.serving.requests import ClientError
 

@@ -43,9 +43,9 @@ def train_steps(steps: int) -> dict:
     import tensorflow as tf
 
     from pneumonia.config import load_params
-    from pneumonia.model import build_model
-    from pneumonia.prepared import load_split
-    from stages.train import compile_model, make_datasets
+    from pneumonia.data.prepared import load_split
+    from pneumonia.model.network import build_model
+    from pneumonia.model.training import compile_model, make_datasets
 
     threads = int(os.environ.get("PNEUMONIA_THREADS", "0"))
     if threads:

@@ -59,15 +59,15 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         import keras
         import tensorflow as tf
 
-        import pneumonia.model  # noqa: F401  (registers the custom layer)
-        from pneumonia.metadata import ModelMetadata
+        import pneumonia.model.network  # noqa: F401  (registers the custom layer)
+        from pneumonia.decision.contract import ModelMetadata
         from pneumonia.serving import app
         from pneumonia.serving.classifier import Classifier
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        from pneumonia.decision import sigmoid
-        from pneumonia.model import with_explanations
+        from pneumonia.decision.calibration import sigmoid
+        from pneumonia.model.network import with_explanations
 
         model = with_explanations(keras.models.load_model(f"{model_dir}/model.keras"))
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -121,7 +121,7 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
 
 def time_parts(images: list[bytes], count: int, session, meta) -> dict[str, list[float]]:
     """The same requests in parts: the shared preprocessing, then the network alone (ms)."""
-    from pneumonia.imaging import prepare_image
+    from pneumonia.images.prepare import prepare_image
 
     parts: dict[str, list[float]] = {"prepare": [], "inference": []}
     for index in range(count):
@@ -274,8 +274,9 @@ def decode_report(images: list[Path], sides: tuple[int, ...] = (224, 1024, 2048)
     import cv2
     from PIL import Image
 
-    from pneumonia.imaging import decode_gray, prepare_image
-    from pneumonia.metadata import ModelMetadata
+    from pneumonia.decision.contract import ModelMetadata
+    from pneumonia.images.decode import decode_gray
+    from pneumonia.images.prepare import prepare_image
 
     cv2.setNumThreads(1)
     config = ModelMetadata.load(ROOT / "models" / "model.json").preprocessing
@@ -319,10 +320,10 @@ def int8_report(args) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from sklearn.metrics import roc_auc_score
 
-    from pneumonia.metadata import ModelMetadata
+    from pneumonia.decision.contract import ModelMetadata
 
     os.chdir(ROOT)
-    from pneumonia.prepared import load_split
+    from pneumonia.data.prepared import load_split
 
     meta = ModelMetadata.load(ROOT / "models" / "model.json")
     val_images, _ = load_split("val")

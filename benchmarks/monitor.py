@@ -60,11 +60,12 @@ def compute_arrays() -> dict[str, np.ndarray]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    import pneumonia.model  # noqa: F401  (registers the custom layer)
+    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
     from pneumonia import paths
-    from pneumonia.imaging import PreprocessConfig
-    from pneumonia.prepared import load_files, load_split, preprocessing
-    from stages.evaluate import SHIFTS, Scorer, calibrate, shifted_inputs
+    from pneumonia.data.prepared import load_files, load_split, preprocessing
+    from pneumonia.evaluation.scoring import Scorer, calibrate
+    from pneumonia.evaluation.shifts import SHIFTS, shifted_inputs
+    from pneumonia.images.config import PreprocessConfig
 
     scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
     fitted = calibrate(scorer)  # Platt on validation, as evaluate fits it
@@ -140,7 +141,7 @@ def rates(
 ) -> dict[str, float]:
     """Share of windows each test flags, and the combined decision's, at the CLI's defaults
     (alpha 0.05, Bonferroni, 1000 permutations, seed 0)."""
-    from pneumonia.monitor import Sample, compare
+    from pneumonia.ops.monitor import Sample, compare
 
     flags: dict[str, list[bool]] = {"ks": [], "mmd": [], "prevalence": [], "drift": []}
     for probabilities, features in windows:
@@ -170,7 +171,8 @@ def time_cli(arrays: dict[str, np.ndarray], size: int) -> tuple[float, float, in
     files written as evaluate and pneumonia.batch write them."""
     import subprocess
 
-    from pneumonia.monitor import LABELS, main, write_reference
+    from pneumonia.evaluation.reference import LABELS, write_reference
+    from pneumonia.ops.monitor import main
 
     with tempfile.TemporaryDirectory() as folder:
         reference, current = Path(folder) / "reference.jsonl", Path(folder) / "predictions.jsonl"
@@ -218,8 +220,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
     os.chdir(ROOT)
-    from pneumonia.monitor import DESIGN_EFFECT, Sample
-    from stages.evaluate import SHIFTS
+    from pneumonia.evaluation.shifts import SHIFTS
+    from pneumonia.ops.monitor import DESIGN_EFFECT, Sample
 
     arrays = load_arrays()
     reference = Sample(

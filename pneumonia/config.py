@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pneumonia.imaging import PreprocessConfig
+from pneumonia.images.config import PreprocessConfig
 
 PARAMS_FILE = Path("params.yaml")
 

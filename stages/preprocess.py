@@ -1,4 +1,5 @@
-"""Stage 2: each accepted image through `pneumonia.imaging.prepare_image`, one array per split.
+"""Stage 2: each accepted image through `pneumonia.images.prepare.prepare_image`, one array
+per split.
 
 Writes data/prepared/<split>.npz with `images` (N, S, S, 1) uint8, `labels` (N,)
 uint8 (index into base.labels) and `files` (N,) str, plus data/prepared/params.json:
@@ -18,7 +19,8 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.config import load_params
-from pneumonia.imaging import PreprocessConfig, prepare_image
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.prepare import prepare_image
 
 log = logging.getLogger("preprocess")
 

@@ -12,328 +12,29 @@ import json
 import logging
 import math
 import os
-import platform
-import sys
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pneumonia import machine, paths, tracking
-from pneumonia.config import AugmentParams, TrainParams, load_params
-from pneumonia.prepared import load_split
+from pneumonia import paths, tracking
+from pneumonia.config import load_params
+from pneumonia.data.prepared import load_split
+from pneumonia.model.training import (
+    average_statistics,
+    compile_model,
+    distribution_strategy,
+    fit,
+    flat_params,
+    is_chief,
+    make_datasets,
+    prepare_multi_worker,
+    set_up,
+    weights_digest,
+)
 
 if TYPE_CHECKING:
-    import keras
-    import tensorflow as tf
+    pass
+
 
 log = logging.getLogger("train")
-
-
-def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
-    """'balanced': n / (2 * n_class), so each class carries half the loss."""
-    if mode == "none":
-        return None
-    counts = np.bincount(labels, minlength=2)
-    return {cls: float(len(labels) / (2 * count)) for cls, count in enumerate(counts) if count}
-
-
-def describe_device() -> str:
-    """The accelerator TensorFlow will use: 'cuda:<name>', 'metal', or 'cpu'."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "cpu"
-    if sys.platform == "darwin":
-        return f"metal ({len(gpus)} GPU)"
-    details = tf.config.experimental.get_device_details(gpus[0])
-    return f"cuda:{details.get('device_name', 'GPU')} x{len(gpus)}"
-
-
-def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """tf.distribute strategy by params; 'auto' mirrors over several local GPUs.
-
-    'multi_worker_mirrored' reads the cluster from TF_CONFIG and must be created before any
-    other TensorFlow op: `main` creates it first.
-    """
-    import tensorflow as tf
-
-    if name == "auto":
-        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "default"
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker_mirrored":  # reads TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the model and the records: always, except on a worker of a
-    multi-worker cluster other than the chief (the `chief` task, else worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return (
-        resolver.task_type == "worker"
-        and resolver.task_id == 0
-        and ("chief" not in resolver.cluster_spec().as_dict())
-    )
-
-
-def prepare_multi_worker(
-    model: keras.Model, strategy: tf.distribute.Strategy, train_ds: tf.data.Dataset
-) -> None:
-    """Two workarounds for Keras 3's TensorFlow trainer under a multi-worker strategy
-    (keras-team/keras#20585, open for Keras 3.15): its first-batch symbolic build reduces the
-    whole (images, labels) structure, and its "mean" reduction of per-replica scalars (loss,
-    metrics) asks for axis 0; with more than one worker, both raise. The model is built here
-    on one batch instead, and scalars are averaged over the replicas (axis=None), so every
-    worker logs the same values and early stopping stops them at the same epoch."""
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer
-
-    with strategy.scope():
-        images, labels = next(iter(train_ds))
-        model._symbolic_build(data_batch=(images[:1], labels[:1]))
-    model._maybe_symbolic_build = lambda *args, **kwargs: None  # type: ignore[method-assign]
-    keras_reduce = trainer.reduce_per_replica
-
-    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return tf.nest.map_structure(
-                lambda value: strategy.reduce("MEAN", value, axis=None), values
-            )
-        return keras_reduce(values, strategy, reduction)
-
-    trainer.reduce_per_replica = reduce_per_replica
-
-
-def average_statistics(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
-    """Average the non-trainable weights (batch normalisation's moving mean and variance)
-    over the workers. The trainable ones are equal on every worker (their gradients are
-    all-reduced), but each worker's moving statistics saw only its own shard of the
-    batches; their mean is the estimate over all of them, and the workers end equal."""
-    import tensorflow as tf
-
-    for variable in model.non_trainable_weights:
-        local = strategy.run(lambda variable=variable: tf.identity(variable.value))
-        variable.assign(strategy.reduce("MEAN", local, axis=None))
-
-
-def weights_digest(model: keras.Model) -> str:
-    """sha256 of the model's weights, in order: equal on every worker of one run."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for weights in model.get_weights():
-        digest.update(np.ascontiguousarray(weights).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def augment_batch(
-    images: tf.Tensor, generator: tf.random.Generator, config: AugmentParams
-) -> tf.Tensor:
-    """Random resized box (crop or pad), flip, rotation, gamma, contrast, brightness, noise, JPEG.
-
-    images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
-    tf.random.Generator, called in order, so runs are reproducible.
-    """
-    import tensorflow as tf
-
-    batch = tf.shape(images)[0]
-    size = tf.shape(images)[1:3]
-
-    def uniform(low: float, high: float) -> tf.Tensor:
-        return generator.uniform([batch], low, high)
-
-    # Random resized box: side `scale` of the image's (< 1 crops in, > 1 pads with black, as a
-    # detector with another collimation or field of view frames the chest), its aspect ratio
-    # stretched by up to `aspect`, placed anywhere the image still fills it on a crop.
-    scale = uniform(config.crop_scale_min, 1.0 + config.pad_max)
-    stretch = tf.exp(uniform(-math.log1p(config.aspect), math.log1p(config.aspect)) / 2)
-    height, width = scale * stretch, scale / stretch
-    top, left = uniform(0.0, 1.0) * (1 - height), uniform(0.0, 1.0) * (1 - width)
-    boxes = tf.stack([top, left, top + height, left + width], axis=1)
-    images = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)
-    if config.horizontal_flip:
-        flip = uniform(0.0, 1.0) < 0.5
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
-    if config.rotation_degrees > 0:
-        angle = uniform(-1.0, 1.0) * (config.rotation_degrees * math.pi / 180)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        height, width = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
-        # Rotation about the centre, as keras.layers.RandomRotation builds it.
-        x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2
-        y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2
-        zeros = tf.zeros_like(angle)
-        transforms = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, zeros, zeros], axis=1)
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images,
-            transforms=transforms,
-            output_shape=size,
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="REFLECT",
-        )
-
-    pixels = images / 255.0
-    shape = [batch, 1, 1, 1]
-    if config.gamma > 0:
-        log_gamma = generator.uniform(shape, -math.log1p(config.gamma), math.log1p(config.gamma))
-        pixels = tf.pow(tf.clip_by_value(pixels, 1e-6, 1.0), tf.exp(log_gamma))
-    if config.contrast > 0:
-        factor = generator.uniform(shape, 1 - config.contrast, 1 + config.contrast)
-        mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-        pixels = mean + (pixels - mean) * factor
-    if config.brightness > 0:
-        pixels += generator.uniform(shape, -config.brightness, config.brightness)
-    if config.noise_std > 0:
-        pixels += generator.normal(tf.shape(pixels)) * config.noise_std
-    pixels = tf.clip_by_value(pixels, 0.0, 1.0)
-
-    if config.jpeg_quality_min < 100:
-        quality = generator.uniform([batch], config.jpeg_quality_min, 101, dtype=tf.int32)
-        pixels = tf.map_fn(
-            lambda item: tf.image.adjust_jpeg_quality(item[0], item[1]),
-            (pixels, quality),
-            fn_output_signature=tf.float32,
-        )
-    return pixels * 255.0
-
-
-def make_datasets(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    params: TrainParams,
-    seed: int,
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """tf.data pipelines: shuffled, augmented, batched and prefetched."""
-    import tensorflow as tf
-
-    (train_images, train_labels), (val_images, val_labels) = train, val
-    generator = tf.random.Generator.from_seed(seed)
-
-    def to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)[:, tf.newaxis]
-
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-        .shuffle(len(train_labels), seed=seed, reshuffle_each_iteration=True)
-        .batch(params.batch_size)
-        .map(to_float)
-    )
-    if params.augment.enabled:
-        # Sequential map: the generator is called in the same order every run.
-        train_ds = train_ds.map(
-            lambda images, labels: (augment_batch(images, generator, params.augment), labels)
-        )
-    val_ds = (
-        tf.data.Dataset.from_tensor_slices((val_images, val_labels))
-        .batch(params.batch_size)
-        .map(to_float)
-        .cache()
-    )
-    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
-
-
-def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
-    """AdamW, warm-up then cosine decay; binary cross-entropy; AUC, accuracy and recall."""
-    import keras
-
-    total_steps = max(1, params.epochs * steps_per_epoch)
-    warmup_steps = min(params.warmup_epochs * steps_per_epoch, total_steps - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=params.learning_rate / 10,
-        decay_steps=total_steps - warmup_steps,
-        warmup_target=params.learning_rate,
-        warmup_steps=warmup_steps,
-        alpha=0.01,
-    )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=params.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
-        metrics=[
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.BinaryAccuracy(name="accuracy"),
-            keras.metrics.Recall(name="sensitivity"),
-        ],
-    )
-
-
-def flat_params(params: TrainParams) -> dict[str, Any]:
-    """Train params as one flat mapping for MLflow, nested keys dotted ("augment.gamma")."""
-    flat = {}
-    for key, value in params.model_dump().items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def set_up(seed: int) -> tuple[str, dict]:
-    """Seed every generator, make kernels deterministic; (device, CPU facts) for the record."""
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    device, cpu = describe_device(), machine.cpu()
-    log.info(
-        "device: %s (%s %s, %s, %s)",
-        device,
-        platform.system(),
-        platform.machine(),
-        cpu["model"],
-        cpu["isa"],
-    )
-    return device, cpu
-
-
-def fit(
-    model: keras.Model,
-    datasets: tuple[tf.data.Dataset, tf.data.Dataset],
-    params: TrainParams,
-    train_labels: np.ndarray,
-    live: Any,
-) -> dict[str, Any]:
-    """Train with early stopping on val AUC (best weights restored); the run's summary.
-
-    `live` is the dvclive run, None on a worker that is not the chief (it records nothing).
-    """
-    import keras
-    from dvclive.keras import DVCLiveCallback
-
-    train_ds, val_ds = datasets
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_auc",
-        mode="max",
-        patience=params.early_stopping_patience,
-        restore_best_weights=True,
-        verbose=1,
-    )
-    started = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=params.epochs,
-        class_weight=class_weights(train_labels, params.class_weight),
-        callbacks=[early_stopping]
-        + ([DVCLiveCallback(live=live), tracking.keras_epoch_logger()] if live else []),
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    val_auc = history.history["val_auc"]
-    best_epoch = int(np.argmax(val_auc))
-    return {
-        "best_epoch": best_epoch + 1,
-        "epochs_run": len(val_auc),
-        "best_val_auc": float(val_auc[best_epoch]),
-        "train_seconds": round(time.perf_counter() - started, 1),
-    }
 
 
 def main() -> None:
@@ -347,7 +48,7 @@ def main() -> None:
     import tensorflow as tf
     from dvclive import Live
 
-    from pneumonia.model import build_model
+    from pneumonia.model.network import build_model
 
     params = load_params()
     train_params, seed = params.train, params.base.seed

@@ -21,8 +21,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
 
-from pneumonia.imaging import MAX_PIXELS, MAX_SIDE
-from pneumonia.serving.classifier import NOT_A_CHEST_XRAY, Classifier, model_dir
+from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE
+from pneumonia.images.screening import NOT_A_CHEST_XRAY
+from pneumonia.serving.classifier import Classifier, model_dir
 from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, parse_request
 
 logger = Logger(service="pneumonia-endpoint")

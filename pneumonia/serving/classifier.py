@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from pneumonia import heatmap, screening
-from pneumonia.imaging import (
-    ImageError,
-    PreprocessConfig,
-    decode_with_colour,
-    prepare_image,
-)
-from pneumonia.metadata import MetadataError, ModelMetadata
+from pneumonia.decision.contract import MetadataError, ModelMetadata
+from pneumonia.images import heatmap
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.formats import ImageError
+from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
 from pneumonia.serving import inference
 from pneumonia.serving.requests import ClientError
 
@@ -39,8 +36,8 @@ STATUS_FOR_REASON = {
     "colour": HTTPStatus.UNPROCESSABLE_ENTITY,
     "wrong_modality": HTTPStatus.UNPROCESSABLE_ENTITY,
     "lateral_view": HTTPStatus.UNPROCESSABLE_ENTITY,
+    NOT_A_CHEST_XRAY: HTTPStatus.UNPROCESSABLE_ENTITY,
 }
-NOT_A_CHEST_XRAY = "not_a_chest_xray"
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Outputs:
+class GraphOutputs:
     """One run of the graph on N images."""
 
     probabilities: np.ndarray  # (N,) calibrated P(PNEUMONIA)
@@ -102,7 +99,9 @@ class Classifier:
         heat = heatmap.png(heatmap.heatmap(outputs.cams[0], gray.shape[1], gray.shape[0]))
         return replace(prediction, heatmap_png=heat)
 
-    def infer(self, batch: np.ndarray, explain: bool = False, features: bool = False) -> Outputs:
+    def infer(
+        self, batch: np.ndarray, explain: bool = False, features: bool = False
+    ) -> GraphOutputs:
         """The graph's outputs for (N, S, S, 1) prepared images, in one run; the maps and the
         features only when asked for."""
         roles = self.metadata.outputs
@@ -111,7 +110,7 @@ class Classifier:
         wanted += [roles.features] if features else []
         results = self.session.run(wanted, {self.metadata.input_name: batch.astype(np.float32)})
         named = dict(zip(wanted, results, strict=True))
-        return Outputs(
+        return GraphOutputs(
             probabilities=np.clip(named[roles.probability].reshape(-1), 0.0, 1.0),
             distances=named[roles.ood_distance].reshape(-1),
             cams=named.get(roles.cam),
@@ -146,16 +145,10 @@ def model_dir() -> Path:
 
 
 def prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(the decoded gray image, the model input) after the cheap "is this a chest X-ray?"
-    checks; ClientError with the reason for what is refused."""
+    """`screen_and_prepare`, with what it refuses as a ClientError of the status its reason
+    maps to (STATUS_FOR_REASON)."""
     try:
-        # Format, structure and pixel caps are checked from the bytes before decoding.
-        gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
-        pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
+        return screen_and_prepare(data, config)
     except ImageError as error:
         status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)
         raise ClientError(status, str(error), error.reason) from None
-    why = screening.screen(gray, thumbnail)
-    if why is not None:
-        raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, why, NOT_A_CHEST_XRAY)
-    return gray, pixels

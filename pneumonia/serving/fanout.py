@@ -44,7 +44,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 
-from pneumonia.batch import Job, score_jobs
+from pneumonia.serving.batch import Job, score_jobs
 from pneumonia.serving.classifier import Classifier
 
 if TYPE_CHECKING:

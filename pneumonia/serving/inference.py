@@ -31,13 +31,3 @@ def run(
         for i in range(0, len(images), batch_size)
     ]
     return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
-
-
-def predict(
-    session: onnxruntime.InferenceSession, images: np.ndarray, batch_size: int = 128
-) -> np.ndarray:
-    """(N,) P(PNEUMONIA), float64: the served (calibrated) output where the graph has one,
-    else its first output."""
-    names = [output.name for output in session.get_outputs()]
-    name = SERVED_PROBABILITY if SERVED_PROBABILITY in names else names[0]
-    return run(session, images, [name], batch_size)[0].reshape(-1).astype(np.float64)

@@ -75,7 +75,7 @@ def keras_model():
     import keras
 
     from pneumonia.config import load_params
-    from pneumonia.model import build_model
+    from pneumonia.model.network import build_model
 
     keras.utils.set_random_seed(0)
     params = load_params(REPO_ROOT / "params.yaml").train.model_copy(
@@ -94,11 +94,13 @@ GATE_MARGIN = 3.0
 def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them: the served graph
     (calibration, gate distance, activation map) and its metadata."""
-    from pneumonia.decision import Calibration, Gate, fit_feature_model
-    from pneumonia.imaging import PreprocessConfig, prepare_image
-    from pneumonia.metadata import ModelMetadata, model_version
-    from pneumonia.model import with_explanations
-    from pneumonia.onnx_export import OUTPUTS, SERVED, export_for_serving
+    from pneumonia.decision.calibration import Calibration
+    from pneumonia.decision.contract import ModelMetadata, model_version
+    from pneumonia.decision.gate import FeatureGate, fit_feature_model
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.prepare import prepare_image
+    from pneumonia.model.export import OUTPUTS, SERVED, export_for_serving
+    from pneumonia.model.network import with_explanations
 
     config = PreprocessConfig(
         image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
@@ -107,7 +109,9 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     pixels = np.stack([prepare_image(path.read_bytes(), config) for path in files])
     _, features, _ = with_explanations(keras_model).predict(pixels.astype(np.float32), verbose=0)
     fitted = fit_feature_model(features)
-    gate = Gate(fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(features).max(), 0.02)
+    gate = FeatureGate(
+        fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(features).max(), 0.02
+    )
     folder = tmp_path_factory.mktemp("model")
     onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate)
     (folder / "model.onnx").write_bytes(onnx_bytes)
@@ -206,7 +210,7 @@ def real_images(sample_data) -> list[bytes]:
 
 
 def probabilities_from_keras(keras_model, images: list[bytes], metadata) -> np.ndarray:
-    from pneumonia.imaging import prepare_image
+    from pneumonia.images.prepare import prepare_image
 
     batch = np.stack([prepare_image(image, metadata.preprocessing) for image in images])
     return keras_model.predict(batch.astype(np.float32), verbose=0).reshape(-1)

@@ -35,7 +35,7 @@ def read_rows(output: Path) -> list[dict]:
 
 
 def test_every_file_is_a_row_with_the_endpoints_answer(source, tmp_path, app_module, model_dir):
-    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.batch import folder_items, score
     from pneumonia.serving.requests import ClientError
 
     model = app_module.MODEL
@@ -63,7 +63,7 @@ def test_every_file_is_a_row_with_the_endpoints_answer(source, tmp_path, app_mod
 
 
 def test_a_rerun_skips_what_is_scored_and_adds_no_row(source, tmp_path, model_dir):
-    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.batch import folder_items, score
 
     output = tmp_path / "predictions.jsonl"
     score(folder_items(source), output, model_dir, workers=1)
@@ -99,7 +99,7 @@ def test_a_run_killed_midway_completes_on_rerun_without_duplicates(source, tmp_p
 def test_an_s3_prefix_is_scored_by_key(source, tmp_path, model_dir, s3_server):
     import boto3
 
-    from pneumonia.batch import s3_items, score
+    from pneumonia.serving.batch import s3_items, score
 
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket="backlog")
@@ -118,7 +118,7 @@ def test_an_s3_prefix_is_scored_by_key(source, tmp_path, model_dir, s3_server):
 def test_rows_carry_the_models_features_when_asked(source, tmp_path, app_module, model_dir):
     import numpy as np
 
-    from pneumonia.batch import folder_items, score
+    from pneumonia.serving.batch import folder_items, score
     from pneumonia.serving.classifier import prepare
 
     model = app_module.MODEL

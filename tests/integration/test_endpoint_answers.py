@@ -41,7 +41,7 @@ def access_log(app_module):
 @pytest.fixture
 def xray(sample_data) -> np.ndarray:
     """A real chest X-ray's gray pixels, cropped to 4:5 (portrait, as films are)."""
-    from pneumonia.imaging import decode_gray
+    from pneumonia.images.decode import decode_gray
 
     path = sorted((sample_data / "train" / "PNEUMONIA").iterdir())[0]
     gray = decode_gray(path.read_bytes())
@@ -102,7 +102,7 @@ def test_explain_adds_a_heatmap_with_the_images_aspect_ratio(app_module, lambda_
 
 def test_the_heatmap_is_the_graphs_activation_map(app_module, lambda_context, xray):
     """The PNG is the ReLU of the graph's `cam` output, max-normalised, stretched to the image."""
-    from pneumonia.heatmap import heatmap
+    from pneumonia.images.heatmap import heatmap
     from pneumonia.serving.classifier import prepare
 
     model = app_module.MODEL

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumonia import faithfulness
-from pneumonia.faithfulness import (
+from pneumonia.model import faithfulness
+from pneumonia.model.faithfulness import (
     blob_images,
     blob_peak_share,
     control_mask,

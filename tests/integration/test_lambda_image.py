@@ -44,7 +44,8 @@ def dockerfile() -> str:
 
 
 def task_root_from_dockerfile(destination: Path, model_dir: Path) -> Path:
-    """Copy what each COPY line of lambda/Dockerfile copies (models/ from `model_dir`)."""
+    """Copy what each COPY line of lambda/Dockerfile copies, files and package folders (models/
+    from `model_dir`)."""
     for line in dockerfile().splitlines():
         if not line.startswith("COPY "):
             continue
@@ -57,7 +58,15 @@ def task_root_from_dockerfile(destination: Path, model_dir: Path) -> Path:
                 if source.startswith("models/")
                 else (REPO_ROOT / source)
             )
-            shutil.copyfile(origin, target_dir / Path(source).name)
+            if source.endswith("/"):  # a package folder, as Docker copies it (no bytecode)
+                shutil.copytree(
+                    origin,
+                    target_dir,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                )
+            else:
+                shutil.copyfile(origin, target_dir / Path(source).name)
     return destination
 
 
@@ -86,25 +95,21 @@ def test_the_image_serves_real_images_without_tensorflow(
     lambda_venv, tmp_path, model_dir, sample_data, keras_model, app_module
 ):
     root = task_root_from_dockerfile(tmp_path / "task", model_dir)
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    # The serving library by package folder, the model and the pins: no stage, no model or
+    # evaluation package (TensorFlow), no ops.
+    serving_packages = ("images", "decision", "serving")
+    assert files == {
         "model/model.json",
         "model/model.onnx",
-        "pneumonia/__init__.py",
-        "pneumonia/batch.py",
-        "pneumonia/decision.py",
-        "pneumonia/dicom.py",
-        "pneumonia/heatmap.py",
-        "pneumonia/imaging.py",
-        "pneumonia/metadata.py",
-        "pneumonia/screening.py",
-        "pneumonia/serving/__init__.py",
-        "pneumonia/serving/app.py",
-        "pneumonia/serving/classifier.py",
-        "pneumonia/serving/fanout.py",
-        "pneumonia/serving/inference.py",
-        "pneumonia/serving/requests.py",
         "requirements.txt",
-    ]
+        "pneumonia/__init__.py",
+        *(
+            path.relative_to(REPO_ROOT).as_posix()
+            for package in serving_packages
+            for path in (REPO_ROOT / "pneumonia" / package).glob("*.py")
+        ),
+    }
     command = re.search(r'^CMD \["([\w.]+)"\]$', dockerfile(), re.M).group(1)
     images = (
         sorted((sample_data / "train" / "PNEUMONIA").iterdir())[:2]
@@ -112,7 +117,7 @@ def test_the_image_serves_real_images_without_tensorflow(
     )
     # The same picture as DICOM, uncompressed and JPEG lossless (decoded by GDCM in its child
     # process): pydicom and its decoders work in the image's environment.
-    from pneumonia.imaging import decode_gray
+    from pneumonia.images.decode import decode_gray
     from tests.unit.test_dicom import gdcm_transcode, make_dicom
 
     pixels = decode_gray(images[0].read_bytes())

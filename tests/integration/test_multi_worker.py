@@ -62,8 +62,8 @@ def test_two_workers_on_loopback_finish_with_the_same_weights(own_repo):
     # The chief (worker 0) alone wrote the model and the records; they are those weights.
     import keras
 
-    import pneumonia.model  # noqa: F401  (registers the custom layer)
-    from stages.train import weights_digest
+    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
+    from pneumonia.model.training import weights_digest
 
     assert (repo / "models" / "model.keras").stat().st_mtime_ns > before
     saved = keras.models.load_model(repo / "models" / "model.keras")

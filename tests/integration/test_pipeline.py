@@ -95,7 +95,7 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
     assert (repo / "metrics/evaluate/plots/images/held_out_roc.png").stat().st_size > 5000
     for plot in ("roc", "precision_recall", "confusion_matrix", "calibration"):
         assert json.loads((repo / f"metrics/evaluate/plots/sklearn/{plot}.json").read_text())
-    from stages.evaluate import SHIFTS
+    from pneumonia.evaluation.shifts import SHIFTS
 
     assert set(metrics["robustness"]) == set(SHIFTS)
     for shifted in metrics["robustness"].values():

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumonia.decision import (
-    Band,
-    Calibration,
-    band_metrics,
-    conformal_band,
-    conformal_quantile,
-    fit_calibration,
-    fit_feature_model,
-    sigmoid,
-    with_threshold,
-)
+from pneumonia.decision.band import Band, band_metrics, conformal_band, conformal_quantile
+from pneumonia.decision.calibration import Calibration, fit_calibration, sigmoid
+from pneumonia.decision.gate import fit_feature_model, with_threshold
 
 
 def test_platt_scaling_recovers_the_scale_and_shift_that_made_the_labels():

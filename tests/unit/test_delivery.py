@@ -180,7 +180,9 @@ def test_backlog_scoring_is_wired_s3_to_sqs_to_the_second_handler_with_a_dead_le
     (command,) = function["ImageConfig"]["Command"]
     assert command == "pneumonia.serving.fanout.lambda_handler"
     module = command.rpartition(".")[0].replace(".", "/") + ".py"
-    assert module in (REPO_ROOT / "lambda" / "Dockerfile").read_text()
+    assert (
+        f"COPY {module.rpartition('/')[0]}/ " in (REPO_ROOT / "lambda" / "Dockerfile").read_text()
+    )
     source = function["Events"]["Studies"]["Properties"]
     assert source["Queue"] == "ScoringQueue.Arn"
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]

@@ -28,16 +28,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumonia import dicom
-from pneumonia.dicom import decode_dicom, read_dicom_header
-from pneumonia.imaging import (
-    ImageError,
-    PreprocessConfig,
-    decode_gray,
-    is_dicom,
-    prepare_image,
-    read_header,
-)
+from pneumonia.images import dicom
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import decode_gray, read_header
+from pneumonia.images.dicom import decode_dicom, read_dicom_header
+from pneumonia.images.formats import ImageError, is_dicom
+from pneumonia.images.prepare import prepare_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "chest-xray-sample"
 CONFIG = PreprocessConfig(

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from pneumonia.config import EvaluateParams
-from stages.evaluate import (
-    SHIFTS,
+from pneumonia.evaluation.metrics import (
     binary_metrics,
     bootstrap_intervals,
-    calibration,
+    calibration_metrics,
     choose_threshold,
     policy_thresholds,
     worst_of,
 )
+from pneumonia.evaluation.shifts import SHIFTS
 
 
 def policy(name: str, **overrides) -> EvaluateParams:
@@ -77,9 +77,11 @@ def test_calibration_of_a_calibrated_and_an_overconfident_model():
     rng = np.random.default_rng(1)
     probabilities = rng.random(20000)
     calibrated_labels = (rng.random(20000) < probabilities).astype(int)
-    good = calibration(calibrated_labels, probabilities, bins=10)
+    good = calibration_metrics(calibrated_labels, probabilities, bins=10)
     assert good["ece"] < 0.02
-    overconfident = calibration(calibrated_labels, np.where(probabilities > 0.5, 1.0, 0.0), 10)
+    overconfident = calibration_metrics(
+        calibrated_labels, np.where(probabilities > 0.5, 1.0, 0.0), 10
+    )
     assert overconfident["ece"] > 0.2
     assert overconfident["brier"] > good["brier"]
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from pneumonia.onnx_export import canonical
-from stages.export_onnx import parity
+from pneumonia.model.export import canonical
+from pneumonia.model.parity import parity
 
 
 def test_parity_reports_the_largest_difference_and_flipped_labels():

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumonia.heatmap import heatmap, heatmap_size, overlay, png
+from pneumonia.images.heatmap import heatmap, heatmap_size, overlay, png
 
 
 def peaked_cam(row: int, col: int, size: int = 8) -> np.ndarray:

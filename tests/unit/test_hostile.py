@@ -18,15 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pneumonia.imaging import (
-    MAX_JPEG_SCANS,
-    ImageError,
-    PreprocessConfig,
-    decode_gray,
-    exif_orientation,
-    prepare_image,
-    sanitize,
-)
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import decode_gray
+from pneumonia.images.formats import ImageError
+from pneumonia.images.prepare import prepare_image
+from pneumonia.images.sanitize import MAX_JPEG_SCANS, exif_orientation, sanitize
 from tests import hostile
 from tests.images import encode, gradient
 

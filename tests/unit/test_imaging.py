@@ -5,14 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.imaging import (
-    ImageError,
-    PreprocessConfig,
-    decode_gray,
-    decode_image,
-    prepare_image,
-    read_header,
-)
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import decode_gray, decode_image, read_header
+from pneumonia.images.formats import ImageError
+from pneumonia.images.prepare import prepare_image
 from tests.images import encode, gradient
 
 CONFIG = PreprocessConfig(image_size=32, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8)

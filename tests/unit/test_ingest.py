@@ -20,27 +20,24 @@ import pytest
 from PIL import Image
 
 from pneumonia.config import IngestParams
-from stages.ingest import (
-    Candidate,
+from pneumonia.data.archives import copy_capped, extract
+from pneumonia.data.download import (
     Limits,
     SafeRedirectHandler,
     SourceError,
-    build_report,
+    download,
+    download_path,
+    redact_url,
+)
+from pneumonia.data.quality import collapse_duplicates, subsample, validate
+from pneumonia.data.report import build_report
+from pneumonia.data.sources import (
+    Candidate,
     candidates_from_folder,
     candidates_from_npz,
-    collapse_duplicates,
-    copy_capped,
-    download_path,
-    extract,
-    fetch,
-    id_blocks,
-    patient_id,
-    redact_url,
     resolve_source,
-    split_by_patient,
-    subsample,
-    validate,
 )
+from pneumonia.data.splits import id_blocks, patient_id, split_by_patient
 from tests import hostile, loopback
 from tests.images import encode, gradient
 
@@ -399,29 +396,29 @@ def test_a_download_cut_short_of_its_content_length_is_refused_and_not_cached(se
     server.routes["/chest.zip"] = loopback.body(PAYLOAD[:100], announce=100_000)
     url = server.url("/chest.zip")
     with pytest.raises(SourceError, match=r"announced 100,000 bytes .* sent 100\b"):
-        fetch(url, tmp_path / "dl", limits=FAST)
+        download(url, tmp_path / "dl", limits=FAST)
     assert files_under(tmp_path / "dl") == []
     server.routes["/chest.zip"] = loopback.body(PAYLOAD)  # the next run downloads it whole
-    assert fetch(url, tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
+    assert download(url, tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
 
 
 def test_a_chunked_download_cut_short_is_refused_and_not_cached(server, tmp_path):
     server.routes["/chest.zip"] = loopback.chunked(PAYLOAD, finish=False)
     with pytest.raises(SourceError, match="IncompleteRead"):
-        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=FAST)
+        download(server.url("/chest.zip"), tmp_path / "dl", limits=FAST)
     assert files_under(tmp_path / "dl") == []
 
 
 def test_a_complete_chunked_download_is_accepted(server, tmp_path):
     server.routes["/chest.zip"] = loopback.chunked(PAYLOAD)
-    assert fetch(server.url("/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
+    assert download(server.url("/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == PAYLOAD
 
 
 def test_the_download_cache_is_keyed_by_url_not_by_file_name(server, tmp_path):
     server.routes["/a/chest.zip"] = loopback.body(b"first")
     server.routes["/b/chest.zip"] = loopback.body(b"second")
-    first = fetch(server.url("/a/chest.zip"), tmp_path / "dl", limits=FAST)
-    second = fetch(server.url("/b/chest.zip"), tmp_path / "dl", limits=FAST)
+    first = download(server.url("/a/chest.zip"), tmp_path / "dl", limits=FAST)
+    second = download(server.url("/b/chest.zip"), tmp_path / "dl", limits=FAST)
     assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
     assert first.name == second.name == "chest.zip" and first != second
 
@@ -429,18 +426,18 @@ def test_the_download_cache_is_keyed_by_url_not_by_file_name(server, tmp_path):
 def test_a_cached_download_is_reused_only_while_it_matches_the_sha256(server, tmp_path):
     server.routes["/chest.zip"] = loopback.body(PAYLOAD)
     url, digest = server.url("/chest.zip"), hashlib.sha256(PAYLOAD).hexdigest()
-    cached = fetch(url, tmp_path / "dl", digest, FAST)
-    assert fetch(url, tmp_path / "dl", digest, FAST) == cached
+    cached = download(url, tmp_path / "dl", digest, FAST)
+    assert download(url, tmp_path / "dl", digest, FAST) == cached
     assert server.hits["/chest.zip"] == 1
     cached.write_bytes(b"tampered")
-    assert fetch(url, tmp_path / "dl", digest, FAST).read_bytes() == PAYLOAD
+    assert download(url, tmp_path / "dl", digest, FAST).read_bytes() == PAYLOAD
     assert server.hits["/chest.zip"] == 2
 
 
 def test_a_download_with_the_wrong_sha256_never_gets_the_final_name(server, tmp_path):
     server.routes["/chest.zip"] = loopback.body(PAYLOAD)
     with pytest.raises(SourceError, match="sha256 is"):
-        fetch(server.url("/chest.zip"), tmp_path / "dl", "0" * 64, FAST)
+        download(server.url("/chest.zip"), tmp_path / "dl", "0" * 64, FAST)
     assert files_under(tmp_path / "dl") == []
 
 
@@ -484,7 +481,7 @@ def test_an_unverified_local_archive_warns_or_is_refused(tmp_path, caplog):
 def test_an_http_to_http_redirect_is_followed(server, tmp_path):
     server.routes["/old/chest.zip"] = loopback.redirect(server.url("/new/chest.zip"), 301)
     server.routes["/new/chest.zip"] = loopback.body(PAYLOAD)
-    assert fetch(server.url("/old/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == (
+    assert download(server.url("/old/chest.zip"), tmp_path / "dl", limits=FAST).read_bytes() == (
         PAYLOAD
     )
 
@@ -498,15 +495,15 @@ def test_a_redirect_from_https_down_to_http_is_refused(server, tmp_path):
         secure.routes["/moved.zip"] = loopback.redirect(secure.url("/chest.zip"))
         secure.routes["/down.zip"] = loopback.redirect(server.url("/chest.zip"))
         # https, and an https -> https redirect, work with the trusted certificate ...
-        assert fetch(
+        assert download(
             secure.url("/moved.zip"), tmp_path / "dl", None, FAST, client_tls
         ).read_bytes() == (PAYLOAD)
         # ... a downgrade to http is refused before anything is asked of the http server.
         with pytest.raises(SourceError, match=r"refused the redirect .* stays on https"):
-            fetch(secure.url("/down.zip"), tmp_path / "dl", None, FAST, client_tls)
+            download(secure.url("/down.zip"), tmp_path / "dl", None, FAST, client_tls)
         # and the default context does not trust a self-signed certificate.
         with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
-            fetch(secure.url("/chest.zip?x=1"), tmp_path / "dl", None, FAST)
+            download(secure.url("/chest.zip?x=1"), tmp_path / "dl", None, FAST)
     assert server.hits["/chest.zip"] == 0
     assert len(files_under(tmp_path / "dl")) == 1  # the one good download
 
@@ -538,14 +535,14 @@ def test_the_redirect_handler_refuses_downgrades_and_other_schemes(old, new, all
 def test_a_content_length_over_the_cap_is_refused_before_reading(server, tmp_path):
     server.routes["/chest.zip"] = loopback.body(PAYLOAD)
     with pytest.raises(SourceError, match=r"Content-Length is 10,240 bytes, over .* 1,000 bytes"):
-        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
+        download(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
     assert files_under(tmp_path / "dl") == []
 
 
 def test_a_body_over_the_cap_without_a_content_length_is_aborted(server, tmp_path):
     server.routes["/chest.zip"] = loopback.chunked(PAYLOAD)
     with pytest.raises(SourceError, match=r"more than 1,000 bytes, the download cap"):
-        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
+        download(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(max_download_bytes=1000))
     assert files_under(tmp_path / "dl") == []
 
 
@@ -553,7 +550,7 @@ def test_a_trickling_server_is_stopped_by_the_overall_deadline(server, tmp_path)
     server.routes["/chest.zip"] = loopback.trickle(1000, 0.05, server.stop)  # 50 s in all
     start = time.monotonic()
     with pytest.raises(SourceError, match=r"not downloaded within 0.5 s"):
-        fetch(
+        download(
             server.url("/chest.zip"),
             tmp_path / "dl",
             limits=Limits(read_timeout_s=2.0, download_deadline_s=0.5),
@@ -566,7 +563,7 @@ def test_a_stalled_server_times_out(server, tmp_path):
     server.routes["/chest.zip"] = loopback.stall(1000, b"x" * 10, server.stop)
     start = time.monotonic()
     with pytest.raises(SourceError, match="timed out"):
-        fetch(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(read_timeout_s=0.3))
+        download(server.url("/chest.zip"), tmp_path / "dl", limits=Limits(read_timeout_s=0.3))
     assert time.monotonic() - start < 3
     assert files_under(tmp_path / "dl") == []
 
@@ -589,7 +586,7 @@ def test_redact_url_drops_user_info_query_and_fragment(url, shown):
 def test_a_token_in_the_url_is_in_no_error_log_or_report(server, tmp_path, caplog):
     url = server.url("/private/chest.zip?X-Amz-Signature=s3cr3t")
     with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as error:
-        fetch(url, tmp_path / "dl", limits=FAST)  # no route: 404
+        download(url, tmp_path / "dl", limits=FAST)  # no route: 404
     assert "404" in str(error.value) and server.url("/private/chest.zip") in str(error.value)
     assert "s3cr3t" not in str(error.value) + caplog.text
     manifest = pd.DataFrame({"split": ["train"], "label": ["NORMAL"], "patient_id": ["IM-0001"]})
@@ -689,8 +686,10 @@ def test_dicom_files_in_the_dataset_layout_are_ingested_and_bad_ones_quarantined
     """A .dcm beside the JPEGs goes through the same validation: a DX frontal is accepted,
     a CT and a lateral view are quarantined with their reasons, and no tag value is in the
     reasons."""
-    from pneumonia.imaging import PreprocessConfig, decode_gray, prepare_image
-    from stages.ingest import candidates_from_folder
+    from pneumonia.data.sources import candidates_from_folder
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.decode import decode_gray
+    from pneumonia.images.prepare import prepare_image
     from tests.unit.test_dicom import SENTINELS, make_dicom
 
     pixels = decode_gray(jpeg(0))

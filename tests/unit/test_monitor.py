@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from pneumonia.decision import sigmoid
-from pneumonia.monitor import (
+from pneumonia.decision.calibration import sigmoid
+from pneumonia.evaluation.reference import write_reference
+from pneumonia.ops.monitor import (
     MonitorError,
     Sample,
     compare,
@@ -19,7 +20,6 @@ from pneumonia.monitor import (
     main,
     read_rows,
     resample_to_prevalence,
-    write_reference,
 )
 
 PRIOR = 0.75  # the reference's share of pneumonia, which its probabilities are calibrated at

@@ -7,8 +7,9 @@ from collections import Counter
 import pydicom
 import pytest
 
-from pneumonia.imaging import MAX_PIXELS, MAX_SIDE, decode_gray, read_header
-from pneumonia.ood import KINDS, NOT_COVERED, OodImage, out_of_distribution_images
+from pneumonia.evaluation.ood import KINDS, NOT_COVERED, OodImage, out_of_distribution_images
+from pneumonia.images.decode import decode_gray, read_header
+from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE
 from pneumonia.serving.requests import MAX_BODY_BYTES
 
 

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import yaml
 
-from pneumonia import review
 from pneumonia.config import GateParams
-from pneumonia.review import MetricsError, check_gate, held_out_table, main, read_metrics
+from pneumonia.ops import review
+from pneumonia.ops.review import MetricsError, check_gate, held_out_table, main, read_metrics
 from tests.conftest import REPO_ROOT
 
 GATE = GateParams(min_roc_auc=0.975, min_sensitivity=0.96, max_regression=0.01)
@@ -171,7 +171,7 @@ def pr_repo(tmp_path, monkeypatch):
         git(tmp_path, "commit", "-qam", "lower the floor")
         (tmp_path / "metrics.json").write_text(json.dumps(metrics(0.90, 0.97)))
         monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(review, "dvc", lambda *args: "_dvc not run in this test_")
+        monkeypatch.setattr(review, "dvc_output", lambda *args: "_dvc not run in this test_")
         return tmp_path
 
     return make

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.imaging import colour_thumbnail, decode_gray
-from pneumonia.screening import screen
+from pneumonia.images.decode import colour_thumbnail, decode_gray
+from pneumonia.images.screening import screen
 from tests.conftest import SAMPLE_DATA
 
 
@@ -84,7 +84,7 @@ def test_strips_are_refused_for_their_aspect_ratio(shape):
 def test_serving_decodes_once_and_gets_the_same_gray_pixels_as_the_pipeline():
     """decode_with_colour (serving: one YCbCr decode for a colour JPEG) against decode_gray
     (pipeline): bit-identical gray, at the model's size and in full, EXIF rotation included."""
-    from pneumonia.imaging import decode_with_colour
+    from pneumonia.images.decode import decode_with_colour
 
     picture = Image.open(XRAYS[0])  # an RGB JPEG, as every committed X-ray is
     rotated = []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pneumonia.config import AugmentParams
-from stages.train import augment_batch, class_weights
+from pneumonia.model.training import augment_batch, class_weights
 
 AUGMENT = AugmentParams(
     enabled=True,

@@ -51,7 +51,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pneumonia.imaging import MAX_PIXELS, MAX_SIDE, ImageError, ImageHeader, is_dicom
+from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE, ImageError, ImageHeader, is_dicom
 
 # Projection radiographs: computed, digital (and the non-standard "DR" some vendors write).
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "DR"})

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pneumonia.decision import Band
-from pneumonia.imaging import PreprocessConfig
+from pneumonia.decision.band import Band
+from pneumonia.images.config import PreprocessConfig
 
 VERSION_PATTERN = r"^sha256-[0-9a-f]{12}$"
 
@@ -28,7 +28,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class Outputs(_Strict):
+class OutputNames(_Strict):
     """The graph's output names by role (see pneumonia.onnx_export.OUTPUTS)."""
 
     probability: str = Field(min_length=1)  # (N,) calibrated P(PNEUMONIA)
@@ -37,7 +37,7 @@ class Outputs(_Strict):
     features: str = Field(min_length=1)  # (N, F) the features the gate's distance measures
 
 
-class Calibration(_Strict):
+class CalibrationSpec(_Strict):
     """How the served probability was calibrated (already in the graph; recorded here)."""
 
     method: Literal["platt"]
@@ -67,9 +67,9 @@ class ModelMetadata(_Strict):
     threshold: float = Field(ge=0, le=1)  # calibrated P(PNEUMONIA) from which the label is
     labels: tuple[str, str]  # PNEUMONIA
     input_name: str = Field(min_length=1)
-    outputs: Outputs
+    outputs: OutputNames
     preprocessing: PreprocessConfig
-    calibration: Calibration
+    calibration: CalibrationSpec
     decision_band: DecisionBand
     ood_gate: OodGate
     training_data_sha256: str  # of data/manifest.csv: which images, labels and splits

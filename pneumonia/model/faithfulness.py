@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from pneumonia.config import TrainParams
+from pneumonia.model.network import build_model, with_explanations
+
 if TYPE_CHECKING:
     import keras
 
@@ -56,8 +59,6 @@ def keras_logits(model: keras.Model, images: np.ndarray, batch_size: int = 64) -
 
 def keras_cams(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, h, w) float32 raw class activation maps (`with_explanations`' `cam` output)."""
-    from pneumonia.model import with_explanations
-
     explained = with_explanations(model)
     outputs = explained.predict(
         np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0
@@ -287,9 +288,6 @@ def train_blob_model(
     accuracy (n // 4 fresh images) reaches 0.98.
     """
     import keras
-
-    from pneumonia.config import TrainParams
-    from pneumonia.model import build_model
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)

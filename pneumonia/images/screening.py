@@ -4,7 +4,7 @@ A frontal chest radiograph is grayscale, uses a wide range of gray levels and is
 as wide as it is tall (films are 14x17 or 17x17 inches; detectors likewise). A colour
 photograph, a blank or near-constant image, a screenshot or a long strip fails one of these
 in about a millisecond. What passes goes on to the learned check (the distance of the
-model's features from the training split's; see pneumonia.decision.Gate).
+model's features from the training split's; see pneumonia.decision.gate.FeatureGate).
 
 The bounds are wide on purpose: every image of the training data passes by a margin, and
 the evaluate stage reports the false rejections on the held-out splits.
@@ -15,7 +15,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pneumonia.imaging import to_uint8
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import decode_with_colour, to_uint8
+from pneumonia.images.formats import ImageError
+from pneumonia.images.prepare import prepare_image
+
+NOT_A_CHEST_XRAY = "not_a_chest_xray"  # the reason of every refusal that the image is not one
 
 MAX_SATURATION = 0.20  # mean HSV saturation of the thumbnail, 0..1 (radiographs: 0.00;
 # a scan of film with a 15% tint: 0.15)
@@ -44,7 +49,7 @@ def screen(gray: np.ndarray, thumbnail: np.ndarray | None) -> str | None:
     """Why the image is not a chest X-ray, or None when it passes the cheap checks.
 
     `gray`: the decoded (H, W) gray pixels, EXIF orientation applied; `thumbnail`: a small
-    RGB copy when the file is stored in colour (`imaging.colour_thumbnail`), else None.
+    RGB copy when the file is stored in colour (`decode.colour_thumbnail`), else None.
     """
     height, width = gray.shape
     aspect = width / height
@@ -62,3 +67,24 @@ def screen(gray: np.ndarray, thumbnail: np.ndarray | None) -> str | None:
             "a radiograph spans far more"
         )
     return None
+
+
+class NotAChestXray(ImageError):
+    """A decodable image that is not a chest X-ray: `reason` is always NOT_A_CHEST_XRAY."""
+
+    def __init__(self, message: str) -> None:
+        """`message` says which check refused it."""
+        super().__init__(NOT_A_CHEST_XRAY, message)
+
+
+def screen_and_prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(the decoded gray image, the model input) of an encoded image that passes the cheap
+    checks. ImageError for bytes that are not a usable image, NotAChestXray (an ImageError)
+    for an image the checks refuse."""
+    # Format, structure and pixel caps are checked from the bytes before decoding.
+    gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
+    pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
+    why = screen(gray, thumbnail)
+    if why is not None:
+        raise NotAChestXray(why)
+    return gray, pixels

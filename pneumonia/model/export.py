@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from pneumonia.model.network import with_explanations
 from pneumonia.serving.inference import SERVED_PROBABILITY
 
 if TYPE_CHECKING:
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from pneumonia.decision import Calibration, Gate
+    from pneumonia.decision.calibration import Calibration
+    from pneumonia.decision.gate import FeatureGate
 
 
 def convert(model: keras.Model, image_size: int, opset: int) -> bytes:
@@ -232,11 +234,10 @@ def add_decision_outputs(
 
 
 def export_for_serving(
-    model: keras.Model, image_size: int, opset: int, calibration: Calibration, gate: Gate
+    model: keras.Model, image_size: int, opset: int, calibration: Calibration, gate: FeatureGate
 ) -> bytes:
     """The served graph: the network with its map and features (`with_explanations`), the
     calibrated probability and the gate's distance; canonical bytes."""
-    from pneumonia.model import with_explanations
 
     proto = _from_keras(with_explanations(model), image_size, opset)
     served = add_decision_outputs(

@@ -1,0 +1,120 @@
+"""The "not a chest X-ray" gate: its learned check fitted on train and validation, and what
+it refuses of real X-rays and of the out-of-distribution set."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumonia import paths
+from pneumonia.data.prepared import load_files, load_split
+from pneumonia.decision.gate import fit_feature_model, with_threshold
+from pneumonia.evaluation.ood import NOT_COVERED, out_of_distribution_images
+from pneumonia.evaluation.scoring import Scorer
+from pneumonia.evaluation.shifts import SHIFTS, shifted_inputs
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.formats import ImageError
+from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
+
+if TYPE_CHECKING:
+    from pneumonia.decision.gate import FeatureGate
+
+log = logging.getLogger("evaluate")
+
+
+def split_features(
+    scorer: Scorer, split: str, config: PreprocessConfig, every: int = 1
+) -> np.ndarray:
+    """Pooled features of a split's images, and of every `every`-th image under each shift of
+    SHIFTS: exposure, resolution and framing vary between real X-rays, so the gate learns
+    them as X-rays, not as outliers."""
+    images, _ = load_split(split)
+    files = [paths.RAW / name for name in load_files(split)][::every]
+    features = [scorer.outputs(images)[1]]
+    for name in tqdm(SHIFTS, desc=f"gate features ({split})", unit="shift"):
+        features.append(scorer.outputs(shifted_inputs(files, SHIFTS[name], config))[1])
+    return np.concatenate(features)
+
+
+def fit_gate(scorer: Scorer, config: PreprocessConfig, false_rejection_rate: float) -> FeatureGate:
+    """The learned check: mean and covariance of the training split's features (a quarter
+    of it also under each shift), threshold on validation and its shifted copies."""
+
+    gate = fit_feature_model(split_features(scorer, "train", config, every=4))
+    val_distances = gate.distance(split_features(scorer, "val", config))
+    gate = with_threshold(gate, val_distances, false_rejection_rate)
+    log.info(
+        "gate: distance threshold %.2f (%.1f%% of validation refused at most)",
+        gate.threshold,
+        100 * false_rejection_rate,
+    )
+    return gate
+
+
+def refusals(
+    files: list[bytes], scorer: Scorer, gate: FeatureGate, config: PreprocessConfig
+) -> tuple[list[str], np.ndarray]:
+    """Which check refuses each encoded image, as the endpoint would: "decoder" (a 4xx from
+    decoding, e.g. a DICOM of another modality), "cheap checks", "learned check", or
+    "accepted"; and the feature distance of those that reached the learned check."""
+
+    outcomes: list[str] = []
+    reached: list[int] = []
+    inputs: list[np.ndarray] = []
+    for index, data in enumerate(files):
+        try:
+            inputs.append(screen_and_prepare(data, config)[1])
+            reached.append(index)
+            outcomes.append("accepted")
+        except ImageError as error:
+            outcomes.append("cheap checks" if error.reason == NOT_A_CHEST_XRAY else "decoder")
+    distances = gate.distance(scorer.outputs(np.stack(inputs))[1]) if inputs else np.zeros(0)
+    for index, distance in zip(reached, distances, strict=True):
+        if not distance <= gate.threshold:
+            outcomes[index] = "learned check"
+    return outcomes, distances
+
+
+def gate_report(
+    scorer: Scorer, gate: FeatureGate, config: PreprocessConfig, held_out: list[str]
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """False rejections of real X-rays (held-out splits, and framing shifts of test) and
+    detection of the out-of-distribution set, by kind; plus the distances for the plot."""
+
+    report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
+    distances: dict[str, np.ndarray] = {}
+    rejected: dict[str, float] = {}
+    for split in held_out:
+        files = [(paths.RAW / name).read_bytes() for name in load_files(split)]
+        outcomes, distances[split] = refusals(files, scorer, gate, config)
+        rejected[split] = float(np.mean([outcome != "accepted" for outcome in outcomes]))
+    test_files = [paths.RAW / name for name in load_files("test")]
+    for name in tqdm(SHIFTS, desc="gate under shifts (test)", unit="shift"):
+        features = scorer.outputs(shifted_inputs(test_files, SHIFTS[name], config))[1]
+        rejected[f"test, {name}"] = float(np.mean(gate.distance(features) > gate.threshold))
+    report["false_rejections"] = rejected
+    images = out_of_distribution_images()
+    outcomes, distances["out of distribution"] = refusals(
+        [image.data for image in images], scorer, gate, config
+    )
+    detected: dict[str, list[bool]] = {}
+    for image, outcome in zip(images, outcomes, strict=True):
+        detected.setdefault(image.kind, []).append(outcome != "accepted")
+    report["ood_detection"] = {kind: float(np.mean(hits)) for kind, hits in detected.items()}
+    report["ood_detection"]["all"] = float(np.mean([o != "accepted" for o in outcomes]))
+    report["ood_images"] = len(images)
+    report["ood_refused_by"] = {name: outcomes.count(name) for name in sorted(set(outcomes))}
+    report["ood_accepted"] = [
+        i.name for i, o in zip(images, outcomes, strict=True) if o == "accepted"
+    ]
+    report["ood_not_measured"] = NOT_COVERED  # kinds the set cannot hold, and why
+    log.info(
+        "gate: %.1f%% of test refused, %.1f%% of %d out-of-distribution images refused",
+        100 * rejected["test"],
+        100 * report["ood_detection"]["all"],
+        report["ood_images"],
+    )
+    return report, distances

@@ -1,0 +1,41 @@
+"""The one image-preparation path, used by the preprocess stage and by serving.
+
+`prepare_image` turns encoded bytes or a decoded array of any size, bit depth
+and mode into the model's input: a square (S, S, 1) uint8 image. Per-image
+standardisation happens inside the model, so the exported graph carries it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import array_to_gray, decode_gray, to_uint8
+
+
+def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Encoded bytes or a decoded array to the model input.
+
+    Resizing works in the source's depth (8-bit stays 8-bit, so no float copies);
+    the result is rounded to 8 bits once, after the resize.
+
+    Returns: (S, S, 1) uint8, S = config.image_size.
+    """
+    size = config.image_size
+    if isinstance(image, bytes | bytearray):
+        gray = decode_gray(bytes(image), min_size=size)
+    else:
+        gray = array_to_gray(image)
+    # INTER_AREA for shrinking (anti-aliased), cubic for the rare enlargement.
+    interpolation = cv2.INTER_AREA if min(gray.shape) >= size else cv2.INTER_CUBIC
+    pixels = to_uint8(cv2.resize(gray, (size, size), interpolation=interpolation))
+    if config.intensity == "equalize":
+        pixels = cv2.equalizeHist(pixels)
+    elif config.intensity == "clahe":
+        clahe = cv2.createCLAHE(  # per call: a CLAHE object is not thread-safe
+            clipLimit=config.clahe_clip_limit,
+            tileGridSize=(config.clahe_tile_grid, config.clahe_tile_grid),
+        )
+        pixels = clahe.apply(pixels)
+    return pixels[:, :, np.newaxis]

@@ -1,0 +1,114 @@
+"""The model card: models/MODEL_CARD.md from `card_template.md` (string.Template, ${name}),
+filled with what ingest, train and evaluate measured."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pneumonia import paths
+from pneumonia.decision.contract import ModelMetadata
+
+if TYPE_CHECKING:
+    pass
+
+
+MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Template, ${name}
+INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
+
+
+def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_info: dict) -> str:
+    """MODEL_CARD.md, written from the pipeline's own outputs."""
+    test, low, high = (evaluation[k] for k in ("test", "test_ci95_low", "test_ci95_high"))
+
+    def interval(name: str) -> str:
+        return f"{test[name]:.3f} [{low[name]:.3f}, {high[name]:.3f}]"
+
+    split_rows = "\n".join(
+        f"| {split} | {counts.get('NORMAL', 0):,} | {counts.get('PNEUMONIA', 0):,} | "
+        f"{report['patients_per_split'].get(split, 0):,} |"
+        for split, counts in sorted(report["per_split"].items())
+    )
+    held_out = [split for split in paths.HELD_OUT if split in evaluation]
+    held_out_rows = "\n".join(
+        f"| {split} | {evaluation[split]['images']} | {evaluation[split]['prevalence']:.3f} | "
+        + " | ".join(
+            f"{evaluation[split][name]:.3f} [{evaluation[f'{split}_ci95_low'][name]:.3f}, "
+            f"{evaluation[f'{split}_ci95_high'][name]:.3f}]"
+            for name in ("roc_auc", "accuracy", "sensitivity", "specificity")
+        )
+        + " |"
+        for split in held_out
+    )
+    shifts = {"clean": test, **evaluation.get("robustness", {})}
+    robustness_rows = "\n".join(
+        f"| {name} | {values['roc_auc']:.3f} | {values['accuracy']:.3f} | "
+        f"{values['sensitivity']:.3f} | {values['specificity']:.3f} |"
+        for name, values in shifts.items()
+    )
+    cpu = train_info.get("cpu", {})
+    template = string.Template(MODEL_CARD_TEMPLATE.read_text())
+    return template.substitute(
+        model_version=metadata.model_version,
+        source=report["source"],
+        files_found=f"{report['files_found']:,}",
+        images_accepted=f"{report['images_accepted']:,}",
+        patients=f"{report['patients']:,}",
+        quarantined=report["quarantined"],
+        duplicates_removed=report["duplicates_removed"],
+        data_hash=metadata.training_data_sha256[:16],
+        split_rows=split_rows,
+        device=train_info.get("device", "?"),
+        cpu_model=cpu.get("model", "?"),
+        cpu_isa=cpu.get("isa", "?"),
+        best_val_auc=f"{train_info.get('best_val_auc', float('nan')):.4f}",
+        best_epoch=train_info.get("best_epoch", "?"),
+        opset=metadata.versions.get("opset"),
+        image_size=metadata.preprocessing.image_size,
+        intensity=metadata.preprocessing.intensity,
+        threshold=f"{metadata.threshold:.4f}",
+        threshold_policy=evaluation.get("threshold_policy", "?"),
+        **{name: interval(name) for name in INTERVALS},
+        brier=f"{test['brier']:.4f}",
+        ece=f"{test['ece']:.4f}",
+        prevalence=f"{test['prevalence']:.3f}",
+        images=test["images"],
+        held_out_rows=held_out_rows,
+        robustness_rows=robustness_rows,
+        **decision_fields(evaluation),
+    )
+
+
+def decision_fields(evaluation: dict) -> dict[str, str]:
+    """The model card's calibration, band, gate and explanation figures."""
+    decision, gate = evaluation["decision"], evaluation["ood_gate"]
+    explanations = evaluation["explanations"]
+    calibration = evaluation["calibration"]
+    splits = [s for s in paths.HELD_OUT if s in decision]
+    return {
+        "calibration_scale": f"{calibration['scale']:.3f}",
+        "calibration_shift": f"{calibration['shift']:.3f}",
+        "ece_uncalibrated": f"{evaluation['test_uncalibrated']['ece']:.4f}",
+        "band_low": f"{decision['low']:.4f}",
+        "band_high": f"{decision['high']:.4f}",
+        "band_error_rate": f"{decision['error_rate']:.3f}",
+        "decision_rows": "\n".join(
+            f"| {s} | {decision[s]['share_indeterminate']:.1%} | "
+            f"{decision[s]['accuracy_decided']:.3f} | {decision[s]['sensitivity_decided']:.3f} | "
+            f"{decision[s]['specificity_decided']:.3f} |"
+            for s in splits
+        ),
+        "gate_threshold": f"{gate['threshold']:.2f}",
+        "gate_frr": f"{gate['false_rejection_rate']:.1%}",
+        "gate_rejection_rows": "\n".join(
+            f"| {name} | {share:.1%} |" for name, share in gate["false_rejections"].items()
+        ),
+        "gate_detection_rows": "\n".join(
+            f"| {kind} | {share:.1%} |" for kind, share in gate["ood_detection"].items()
+        ),
+        "deletion_share": f"{explanations['deletion']['share_hot_beats_control']:.0%}",
+        "deletion_images": str(explanations["deletion"]["images"]),
+        "deletion_gap": f"{explanations['deletion']['median_gap']:.2f}",
+        "randomisation": f"{explanations['randomisation']['median_rank_correlation']:.2f}",
+    }

@@ -1,0 +1,117 @@
+"""A release of the model: what evaluate chose (calibration, threshold, band, gate), the
+model.json that describes the served graph, and its registration in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pneumonia import paths, tracking
+from pneumonia.decision.calibration import Calibration
+from pneumonia.decision.contract import ModelMetadata, model_version
+from pneumonia.decision.gate import FeatureGate
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.model import registry
+from pneumonia.model.export import OUTPUTS, SERVED
+
+if TYPE_CHECKING:
+    from pneumonia.decision.gate import FeatureGate
+
+log = logging.getLogger("export_onnx")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What evaluate chose on validation: calibration, threshold, band and gate."""
+
+    calibration: Calibration
+    threshold: float
+    band: dict
+    gate: FeatureGate
+
+
+def load_decision(evaluation: dict) -> Decision:
+    """The evaluate stage's choices, from its metrics.json and models/gate.npz."""
+    calibration = evaluation["calibration"]
+    with np.load(paths.GATE) as arrays:
+        gate = FeatureGate(
+            mean=arrays["mean"],
+            whitening=arrays["whitening"],
+            threshold=evaluation["ood_gate"]["threshold"],
+            false_rejection_rate=evaluation["ood_gate"]["false_rejection_rate"],
+        )
+    return Decision(
+        calibration=Calibration(calibration["scale"], calibration["shift"]),
+        threshold=float(evaluation["threshold"]),
+        band={k: evaluation["decision"][k] for k in ("low", "high", "error_rate")},
+        gate=gate,
+    )
+
+
+def describe_model(
+    onnx_bytes: bytes,
+    config: PreprocessConfig,
+    labels: tuple,
+    evaluation: dict,
+    decision: Decision,
+    opset: int,
+) -> ModelMetadata:
+    """model.json: what serving needs beside the graph, and where it came from."""
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return ModelMetadata.model_validate(
+        dict(
+            model_version=model_version(onnx_bytes),
+            threshold=decision.threshold,
+            labels=(labels[0], labels[1]),
+            input_name="image",
+            outputs={k: OUTPUTS[k] for k in SERVED},
+            preprocessing=config,
+            calibration={
+                "method": "platt",
+                "scale": decision.calibration.scale,
+                "shift": decision.calibration.shift,
+            },
+            decision_band=decision.band,
+            ood_gate={
+                "threshold": decision.gate.threshold,
+                "false_rejection_rate": decision.gate.false_rejection_rate,
+            },
+            training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
+            metrics={
+                "test": evaluation["test"],
+                "test_ci95_low": evaluation["test_ci95_low"],
+                "test_ci95_high": evaluation["test_ci95_high"],
+                "decision_test": evaluation["decision"]["test"],
+            },
+            versions={
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "tf2onnx": tf2onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "opset": opset,
+            },
+        )
+    )
+
+
+def track_and_register(metadata: ModelMetadata, check: dict, train_info: dict) -> None:
+    """Parity into the training run in MLflow; the exact ONNX bytes registered if it passed."""
+    tracking.configure()
+    with tracking.start_run("export_onnx", run_id=train_info.get("mlflow_run_id")):
+        tracking.log_metrics(
+            {
+                "onnx_parity_max_abs_diff": check["max_abs_diff"],
+                "onnx_parity_labels_differing": check["labels_differing"],
+            }
+        )
+        if check["passed"]:
+            registered = registry.register(paths.ONNX_MODEL, paths.MODEL_METADATA, metadata)
+            log.info("registered %s version %s", registry.REGISTERED_MODEL, registered)
