@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-from typing import TYPE_CHECKING
 
 from pneumonia import paths, tracking
 from pneumonia.config import load_params
@@ -29,10 +28,6 @@ from pneumonia.model.training import (
     set_up,
     weights_digest,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger("train")
 

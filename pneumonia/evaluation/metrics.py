@@ -4,16 +4,11 @@ that choose it on validation only."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from pneumonia.config import EvaluateParams
-
-if TYPE_CHECKING:
-    pass
-
 
 Predict = Callable[[np.ndarray], np.ndarray]
 Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (labels, probabilities)

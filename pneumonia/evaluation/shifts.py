@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,10 +14,6 @@ from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_image
 from pneumonia.images.prepare import prepare_image
-
-if TYPE_CHECKING:
-    pass
-
 
 # Shifts a different scanner or PACS could apply, on the decoded image (H, W) float in [0, 1].
 # Each returns what prepare_image accepts: an array, or bytes when the shift is an encoding.

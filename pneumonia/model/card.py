@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pneumonia import paths
 from pneumonia.decision.contract import ModelMetadata
-
-if TYPE_CHECKING:
-    pass
-
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Template, ${name}
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")

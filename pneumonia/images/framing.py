@@ -1,0 +1,120 @@
+"""Where the thorax is in a frontal chest X-ray: the lung fields and the ribcage, as a box.
+
+Classical image processing on a 128 px copy, in about a millisecond:
+
+- left and right: the mean of each column over the middle rows falls into two dark
+  valleys, the lungs, either side of the bright mediastinum; the chest wall is the
+  brightest column outside each valley (the image's edge when the lungs reach it);
+- top and bottom: the vertical gradient averaged over the lung columns is most negative
+  at the apices (bright neck and shoulders above, dark lungs below) in the upper half, and
+  most positive at the diaphragm (dark lungs above, bright abdomen below) in the lower half.
+
+A black border (a scanned film, a wider collimation) is cut off first: its columns would
+be darker than any lung. A small margin is added on every side. The evaluation builds
+framing shifts from the box (a crop to the thorax stands for tight collimation); nothing
+here decides an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SIDE = 128  # px of the square copy the profiles are read on
+MARGIN = 0.04  # of the box's width and height, added on each side
+MIN_HEIGHT = 0.5  # of the box's width: a shorter box is extended upwards to this
+
+
+@dataclass(frozen=True)
+class Box:
+    """A region of an image, in px: rows [top, bottom), columns [left, right)."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    @property
+    def height(self) -> int:
+        """Rows in the box."""
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        """Columns in the box."""
+        return self.right - self.left
+
+
+def _smooth(profile: np.ndarray, width: int) -> np.ndarray:
+    """A moving average of `width` samples, the same length as `profile` (edges repeated)."""
+    padded = np.pad(profile, (width // 2, width - 1 - width // 2), mode="edge")
+    return np.convolve(padded, np.ones(width) / width, mode="valid")
+
+
+def _columns(small: np.ndarray) -> tuple[int, int, int, int]:
+    """(left chest wall, mediastinum, right chest wall, gap) as columns of the square copy."""
+    n = small.shape[1]
+    profile = _smooth(small[int(0.3 * n) : int(0.7 * n)].mean(axis=0), 5)
+    centre = n // 3 + int(np.argmax(profile[n // 3 : 2 * n // 3]))
+    gap = n // 20
+    left_lung = gap + int(np.argmin(profile[gap : max(gap + 1, centre - gap)]))
+    right_lung = centre + gap + int(np.argmin(profile[centre + gap : n - gap]))
+    left = int(np.argmax(profile[: left_lung + 1]))
+    right = right_lung + int(np.argmax(profile[right_lung:]))
+    return left, centre, right, gap
+
+
+def _rows(small: np.ndarray, left: int, centre: int, right: int, gap: int) -> tuple[int, int]:
+    """(apices, diaphragm) as rows of the square copy, from the lung columns' gradient."""
+    n = small.shape[0]
+    lungs = np.r_[left : max(left + 1, centre - gap), min(right, centre + gap) : right + 1]
+    slope = _smooth(cv2.Sobel(small, cv2.CV_32F, 0, 1, ksize=5)[:, lungs].mean(axis=1), 7)
+    half = n // 2
+    top = 2 + int(np.argmin(slope[2:half]))  # bright -> dark going down
+    bottom = half + int(np.argmax(slope[half : n - 2]))  # dark -> bright going down
+    return top, bottom
+
+
+def _content(gray: np.ndarray) -> Box:
+    """The image without its black border: rows and columns of which at least a fifth is
+    brighter than 4% of the gray range (the whole image when that leaves too little)."""
+    values = gray.astype(np.float32)
+    low, high = np.percentile(values[:: max(1, values.shape[0] // 64)], (1, 99))
+    lit = values > low + 0.04 * max(high - low, 1e-6) if high > low else np.ones_like(values)
+    rows = np.flatnonzero(lit.mean(axis=1) >= 0.2)
+    columns = np.flatnonzero(lit.mean(axis=0) >= 0.2)
+    height, width = gray.shape
+    if len(rows) < height // 4 or len(columns) < width // 4:
+        return Box(0, 0, height, width)
+    return Box(int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1)
+
+
+def find_thorax(gray: np.ndarray) -> Box:
+    """The box of the lung fields and ribcage in an (H, W) gray image (any dtype), in px.
+
+    Always a box inside the image, at least a few px a side; on an image that is not a
+    frontal chest X-ray it is still a box, just not a meaningful one.
+    """
+    content = _content(gray)
+    inside = gray[content.top : content.bottom, content.left : content.right]
+    height, width = inside.shape
+    small = cv2.resize(inside.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), 2)
+    left, centre, right, gap = _columns(small)
+    top, bottom = _rows(small, left, centre, right, gap)
+    box_width = right + 1 - left
+    top = min(top, bottom - round(MIN_HEIGHT * box_width))
+    margin_x, margin_y = MARGIN * box_width, MARGIN * (bottom - top)
+    scale_y, scale_x = height / SIDE, width / SIDE
+    top_px = max(0, round((top - margin_y) * scale_y))
+    left_px = max(0, round((left - margin_x) * scale_x))
+    bottom_px = min(height, max(top_px + 4, round((bottom + margin_y) * scale_y)))
+    right_px = min(width, max(left_px + 4, round((right + 1 + margin_x) * scale_x)))
+    return Box(
+        content.top + top_px,
+        content.left + left_px,
+        content.top + bottom_px,
+        content.left + right_px,
+    )
