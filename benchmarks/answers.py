@@ -76,7 +76,7 @@ def main() -> None:
     from pneumonia.images.decode import decode_gray
     from pneumonia.images.dicom import decode_dicom
     from pneumonia.images.prepare import prepare_image
-    from pneumonia.model.export import OUTPUTS
+    from pneumonia.release.export import OUTPUTS
     from pneumonia.serving.classifier import Classifier
 
     model = Classifier.load(ROOT / "models", threads=1)

@@ -44,8 +44,8 @@ def main() -> None:
     import tensorflow as tf
 
     from pneumonia.config import load_params
-    from pneumonia.model.export import convert
     from pneumonia.model.network import build_model
+    from pneumonia.release.export import convert
     from pneumonia.serving import inference
 
     tf.config.threading.set_intra_op_parallelism_threads(1)

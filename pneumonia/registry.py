@@ -1,9 +1,9 @@
-"""`python -m pneumonia.registry`: the MLflow model registry, `pneumonia.model.registry`:
+"""`python -m pneumonia.registry`: the MLflow model registry, `pneumonia.release.registry`:
 list, fetch."""
 
 import sys
 
-from pneumonia.model.registry import main
+from pneumonia.release.registry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,10 +17,10 @@ from pneumonia import paths
 from pneumonia.config import load_params
 from pneumonia.data.prepared import preprocessing
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.model.card import model_card
-from pneumonia.model.export import export_for_serving
-from pneumonia.model.parity import check_parity
-from pneumonia.model.release import describe_model, load_decision, track_and_register
+from pneumonia.release.card import model_card
+from pneumonia.release.export import export_for_serving
+from pneumonia.release.parity import check_parity
+from pneumonia.release.release import describe_model, load_decision, track_and_register
 from pneumonia.serving import inference
 
 log = logging.getLogger("export_onnx")

@@ -19,7 +19,6 @@ log = logging.getLogger("evaluate")
 def faithfulness_report(scorer: Scorer, model: keras.Model, seed: int) -> dict:
     """Do the maps show what the model uses? Blurring the hottest 10% against the same
     region moved elsewhere (positive test images), and the maps of randomised weights."""
-
     images, labels = load_split("test")
     positives = images[labels == 1][:100]
     cams = scorer.outputs(positives)[2]

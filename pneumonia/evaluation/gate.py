@@ -42,7 +42,6 @@ def split_features(
 def fit_gate(scorer: Scorer, config: PreprocessConfig, false_rejection_rate: float) -> FeatureGate:
     """The learned check: mean and covariance of the training split's features (a quarter
     of it also under each shift), threshold on validation and its shifted copies."""
-
     gate = fit_feature_model(split_features(scorer, "train", config, every=4))
     val_distances = gate.distance(split_features(scorer, "val", config))
     gate = with_threshold(gate, val_distances, false_rejection_rate)
@@ -60,7 +59,6 @@ def refusals(
     """Which check refuses each encoded image, as the endpoint would: "decoder" (a 4xx from
     decoding, e.g. a DICOM of another modality), "cheap checks", "learned check", or
     "accepted"; and the feature distance of those that reached the learned check."""
-
     outcomes: list[str] = []
     reached: list[int] = []
     inputs: list[np.ndarray] = []
@@ -83,7 +81,6 @@ def gate_report(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """False rejections of real X-rays (held-out splits, and framing shifts of test) and
     detection of the out-of-distribution set, by kind; plus the distances for the plot."""
-
     report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
     distances: dict[str, np.ndarray] = {}
     rejected: dict[str, float] = {}

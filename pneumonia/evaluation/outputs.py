@@ -106,7 +106,6 @@ def write_monitor_reference(scorer: Scorer) -> None:
     """metrics/evaluate/reference.jsonl: the validation split's labels, calibrated
     probabilities and features, `python -m pneumonia.monitor --reference` (no file names:
     they carry patient ids)."""
-
     images, labels = load_split("val")
     write_reference(paths.REFERENCE, labels, scorer(images), scorer.outputs(images)[1])
 

@@ -146,7 +146,6 @@ def decision_report(
 ) -> tuple[Band, dict]:
     """The indeterminate band from validation (clean and shifted), and how it does on each
     held-out split: share indeterminate, accuracy and rates on the decided cases."""
-
     band = conformal_band(*pooled_val, error_rate, threshold)
     report: dict = {"low": band.low, "high": band.high, "error_rate": error_rate}
     report["val_pooled"] = band_metrics(*pooled_val, band)

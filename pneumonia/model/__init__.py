@@ -1,2 +1,2 @@
-"""The network and what is done with it: training, ONNX export, parity with Keras, the model card,
-the release and the MLflow registry."""
+"""The network and its training: architecture, augmentation, the optimiser, distribution, and
+the faithfulness checks of its activation maps (Grad-CAM, deletion, randomisation)."""

@@ -99,8 +99,8 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     from pneumonia.decision.gate import FeatureGate, fit_feature_model
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.prepare import prepare_image
-    from pneumonia.model.export import OUTPUTS, SERVED, export_for_serving
     from pneumonia.model.network import with_explanations
+    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
 
     config = PreprocessConfig(
         image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from pneumonia.model.export import canonical
-from pneumonia.model.parity import parity
+from pneumonia.release.export import canonical
+from pneumonia.release.parity import parity
 
 
 def test_parity_reports_the_largest_difference_and_flipped_labels():

@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"serving"},
     {"model"},
+    {"release"},
     {"evaluation"},
     {"ops"},
     {"batch", "monitor", "dataset", "review", "registry"},  # the command lines

@@ -238,7 +238,6 @@ def export_for_serving(
 ) -> bytes:
     """The served graph: the network with its map and features (`with_explanations`), the
     calibrated probability and the gate's distance; canonical bytes."""
-
     proto = _from_keras(with_explanations(model), image_size, opset)
     served = add_decision_outputs(
         proto, calibration.scale, calibration.shift, gate.mean, gate.whitening

@@ -15,8 +15,8 @@ from pneumonia.decision.calibration import Calibration
 from pneumonia.decision.contract import ModelMetadata, model_version
 from pneumonia.decision.gate import FeatureGate
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.model import registry
-from pneumonia.model.export import OUTPUTS, SERVED
+from pneumonia.release import registry
+from pneumonia.release.export import OUTPUTS, SERVED
 
 if TYPE_CHECKING:
     from pneumonia.decision.gate import FeatureGate

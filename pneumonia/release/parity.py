@@ -11,16 +11,16 @@ import numpy as np
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_split
-from pneumonia.model.export import OUTPUTS
 from pneumonia.model.faithfulness import gradcam
 from pneumonia.model.network import predict_probabilities, with_explanations
+from pneumonia.release.export import OUTPUTS
 from pneumonia.serving import inference
 
 if TYPE_CHECKING:
     import keras
     import onnxruntime
 
-    from pneumonia.model.release import Decision
+    from pneumonia.release.release import Decision
 
 log = logging.getLogger("export_onnx")
 
@@ -44,7 +44,6 @@ def check_parity(
     """Keras (and numpy for the calibration and the gate) against ONNX on the whole test
     split, and the ONNX map against TensorFlow Grad-CAM on 20 test images; written to
     metrics/export_onnx.json."""
-
     test_images, _ = load_split("test")
     _, features, cams = with_explanations(model).predict(
         test_images.astype(np.float32), batch_size=128, verbose=0
