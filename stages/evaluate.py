@@ -1,9 +1,10 @@
-"""Stage 4: evaluate the trained model on the held-out splits: test, early and late.
+"""Stage 4: evaluate the trained model on the held-out splits: test, early and late, as they
+are and under framing shifts (`pneumonia.evaluation.shifts.FRAMING`).
 
-The decision threshold is chosen on the validation split (and its shifted copies) by
-`evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate (dvclive:
-metrics.json, ROC / precision-recall / confusion-matrix / calibration plots)
-and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
+The decision threshold is chosen on the validation split (and its shifted and reframed
+copies) by `evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate
+(dvclive: metrics.json, ROC / precision-recall / confusion-matrix / calibration / framing
+plots) and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pneumonia import paths
 from pneumonia.config import load_params
 from pneumonia.data.prepared import load_files, preprocessing
 from pneumonia.evaluation.explanations import faithfulness_report
-from pneumonia.evaluation.figures import attention_figure, gate_figure
+from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
+from pneumonia.evaluation.framing import framing_report
 from pneumonia.evaluation.gate import fit_gate, gate_report
 from pneumonia.evaluation.metrics import policy_table, worst_of
 from pneumonia.evaluation.outputs import (
@@ -75,11 +77,15 @@ def main() -> None:
     gate = fit_gate(scorer, config, params.evaluate.ood_false_rejection_rate)
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores))
     np.savez(paths.GATE, mean=gate.mean, whitening=gate.whitening)
+    results["framing"], results["worst_framing"] = framing_report(
+        scorer, gate, band, threshold, config, list(scores)
+    )
 
     results["explanations"] = faithfulness_report(scorer, model, params.base.seed)
     figures = {
         "ood_gate.png": gate_figure(distances, gate.threshold),
         "attention.png": attention_figure(scorer, names),
+        "framing.png": framing_figure(results["framing"]),
     }
     log_plots(results, scores, threshold, names, params.evaluate.calibration_bins, figures)
     write_predictions(test_files, scores, threshold, names, band)

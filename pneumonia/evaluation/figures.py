@@ -47,6 +47,38 @@ def robustness_figure(clean: dict, shifted: dict) -> Figure:
     return figure
 
 
+def framing_figure(report: dict) -> Figure:
+    """Two panels over the framing shifts (the first row is the images unchanged): the
+    metrics at the threshold, and the shares refused by the gate and left indeterminate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report)
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 7), layout="constrained", sharex=True, height_ratios=(3, 2)
+    )
+    panels = (
+        (top, (*ROBUSTNESS_METRICS, "accuracy_decided"), "at the threshold and band"),
+        (bottom, ("refused", "share_indeterminate"), "share of real X-rays"),
+    )
+    for axis, metrics, label in panels:
+        width = 0.8 / len(metrics)
+        for index, metric in enumerate(metrics):
+            values = [report[name][metric] for name in names]
+            axis.bar(np.arange(len(names)) + index * width, values, width, label=metric)
+        axis.set_ylabel(label)
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    top.set_ylim(0.0, 1.0)
+    bottom.set_xticks(np.arange(len(names)) + 0.3, names, rotation=25, ha="right")
+    top.set_title(
+        "Framing shifts, held-out splits pooled (threshold, band and gate from validation)"
+    )
+    return figure
+
+
 def held_out_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> Figure:
     """ROC curve of every held-out split, with the validation threshold marked on each."""
     import matplotlib

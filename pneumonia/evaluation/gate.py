@@ -14,7 +14,7 @@ from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.gate import fit_feature_model, with_threshold
 from pneumonia.evaluation.ood import NOT_COVERED, out_of_distribution_images
 from pneumonia.evaluation.scoring import Scorer
-from pneumonia.evaluation.shifts import SHIFTS, shifted_inputs
+from pneumonia.evaluation.shifts import ALL_SHIFTS, SHIFTS, shifted_inputs
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
 from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
@@ -29,13 +29,13 @@ def split_features(
     scorer: Scorer, split: str, config: PreprocessConfig, every: int = 1
 ) -> np.ndarray:
     """Pooled features of a split's images, and of every `every`-th image under each shift of
-    SHIFTS: exposure, resolution and framing vary between real X-rays, so the gate learns
+    ALL_SHIFTS: exposure, resolution and framing vary between real X-rays, so the gate learns
     them as X-rays, not as outliers."""
     images, _ = load_split(split)
     files = [paths.RAW / name for name in load_files(split)][::every]
     features = [scorer.outputs(images)[1]]
-    for name in tqdm(SHIFTS, desc=f"gate features ({split})", unit="shift"):
-        features.append(scorer.outputs(shifted_inputs(files, SHIFTS[name], config))[1])
+    for shift in tqdm(ALL_SHIFTS.values(), desc=f"gate features ({split})", unit="shift"):
+        features.append(scorer.outputs(shifted_inputs(files, shift, config))[1])
     return np.concatenate(features)
 
 

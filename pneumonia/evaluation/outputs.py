@@ -82,6 +82,14 @@ def log_plots(
             title="AUC on each held-out split",
         )
         live.log_image("held_out_roc.png", held_out_figure(scores, threshold))
+        live.log_plot(
+            "framing",
+            [{"shift": name, **values} for name, values in results["framing"].items()],
+            x="specificity",
+            y="shift",
+            template="bar_horizontal",
+            title="Specificity under framing shifts (held-out splits pooled)",
+        )
         for name, figure in figures.items():
             live.log_image(name, figure)
 

@@ -23,7 +23,7 @@ from pneumonia.evaluation.metrics import (
     policy_thresholds,
     split_metrics,
 )
-from pneumonia.evaluation.shifts import shifted_probabilities
+from pneumonia.evaluation.shifts import ALL_SHIFTS, shifted_probabilities
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.model.network import with_explanations
 
@@ -40,11 +40,13 @@ def choose_on_validation(
     predict: Predict, config: PreprocessConfig, params: EvaluateParams
 ) -> tuple[float, dict[str, float], dict, tuple[np.ndarray, np.ndarray]]:
     """(threshold of the chosen policy, every policy's threshold, val metrics at it,
-    (labels, probabilities) of validation pooled with its shifted copies)."""
+    (labels, probabilities) of validation pooled with its shifted and reframed copies)."""
     val_images, val_labels = load_split("val")
     val_probabilities = predict(val_images)
     val_files = [paths.RAW / name for name in load_files("val")]
-    shifted_val = shifted_probabilities(predict, val_files, config, "shifted validation")
+    shifted_val = shifted_probabilities(
+        predict, val_files, config, "shifted validation", ALL_SHIFTS
+    )
     thresholds = policy_thresholds(
         (val_labels, val_probabilities), list(shifted_val.values()), params
     )

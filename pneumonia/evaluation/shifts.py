@@ -1,5 +1,13 @@
 """Shifts a different scanner, PACS or collimation could apply, on decoded images, and the
-metrics of a split under each."""
+metrics of a split under each.
+
+SHIFTS change exposure, encoding, resolution and orientation. FRAMING changes what the
+frame holds, from each image's own thorax box (`pneumonia.images.framing`): a crop to the
+thorax (tight collimation: the lungs fill the frame), fixed crops, black borders even and
+uneven (a scanned film, a wider collimation) and a rotation with black corners. The
+training images are framed wide, so a shift of the frame alone shows whether the model
+reads the label off the framing.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from tqdm import tqdm
 from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_image
+from pneumonia.images.framing import find_thorax
 from pneumonia.images.prepare import prepare_image
 
 # Shifts a different scanner or PACS could apply, on the decoded image (H, W) float in [0, 1].
@@ -31,6 +40,56 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray | bytes]] = {
     "padding 8%": lambda gray: _pad(gray, 0.08),
     "mirror": lambda gray: np.ascontiguousarray(gray[:, ::-1]),
 }
+
+UNEVEN = (0.4, 1.6, 1.6, 0.4)  # top, bottom, left, right: the same area, mostly on two sides
+
+
+MAX_ASPECT = 1.25  # width / height of a collimated chest field; a wider box grows in height
+
+
+def _thorax_crop(gray: np.ndarray) -> np.ndarray:
+    """The image cropped to its thorax box (lung fields and ribcage, with a small margin), as
+    tight collimation frames it: at most MAX_ASPECT wide for its height."""
+    box = find_thorax(gray)
+    height = gray.shape[0]
+    rows = min(height, max(box.height, round(box.width / MAX_ASPECT)))
+    top = min(max(0, box.top - (rows - box.height) // 2), height - rows)
+    return gray[top : top + rows, box.left : box.right]
+
+
+def _border(
+    gray: np.ndarray, share: float, weights: tuple[float, float, float, float] = (1, 1, 1, 1)
+) -> np.ndarray:
+    """A black border of `share` of the height (top, bottom) and width (left, right), each
+    side scaled by its weight."""
+    height, width = gray.shape
+    top, bottom, left, right = (
+        round(size * share * weight)
+        for size, weight in zip((height, height, width, width), weights, strict=True)
+    )
+    return np.pad(gray, ((top, bottom), (left, right)))
+
+
+def _rotate_black(gray: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotated about the centre, the corners it uncovers black (a film turned on a scanner)."""
+    height, width = gray.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(gray, matrix, (width, height), borderMode=cv2.BORDER_CONSTANT)
+
+
+FRAMING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "thorax crop": _thorax_crop,
+    "crop 8%": lambda gray: _crop(gray, 0.08),
+    "crop 15%": lambda gray: _crop(gray, 0.15),
+    "border 5%": lambda gray: _border(gray, 0.05),
+    "border 10%": lambda gray: _border(gray, 0.10),
+    "border 20%": lambda gray: _border(gray, 0.20),
+    "border 5% uneven": lambda gray: _border(gray, 0.05, UNEVEN),
+    "border 10% uneven": lambda gray: _border(gray, 0.10, UNEVEN),
+    "border 20% uneven": lambda gray: _border(gray, 0.20, UNEVEN),
+    "rotation 5 deg, black corners": lambda gray: _rotate_black(gray, 5),
+}
+ALL_SHIFTS = SHIFTS | FRAMING  # what validation is pooled over to choose threshold, band, gate
 
 
 def _crop(gray: np.ndarray, share: float) -> np.ndarray:
@@ -83,11 +142,12 @@ def shifted_probabilities(
     raw_files: list[Path],
     config: PreprocessConfig,
     description: str,
+    shifts: dict[str, Callable] = SHIFTS,
 ) -> dict[str, np.ndarray]:
-    """P(PNEUMONIA) of each raw image under every shift of SHIFTS, by shift name."""
+    """P(PNEUMONIA) of each raw image under every shift of `shifts`, by shift name."""
     return {
         name: predict(shifted_inputs(raw_files, shift, config))
-        for name, shift in tqdm(SHIFTS.items(), desc=description, unit="shift")
+        for name, shift in tqdm(shifts.items(), desc=description, unit="shift")
     }
 
 

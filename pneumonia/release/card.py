@@ -72,6 +72,7 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         held_out_rows=held_out_rows,
         robustness_rows=robustness_rows,
         **decision_fields(evaluation),
+        **framing_fields(evaluation),
     )
 
 
@@ -106,4 +107,26 @@ def decision_fields(evaluation: dict) -> dict[str, str]:
         "deletion_images": str(explanations["deletion"]["images"]),
         "deletion_gap": f"{explanations['deletion']['median_gap']:.2f}",
         "randomisation": f"{explanations['randomisation']['median_rank_correlation']:.2f}",
+    }
+
+
+def framing_fields(evaluation: dict) -> dict[str, str]:
+    """The model card's framing table and its worst case."""
+    framing, worst = evaluation["framing"], evaluation["worst_framing"]
+    rows = "\n".join(
+        f"| {name} | {row['roc_auc']:.3f} | {row['accuracy']:.3f} | {row['sensitivity']:.3f} | "
+        f"{row['specificity']:.3f} | {row['share_indeterminate']:.1%} | "
+        f"{row['accuracy_decided']:.3f} | {row['refused']:.1%} |"
+        for name, row in framing.items()
+    )
+    summary = ", ".join(
+        f"{key} {worst[key]:.3f} ({worst[f'{key}_shift']})"
+        for key in ("roc_auc", "sensitivity", "specificity", "accuracy_decided", "refused")
+    )
+    return {
+        "framing_images": str(worst["images"]),
+        "framing_rows": rows,
+        "worst_framing": summary,
+        "worst_framing_specificity": f"{worst['specificity']:.3f} ({worst['specificity_shift']})",
+        "worst_framing_sensitivity": f"{worst['sensitivity']:.3f} ({worst['sensitivity_shift']})",
     }

@@ -101,6 +101,21 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
     for shifted in metrics["robustness"].values():
         assert all(0.0 <= value <= 1.0 for value in shifted.values())
     assert (repo / "metrics/evaluate/plots/images/robustness.png").stat().st_size > 5000
+    from pneumonia.evaluation.shifts import FRAMING
+
+    # Framing: every shift, on the held-out splits pooled, with the gate's refusals; the
+    # worst of each figure is the lowest (or, for refusals, highest) over the shifts.
+    framing = metrics["framing"]
+    assert set(framing) == {"unchanged", *FRAMING}
+    for row in framing.values():
+        assert all(0.0 <= row[key] <= 1.0 for key in ("specificity", "refused", "roc_auc"))
+    worst = metrics["worst_framing"]
+    shifted = [framing[name] for name in FRAMING]
+    assert worst["specificity"] == min(row["specificity"] for row in shifted)
+    assert worst["refused"] == max(row["refused"] for row in shifted)
+    assert worst["images"] == sum(metrics[s]["images"] for s in ("test", "early", "late"))
+    assert (repo / "metrics/evaluate/plots/images/framing.png").stat().st_size > 5000
+    assert json.loads((repo / "metrics/evaluate/plots/custom/framing.json").read_text())
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)
     assert shown, "dvc metrics show found no metrics"
     run(repo, "dvc", "plots", "show", "-o", "plots_html")
@@ -215,8 +230,9 @@ def test_model_card_is_written_from_this_runs_metrics(repo):
     assert f"{evaluation['threshold']:.4f}" in card
     assert f"{evaluation['test']['roc_auc']:.3f} [" in card
     assert "Not a diagnostic device" in card and "pediatric" in card.lower()
-    for shift in evaluation["robustness"]:
+    for shift in [*evaluation["robustness"], *evaluation["framing"]]:
         assert f"| {shift} |" in card
+    assert f"specificity is {evaluation['worst_framing']['specificity']:.3f}" in card
 
 
 def test_threshold_is_chosen_without_the_test_split(own_repo):

@@ -1,0 +1,91 @@
+"""What another framing does to the answers: the held-out splits, pooled, under each shift of
+FRAMING, scored as the endpoint answers (threshold, band and gate)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumonia import paths
+from pneumonia.data.prepared import load_files, load_split
+from pneumonia.decision.band import band_metrics
+from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
+from pneumonia.evaluation.scoring import Scorer
+from pneumonia.evaluation.shifts import FRAMING
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import decode_image
+from pneumonia.images.prepare import prepare_image
+from pneumonia.images.screening import screen
+
+if TYPE_CHECKING:
+    from pneumonia.decision.band import Band
+    from pneumonia.decision.gate import FeatureGate
+
+WORST = (*ROBUSTNESS_METRICS, "accuracy_decided")  # lowest over the shifts is the worst
+MOST = ("refused", "share_indeterminate")  # highest over the shifts is the worst
+UNCHANGED = "unchanged"  # the report's baseline row: the images as they are
+
+
+def held_out_files(splits: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The raw files and labels of the held-out splits, pooled in the order given."""
+    files = [paths.RAW / name for split in splits for name in load_files(split)]
+    labels = np.concatenate([load_split(split)[1] for split in splits])
+    return files, labels
+
+
+def framed(
+    files: list[Path], shift: Callable[[np.ndarray], np.ndarray], config: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 1) model inputs of the files under one framing shift, and (N,) whether the
+    cheap "is this a chest X-ray?" checks refuse each shifted image."""
+    inputs, refused = [], []
+    for path in files:
+        gray = shift(decode_image(path.read_bytes()))
+        inputs.append(prepare_image(gray, config))
+        refused.append(screen(gray, None) is not None)
+    return np.stack(inputs), np.array(refused, dtype=bool)
+
+
+def framing_report(
+    scorer: Scorer,
+    gate: FeatureGate,
+    band: Band,
+    threshold: float,
+    config: PreprocessConfig,
+    splits: list[str],
+) -> tuple[dict, dict]:
+    """Per framing shift: AUC, accuracy, sensitivity and specificity at the threshold, the
+    band's share indeterminate and accuracy on the decided, and the share of real X-rays the
+    gate refuses (cheap checks or learned check); then the worst of each over the shifts."""
+    files, labels = held_out_files(splits)
+    report: dict = {}
+    shifts = {UNCHANGED: lambda gray: gray, **FRAMING}  # the same path, as the baseline
+    for name, shift in tqdm(shifts.items(), desc="framing (held-out)", unit="shift"):
+        inputs, cheap = framed(files, shift, config)
+        probabilities = scorer(inputs)
+        distances = gate.distance(scorer.outputs(inputs)[1])
+        metrics = binary_metrics(labels, probabilities, threshold)
+        decided = band_metrics(labels, probabilities, band)
+        report[name] = {
+            **{key: float(metrics[key]) for key in ROBUSTNESS_METRICS},
+            "share_indeterminate": decided["share_indeterminate"],
+            "accuracy_decided": decided["accuracy_decided"],
+            "refused": float(np.mean(cheap | ~(distances <= gate.threshold))),
+        }
+    worst = worst_framing({name: row for name, row in report.items() if name != UNCHANGED})
+    return report, {**worst, "images": len(labels)}
+
+
+def worst_framing(report: dict) -> dict:
+    """Each figure at its worst over the framing shifts, and the shift it was worst under."""
+    worst: dict = {}
+    for key in (*WORST, *MOST):
+        pick = min if key in WORST else max
+        shift = pick(report, key=lambda name: report[name][key])
+        worst[key] = report[shift][key]
+        worst[f"{key}_shift"] = shift
+    return worst

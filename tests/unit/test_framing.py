@@ -1,0 +1,111 @@
+"""The thorax box the framing shifts are built from, on the committed sample of real X-rays,
+and the framing shifts themselves."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pneumonia.evaluation.shifts import FRAMING, MAX_ASPECT, _border, _thorax_crop
+from pneumonia.images.framing import Box, find_thorax
+from tests.conftest import SAMPLE_DATA
+
+FILES = sorted(SAMPLE_DATA.glob("train/*/*.jpeg"))
+
+
+def gray(path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def synthetic_chest(height: int = 240, width: int = 200) -> tuple[np.ndarray, Box]:
+    """A bright body on black, with two dark lungs either side of a bright mediastinum; the
+    box of the lungs is known."""
+    image = np.zeros((height, width), np.uint8)
+    image[20:230, 20:180] = 190  # the body, 20 px of black around it
+    cv2.ellipse(image, (65, 110), (32, 70), 0, 0, 360, 70, -1)  # right lung (image left)
+    cv2.ellipse(image, (135, 110), (32, 70), 0, 0, 360, 70, -1)  # left lung
+    image[60:180, 96:104] = 230  # the spine
+    return image, Box(top=40, left=33, bottom=180, right=167)
+
+
+def test_the_box_of_a_drawn_chest_is_its_lungs_with_a_small_margin():
+    image, lungs = synthetic_chest()
+    box = find_thorax(image)
+    for side in ("top", "left", "bottom", "right"):
+        assert abs(getattr(box, side) - getattr(lungs, side)) <= 16, side
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda path: path.name)
+def test_every_sample_x_ray_has_a_large_central_box_inside_it(path):
+    image = gray(path)
+    box = find_thorax(image)
+    height, width = image.shape
+    assert 0 <= box.top < box.bottom <= height and 0 <= box.left < box.right <= width
+    assert box.width >= 0.5 * width and box.height >= 0.35 * height
+    assert abs((box.left + box.right) / 2 - width / 2) <= 0.2 * width
+
+
+def test_a_black_border_moves_the_box_with_the_image_on_most_samples():
+    # The border is cut off before the profiles are read: the box is the same box, offset.
+    moved = []
+    for path in FILES:
+        image = gray(path)
+        box, padded = find_thorax(image), find_thorax(np.pad(image, ((10, 40), (50, 5))))
+        moved.append(
+            max(
+                abs(padded.top - 10 - box.top),
+                abs(padded.bottom - 10 - box.bottom),
+                abs(padded.left - 50 - box.left),
+                abs(padded.right - 50 - box.right),
+            )
+        )
+    assert np.median(moved) <= 2 and np.percentile(moved, 90) <= 12
+
+
+def test_a_uniform_image_still_gets_a_box_inside_it():
+    box = find_thorax(np.full((100, 80), 128, np.uint8))
+    assert 0 <= box.top < box.bottom <= 100 and 0 <= box.left < box.right <= 80
+
+
+def test_the_thorax_crop_is_tighter_than_the_image_and_not_wider_than_collimation_allows():
+    for path in FILES[::10]:
+        image = gray(path).astype(np.float32) / 255
+        crop = _thorax_crop(image)
+        assert crop.size < image.size
+        assert crop.shape[1] / crop.shape[0] <= MAX_ASPECT + 0.02
+
+
+def test_borders_are_black_and_uneven_ones_put_the_same_area_on_two_sides():
+    image = np.ones((100, 200), np.float32)
+    even = FRAMING["border 10%"](image)
+    assert even.shape == (120, 240) and even[:10].max() == 0 and even[:, :20].max() == 0
+    uneven = _border(image, 0.10, (0.4, 1.6, 1.6, 0.4))
+    assert uneven.shape == even.shape
+    assert uneven[:4].max() == 0 and uneven[4:, 32:].min() == 0  # 4 px on top, 16 below...
+    assert uneven[4:104, 32:232].min() == 1  # ...32 px on the left, 8 on the right
+
+
+def test_the_rotation_leaves_black_corners_and_crops_cut_the_share_asked():
+    image = np.ones((100, 100), np.float32)
+    rotated = FRAMING["rotation 5 deg, black corners"](image)
+    assert rotated.shape == image.shape and rotated[0, 0] == 0 and rotated[50, 50] == 1
+    assert FRAMING["crop 15%"](image).shape == (70, 70)
+    assert FRAMING["crop 8%"](image).shape == (84, 84)
+
+
+def test_the_worst_framing_is_the_lowest_figure_or_the_highest_share_with_its_shift():
+    from pneumonia.evaluation.framing import worst_framing
+
+    def row(specificity: float, refused: float) -> dict[str, float]:
+        figures = dict.fromkeys(("roc_auc", "accuracy", "sensitivity", "accuracy_decided"), 0.9)
+        return {
+            **figures,
+            "specificity": specificity,
+            "refused": refused,
+            "share_indeterminate": 0.1,
+        }
+
+    worst = worst_framing({"crop 8%": row(0.56, 0.02), "border 10%": row(0.71, 0.40)})
+    assert (worst["specificity"], worst["specificity_shift"]) == (0.56, "crop 8%")
+    assert (worst["refused"], worst["refused_shift"]) == (0.40, "border 10%")
