@@ -58,6 +58,20 @@ def copy_capped(source: IO[bytes], target: Path, allowance: int, archive: Path, 
     return written
 
 
+def make_room(archive: Path, name: str, target: Path, is_dir: bool) -> None:
+    """Create a member's folder, or its file's parent; SourceError naming the member when
+    another member is in the way (a file and a folder of the same name)."""
+    try:
+        (target if is_dir else target.parent).mkdir(parents=True, exist_ok=True)
+        if not is_dir and target.is_dir():
+            raise IsADirectoryError(name)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise SourceError(
+            f"{archive}: member {name!r} collides with another member: a file and a folder "
+            "of the same name"
+        ) from None
+
+
 def extract_zip(archive: Path, root: Path, limits: Limits) -> None:
     """Check a zip's member count, sizes and paths, then extract it member by member."""
     with zipfile.ZipFile(archive) as bundle:
@@ -68,10 +82,9 @@ def extract_zip(archive: Path, root: Path, limits: Limits) -> None:
         for member, target in tqdm(
             list(zip(members, targets, strict=True)), desc=f"extract {archive.name}", unit="file"
         ):
+            make_room(archive, member.filename, target, member.is_dir())
             if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             with bundle.open(member) as source:
                 allowance = limits.max_extracted_bytes - written
                 written += copy_capped(
@@ -102,10 +115,9 @@ def extract_tar(archive: Path, root: Path, limits: Limits) -> None:
                     "only files and folders are extracted"
                 )
             target = member_target(archive, root, safe.name, safe.isdir())
+            make_room(archive, member.name, target, safe.isdir())
             if safe.isdir():
-                target.mkdir(parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             source = bundle.extractfile(safe)
             assert source is not None  # a regular file always has a stream
             with source:

@@ -17,12 +17,14 @@ here decides an answer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 SIDE = 128  # px of the square copy the profiles are read on
+PREVIEW = 256  # px of the longest side the search runs at: a full-resolution image is shrunk
 MARGIN = 0.04  # of the box's width and height, added on each side
 MIN_HEIGHT = 0.5  # of the box's width: a shorter box is extended upwards to this
 
@@ -95,8 +97,23 @@ def find_thorax(gray: np.ndarray) -> Box:
     """The box of the lung fields and ribcage in an (H, W) gray image (any dtype), in px.
 
     Always a box inside the image, at least a few px a side; on an image that is not a
-    frontal chest X-ray it is still a box, just not a meaningful one.
+    frontal chest X-ray it is still a box, just not a meaningful one. An image over PREVIEW
+    px a side is searched on a copy shrunk to it.
     """
+    height, width = gray.shape
+    scale = PREVIEW / max(height, width)
+    if scale >= 1:
+        return _find(gray)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = _find(cv2.resize(gray.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+    top, left = (max(0, math.floor(edge / scale)) for edge in (small.top, small.left))
+    bottom = min(height, math.ceil(small.bottom / scale))
+    right = min(width, math.ceil(small.right / scale))
+    return Box(top, left, bottom, right)
+
+
+def _find(gray: np.ndarray) -> Box:
+    """find_thorax at the image's own size."""
     content = _content(gray)
     inside = gray[content.top : content.bottom, content.left : content.right]
     height, width = inside.shape

@@ -36,7 +36,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 DIMS = 32  # principal components of the features the MMD test compares
 PERMUTATIONS = 1000  # of the MMD test: p-values down to 1/1001
 MAX_REFERENCE = 1000  # reference rows the MMD test uses at most (its cost is quadratic)
+MAX_WINDOW = 1000  # window rows the MMD test uses at most: 2,000 rows, a 32 MB kernel
 CI_LEVEL = 0.95  # of the reported prevalence interval
 # Images of one patient are alike (here 1.9 images per patient; 3.1 for the average image),
 # so a window of n images carries what fewer independent ones would: every test counts n
@@ -71,28 +73,63 @@ class MonitorError(ValueError):
 # ---------------------------------------------------------------- files
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON lines file. A torn last line (a batch run still writing, or killed
-    while writing: no newline after it) is skipped, as pneumonia.batch itself drops it."""
+def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of each line of a JSON lines file, read one line at a time. A torn
+    last line (a batch run still writing, or killed while writing: no newline after it) is
+    skipped, as pneumonia.batch itself drops it; any other line that is not a JSON object
+    (invalid UTF-8, not JSON, numbers too long, nesting too deep) is a MonitorError naming it."""
     try:
-        text = path.read_text()
+        handle = path.open("rb")
     except OSError as error:
         raise MonitorError(f"cannot read {path}: {error.strerror or error}") from None
-    lines = text.split("\n")
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):  # the last line, unterminated: torn
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
-            raise MonitorError(f"{path}, line {number}: not JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise MonitorError(f"{path}, line {number}: not a JSON object")
-        rows.append(row)
-    return rows
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as error:  # JSON, UTF-8 and int-digit errors
+                if not raw.endswith(b"\n"):
+                    continue  # the last line, unterminated: torn
+                detail = (
+                    error.msg if isinstance(error, json.JSONDecodeError) else type(error).__name__
+                )
+                raise MonitorError(f"{path}, line {number}: not JSON ({detail})") from None
+            if not isinstance(row, dict):
+                raise MonitorError(f"{path}, line {number}: not a JSON object")
+            yield number, row
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every row of a JSON lines file (the reference: validation's few hundred rows)."""
+    return [row for _, row in iter_rows(path)]
+
+
+@dataclass
+class Window:
+    """The last rows with status ok of a file read once, and what the rest of it held."""
+
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    model_versions: set[str]
+
+
+def read_window(path: Path, window: int | None) -> Window:
+    """The last `window` ok rows (all of them when None): memory bounded by the window, not
+    by the file. Counts rows, ok and errors (not ok: refused or undecodable)."""
+    kept: deque[dict[str, Any]] = deque(maxlen=window)
+    counts = {"rows": 0, "ok": 0, "errors": 0}
+    versions: set[str] = set()
+    for _, row in iter_rows(path):
+        counts["rows"] += 1
+        if row.get("status") != "ok":
+            counts["errors"] += 1
+            continue
+        counts["ok"] += 1
+        kept.append(row)
+        if row.get("modelVersion"):
+            versions.add(str(row["modelVersion"]))
+    return Window(list(kept), counts, versions)
 
 
 # ---------------------------------------------------------------- rows to arrays
@@ -128,7 +165,7 @@ def _features(rows: list[dict[str, Any]], source: str) -> tuple[np.ndarray | Non
         raise MonitorError(f"{source}: empty feature vectors")
     try:
         array = np.asarray([row["features"] for row in rows], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MonitorError(f"{source}: features that are not numbers") from None
     if not np.isfinite(array).all():
         raise MonitorError(f"{source}: features that are not finite")
@@ -154,19 +191,21 @@ def reference_sample(rows: list[dict[str, Any]], source: str = "reference") -> S
     return Sample(probabilities, features, _labels(rows, source), missing)
 
 
-def window_sample(
-    rows: list[dict[str, Any]], window: int | None, source: str = "current"
-) -> tuple[Sample, dict[str, int]]:
-    """The last `window` ok rows (all of them when None), and the counts of the file: rows,
-    ok, errors (not ok: refused or undecodable), and the window's size."""
-    ok = [(index, row) for index, row in enumerate(rows) if row.get("status") == "ok"]
-    counts = {"rows": len(rows), "ok": len(ok), "errors": len(rows) - len(ok)}
-    if not ok:
-        raise MonitorError(f"{source}: no rows with status ok ({len(rows)} rows in all)")
-    chosen = ok[-window:] if window is not None else ok
-    counts["window"] = len(chosen)
-    probabilities = np.array([_probability(row, f"{source}, row {i + 1}") for i, row in chosen])
-    features, missing = _features([row for _, row in chosen], source)
+def window_sample(window: Window, source: str = "current") -> tuple[Sample, dict[str, int]]:
+    """The window's probabilities and features, and the counts of the file it came from."""
+    if not window.rows:
+        raise MonitorError(
+            f"{source}: no rows with status ok ({window.counts['rows']} rows in all)"
+        )
+    counts = {**window.counts, "window": len(window.rows)}
+    first = window.counts["ok"] - len(window.rows)  # the window's rows among the ok ones
+    probabilities = np.array(
+        [
+            _probability(row, f"{source}, ok row {first + i + 1}")
+            for i, row in enumerate(window.rows)
+        ]
+    )
+    features, missing = _features(window.rows, source)
     return Sample(probabilities, features, None, missing), counts
 
 
@@ -278,27 +317,31 @@ def mmd_test(
     dims: int = DIMS,
     max_reference: int = MAX_REFERENCE,
     design_effect: float = 1.0,
+    max_window: int = MAX_WINDOW,
 ) -> Result:
     """Kernel two-sample test on features: MMD^2 with a Gaussian kernel, p-value by
-    permutation.
+        permutation.
 
-    Features reduced by `reduce_features` (32 whitened principal components), and the
-    bandwidth the median pairwise distance (Gretton et al. 2012's heuristic), both from the
-    pooled sample: the statistic is then a function of the pooled sample and of which rows
-    are the window's, and the permutation test's level is exact. The statistic is the
-    biased (V-) estimate a' K a, a = +1/m on the reference's rows and -1/n on the window's.
-    The kernel matrix is computed once and every permutation at once as a (P, m + n) matrix
-    of such weights: one matrix product, P = 1000 permutations of 672 + 500 rows in about
-    a second on two cores. A reference above `max_reference` rows is subsampled (seeded).
+        Features reduced by `reduce_features` (32 whitened principal components), and the
+        bandwidth the median pairwise distance (Gretton et al. 2012's heuristic), both from the
+        pooled sample: the statistic is then a function of the pooled sample and of which rows
+        are the window's, and the permutation test's level is exact. The statistic is the
+        biased (V-) estimate a' K a, a = +1/m on the reference's rows and -1/n on the window's.
+        The kernel matrix is computed once and every permutation at once as a (P, m + n) matrix
+        of such weights: one matrix product, P = 1000 permutations of 672 + 500 rows in about
+        a second on two cores. A reference above `max_reference` rows and a window above
+    `max_window` rows are subsampled (seeded): the kernel grows with the square of the rows.
 
-    With `design_effect` D > 1 (images not independent), the observed statistic is compared
-    with the permutation null scaled by D: this estimate's bias and null fluctuations both
-    scale as 1 / n, and n images count as n / D. (A sample with every image twice has
-    exactly the statistic of its originals, whose null is that of half as many images.)
+        With `design_effect` D > 1 (images not independent), the observed statistic is compared
+        with the permutation null scaled by D: this estimate's bias and null fluctuations both
+        scale as 1 / n, and n images count as n / D. (A sample with every image twice has
+        exactly the statistic of its originals, whose null is that of half as many images.)
     """
     rng = np.random.default_rng(seed)
     if len(reference) > max_reference:
         reference = reference[np.sort(rng.choice(len(reference), max_reference, replace=False))]
+    if len(window) > max_window:
+        window = window[np.sort(rng.choice(len(window), max_window, replace=False))]
     pooled = reduce_features(np.concatenate([reference, window]), dims)
     distances = squared_distances(pooled)
     upper = distances[np.triu_indices(len(pooled), k=1)]
@@ -324,6 +367,7 @@ def mmd_test(
             "bandwidth": math.sqrt(bandwidth_squared),
             "permutations": permutations,
             "reference_rows": size_reference,
+            "window_rows": size_window,
         },
         null=null,
     )
@@ -659,10 +703,9 @@ def parser() -> argparse.ArgumentParser:
     return parse
 
 
-def version_warnings(reference: list[dict], window: list[dict]) -> list[str]:
+def version_warnings(reference: list[dict], theirs: set[str]) -> list[str]:
     """A warning when the two files come from different models (where they say)."""
     mine = {str(row["modelVersion"]) for row in reference if row.get("modelVersion")}
-    theirs = {str(row["modelVersion"]) for row in window if row.get("modelVersion")}
     if mine and theirs and mine != theirs:
         return [f"model versions differ: reference {sorted(mine)}, window {sorted(theirs)}"]
     return []
@@ -670,9 +713,9 @@ def version_warnings(reference: list[dict], window: list[dict]) -> list[str]:
 
 def run_monitor(args: argparse.Namespace) -> dict:
     """Read, compare, write the report and the plot; the report."""
-    reference_rows, current_rows = read_rows(args.reference), read_rows(args.current)
+    reference_rows, current = read_rows(args.reference), read_window(args.current, args.window)
     reference = reference_sample(reference_rows, str(args.reference))
-    window, counts = window_sample(current_rows, args.window, str(args.current))
+    window, counts = window_sample(current, str(args.current))
     comparison = compare(
         reference,
         window,
@@ -682,9 +725,9 @@ def run_monitor(args: argparse.Namespace) -> dict:
         seed=args.seed,
         design_effect=args.design_effect,
     )
-    ok_rows = [row for row in current_rows if row.get("status") == "ok"]
-    written = drift_report(comparison, counts, version_warnings(reference_rows, ok_rows))
-    written["model_versions"] = sorted({str(row.get("modelVersion")) for row in ok_rows})
+    versions = current.model_versions
+    written = drift_report(comparison, counts, version_warnings(reference_rows, versions))
+    written["model_versions"] = sorted(versions)
     stem = args.current.with_suffix("")
     report_path = args.report or stem.with_name(stem.name + ".monitor.json")
     plot_path = args.plot or stem.with_name(stem.name + ".monitor.png")

@@ -6,7 +6,9 @@ SOURCE is a folder (searched recursively) or s3://bucket/prefix. The endpoint's 
 (decode, the "not a chest X-ray" checks, preprocessing, the ONNX graph, the gate, the
 decision), with the serving dependencies alone: a row's probability is the endpoint's.
 A file that cannot be scored is a row with `status: error` and the endpoint's message,
-never a crash. Resumable and idempotent: rows are appended as each batch finishes, and a
+never a crash; so is a file the endpoint could not be sent (over MAX_IMAGE_BYTES), a
+symlink that leaves the source folder (never read) and a special file (a FIFO, a device,
+a socket: never opened). Resumable and idempotent: rows are appended as each batch finishes, and a
 rerun skips every file whose (sha256, modelVersion) is already in the output, so a run
 killed midway completes on rerun without duplicate rows. `--workers` processes each load
 the model once and score batches (decode and checks per file, one inference run per
@@ -18,12 +20,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
+import stat
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +36,74 @@ import numpy as np
 
 from pneumonia.decision.contract import ModelMetadata
 from pneumonia.serving.classifier import Classifier, prepare
-from pneumonia.serving.requests import ClientError
+from pneumonia.serving.requests import MAX_IMAGE_BYTES, ClientError
+
+log = logging.getLogger("batch")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One file of the source: its name in the output, and how to read its bytes."""
+    """One file of the source: its name in the output, and how to read its bytes, or why it
+    is not read at all."""
 
     file: str  # path relative to the folder, or the S3 key
     read: Any  # () -> bytes
+    refused: str | None = None  # why the file is a row without being read
+
+
+def refuse(file: str, why: str) -> Item:
+    """An item that becomes an error row and is never read."""
+    return Item(file, lambda: b"", why)
+
+
+def too_large(size: int) -> str | None:
+    """Why a file of `size` bytes is refused, or None: the endpoint's body cap."""
+    if size > MAX_IMAGE_BYTES:
+        return f"{size:,} bytes; the limit is {MAX_IMAGE_BYTES:,} (the endpoint's request cap)"
+    return None
+
+
+def capped_reader(path: Path) -> Any:
+    """Read a regular file, at most MAX_IMAGE_BYTES + 1 bytes (it may grow after listing)."""
+
+    def read() -> bytes:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ClientError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "grew over the cap", "too_large")
+        return data
+
+    return read
+
+
+def folder_item(root: Path, path: Path) -> Item:
+    """One entry under `root`: read only when it is a regular file inside `root` (a symlink
+    resolved first) of at most MAX_IMAGE_BYTES."""
+    name = path.relative_to(root).as_posix()
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        return refuse(name, "a symlink that leaves the source folder: not read")
+    try:
+        status = target.stat()
+    except OSError as error:
+        return refuse(name, f"cannot be read ({type(error).__name__})")
+    if not stat.S_ISREG(status.st_mode):
+        return refuse(name, "not a regular file (a FIFO, device or socket): not read")
+    why = too_large(status.st_size)
+    return refuse(name, why) if why else Item(name, capped_reader(target))
 
 
 def folder_items(root: Path) -> list[Item]:
-    """Every file under `root`, recursively, in a stable order."""
-    return [
-        Item(path.relative_to(root).as_posix(), path.read_bytes)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    ]
+    """Every entry under `root`, recursively, in a stable order; symlinked folders are not
+    walked into, symlinked files are resolved and kept inside `root`."""
+    root = root.resolve()
+    paths = []
+    for folder, folders, files in os.walk(root):  # followlinks=False
+        folders.sort()
+        base = Path(folder)
+        paths += [base / name for name in files]
+        paths += [base / name for name in folders if (base / name).is_symlink()]
+    return [folder_item(root, path) for path in sorted(paths)]
 
 
 def s3_items(url: str, endpoint_url: str | None = None) -> list[Item]:
@@ -57,17 +112,20 @@ def s3_items(url: str, endpoint_url: str | None = None) -> list[Item]:
 
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     client = boto3.client("s3", endpoint_url=endpoint_url)
-    keys = [
-        entry["Key"]
+    sizes = {
+        entry["Key"]: entry["Size"]
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for entry in page.get("Contents", [])
         if not entry["Key"].endswith("/")
-    ]
+    }
 
     def reader(key: str) -> Any:
-        return lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_IMAGE_BYTES + 1)
 
-    return [Item(key, reader(key)) for key in sorted(keys)]
+    return [
+        refuse(key, why) if (why := too_large(sizes[key])) else Item(key, reader(key))
+        for key in sorted(sizes)
+    ]
 
 
 def done(output: Path) -> set[tuple[str, str]]:
@@ -78,26 +136,63 @@ def done(output: Path) -> set[tuple[str, str]]:
     text = output.read_text()
     lines = text.split("\n")
     complete, seen = [], set()
-    for line in lines:
+    malformed = 0
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # empty or torn
+            key = row_key(row)
+        except (json.JSONDecodeError, TypeError, KeyError, RecursionError):
+            if line.strip() and number < len(lines):  # the torn last line is not news
+                malformed += 1
+            continue  # empty, torn, or not a row of ours: dropped
         complete.append(line)
-        seen.add((row["sha256"], row["modelVersion"]))
+        seen.add(key)
+    if malformed:
+        log.warning("%s: %d line(s) that are not rows of this tool were dropped", output, malformed)
     rewritten = "".join(line + "\n" for line in complete)
     if rewritten != text:
         output.write_text(rewritten)
     return seen
 
 
+def row_key(row: dict) -> tuple[str, str]:
+    """What makes a row done: (sha256, modelVersion); a file refused unread has no sha256 and
+    is keyed by its name. TypeError or KeyError for what is not a row."""
+    if not isinstance(row, dict) or not isinstance(row["modelVersion"], str):
+        raise TypeError("not a row")
+    digest = row["sha256"]
+    if digest is None:
+        return f"file:{row['file']}", row["modelVersion"]
+    if not isinstance(digest, str):
+        raise TypeError("not a row")
+    return digest, row["modelVersion"]
+
+
 @dataclass(frozen=True)
 class Job:
-    """One file to score: its name, the hash of its bytes, and the bytes."""
+    """One file to score: its name, the hash of its bytes, and the bytes; or why it is an
+    error row without them."""
 
     file: str
-    sha256: str
+    sha256: str | None
     data: bytes
+    refused: str | None = None
+
+
+def job_of(item: Item, version: str) -> tuple[tuple[str, str], Job]:
+    """(its row's key, the job) of one item: read and hashed, or refused unread."""
+    why = item.refused
+    if why is None:
+        try:
+            data = item.read()
+        except ClientError as error:
+            why = str(error)
+        except OSError as error:
+            why = f"cannot be read ({type(error).__name__})"
+    if why is not None:
+        return (f"file:{item.file}", version), Job(item.file, None, b"", why)
+    sha256 = hashlib.sha256(data).hexdigest()
+    return (sha256, version), Job(item.file, sha256, data)
 
 
 def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> list[dict]:
@@ -107,6 +202,9 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
     inputs: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     for index, job in enumerate(jobs):
+        if job.refused is not None:
+            errors[index] = job.refused
+            continue
         try:
             inputs[index] = prepare(job.data, model.metadata.preprocessing)[1]
         except ClientError as error:
@@ -179,14 +277,13 @@ def batches(
     jobs: list[Job] = []
     read = 0
     for item in items:
-        data = item.read()
+        key, job = job_of(item, version)
         read += 1
-        sha256 = hashlib.sha256(data).hexdigest()
-        if (sha256, version) in finished:
+        if key in finished:
             counts["skipped"] += 1
         else:
-            finished.add((sha256, version))
-            jobs.append(Job(item.file, sha256, data))
+            finished.add(key)
+            jobs.append(job)
         if len(jobs) == size:
             yield jobs, read
             jobs, read = [], 0

@@ -41,6 +41,7 @@ BINARY_MEDIA_TYPES = ("image/jpeg", "image/png", "application/dicom", "applicati
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 TIMEOUT_S = 20.0  # for the TLS handshake, then for the whole request, then for each write
 MAX_CONNECTIONS = 16
+BACKLOG = 128  # connections the kernel queues while all of MAX_CONNECTIONS are busy
 
 
 @dataclass
@@ -272,6 +273,9 @@ class LocalServer(ThreadingHTTPServer):
         self.tls = tls
         self.handshake_timeout = timeout
         self.slots = threading.BoundedSemaphore(max_connections)
+        # The listen backlog (socketserver's 5 by default) holds what connects while every
+        # slot is taken; below max_connections, a burst of clients gets connection resets.
+        self.request_queue_size = max(BACKLOG, max_connections)
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 # Lambda's synchronous payload limit is 6 MB; API Gateway base64-encodes binary
 # bodies (x4/3), so a 4 MB image is the most that can arrive whole.
 MAX_BODY_BYTES = 5_500_000  # of the request body as API Gateway hands it over
+MAX_IMAGE_BYTES = MAX_BODY_BYTES * 3 // 4  # the largest file a body carries: base64 of it
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/dicom")  # raw bodies
 
 

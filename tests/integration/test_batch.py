@@ -135,3 +135,59 @@ def test_rows_carry_the_models_features_when_asked(source, tmp_path, app_module,
         expected = model.infer(pixels[np.newaxis], features=True).features[0]
         assert len(row["features"]) == len(expected) > 0
         np.testing.assert_allclose(row["features"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_only_regular_files_inside_the_source_are_read(source, tmp_path, model_dir, caplog):
+    from pneumonia.serving.batch import folder_items, score
+    from pneumonia.serving.requests import MAX_IMAGE_BYTES
+
+    # GIVEN links out of the folder, a link inside it, a FIFO, a sparse file over the
+    # endpoint's cap and a folder link out of the source
+    outside = tmp_path / "outside.jpeg"
+    shutil.copyfile(next((source / "studies" / "NORMAL").iterdir()), outside)
+    (source / "passwd").symlink_to("/etc/passwd")
+    (source / "mem").symlink_to("/proc/self/mem")
+    (source / "outside.jpeg").symlink_to(outside)
+    (source / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    inside = next((source / "studies" / "PNEUMONIA").iterdir())
+    (source / "inside.jpeg").symlink_to(inside)
+    os.mkfifo(source / "pipe")
+    with (source / "sparse.jpeg").open("wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)
+    output = tmp_path / "predictions.jsonl"
+    # WHEN the folder is scored
+    started = time.monotonic()
+    score(folder_items(source), output, model_dir, workers=1)
+    # THEN each is a row; only the link inside the folder was read and scored
+    assert time.monotonic() - started < 60
+    by_file = {row["file"]: row for row in read_rows(output)}
+    for name in ("passwd", "mem", "outside.jpeg", "elsewhere"):
+        assert by_file[name]["status"] == "error" and by_file[name]["sha256"] is None, name
+        assert "leaves the source folder" in by_file[name]["error"]
+    assert "not a regular file" in by_file["pipe"]["error"] and by_file["pipe"]["sha256"] is None
+    assert f"the limit is {MAX_IMAGE_BYTES:,}" in by_file["sparse.jpeg"]["error"]
+    assert by_file["inside.jpeg"]["status"] == "ok"
+    assert by_file["inside.jpeg"]["probability_pneumonia"] == next(
+        row["probability_pneumonia"]
+        for row in by_file.values()
+        if row["file"] == inside.relative_to(source).as_posix()
+    )
+    # AND a rerun writes none of the refused rows again
+    before = output.read_text()
+    counts = score(folder_items(source), output, model_dir, workers=1)
+    assert counts["scored"] == counts["errors"] == 0 and output.read_text() == before
+
+
+def test_lines_that_are_not_rows_are_dropped_with_a_warning(source, tmp_path, model_dir, caplog):
+    from pneumonia.serving.batch import folder_items, score
+
+    output = tmp_path / "predictions.jsonl"
+    items = folder_items(source)[:4]
+    score(items, output, model_dir, workers=1)
+    rows = output.read_text()
+    output.write_text('[1, 2]\n"text"\n{"file": "x"}\n{"sha256": 5, "modelVersion": "v"}\n' + rows)
+    with caplog.at_level("WARNING"):
+        counts = score(items, output, model_dir, workers=1)
+    assert counts == {"scored": 0, "errors": 0, "skipped": 4}
+    assert output.read_text() == rows
+    assert "4 line(s) that are not rows" in caplog.text

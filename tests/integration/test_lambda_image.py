@@ -178,3 +178,29 @@ def test_the_scoring_handler_loads_in_the_images_environment(lambda_venv, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     version = json.loads((model_dir / "model.json").read_text())["model_version"]
     assert f"VERSION {version} True" in result.stdout
+
+
+def test_batch_scoring_runs_with_the_images_pins_alone(
+    lambda_venv, tmp_path, model_dir, sample_data
+):
+    # python -m pneumonia.batch in a venv of lambda/requirements.txt (no TensorFlow, no dev
+    # extras), from the repository: what a site runs on a backlog without the pipeline.
+    folder = tmp_path / "backlog"
+    folder.mkdir()
+    for path in sorted((sample_data / "train" / "NORMAL").iterdir())[:3]:
+        shutil.copyfile(path, folder / path.name)
+    output = tmp_path / "rows.jsonl"
+    result = subprocess.run(
+        [
+            *(str(lambda_venv), "-m", "pneumonia.batch", str(folder)),
+            *("--output", str(output), "--model-dir", str(model_dir), "--workers", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok"]

@@ -119,6 +119,21 @@ def test_concurrent_clients_each_get_their_own_answer(local_url, real_images):
     assert len(results) == 200 and all(results), f"{results.count(False)} crossed answers"
 
 
+def test_sixteen_simultaneous_requests_are_all_served(local_url, real_images):
+    # GIVEN 16 clients, the server's documented --max-connections, released at once
+    start = threading.Barrier(16)
+
+    def client(index: int) -> int:
+        start.wait(timeout=30)
+        data = real_images[index % len(real_images)]
+        return request(f"{local_url}/predict", data, {"Content-Type": "image/jpeg"})[0]
+
+    # WHEN they all connect and post together, THEN every one is answered, none reset
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(client, range(16)))
+    assert statuses == [200] * 16
+
+
 @pytest.mark.parametrize(
     ("lengths", "status"),
     [(["-1"], 400), (["abc"], 400), (["1_0"], 400), (["5", "6"], 400), (["99999999999"], 413)],

@@ -109,3 +109,12 @@ def test_the_worst_framing_is_the_lowest_figure_or_the_highest_share_with_its_sh
     worst = worst_framing({"crop 8%": row(0.56, 0.02), "border 10%": row(0.71, 0.40)})
     assert (worst["specificity"], worst["specificity_shift"]) == (0.56, "crop 8%")
     assert (worst["refused"], worst["refused_shift"]) == (0.40, "border 10%")
+
+
+def test_a_full_resolution_image_gets_the_box_of_its_smaller_copy_scaled_up():
+    # Searched on a copy shrunk to 256 px: the box is the small image's, in full-size px.
+    image = gray(FILES[0])
+    large = cv2.resize(image, (896, 1120), interpolation=cv2.INTER_CUBIC)
+    box, small = find_thorax(large), find_thorax(cv2.resize(large, (205, 256)))
+    assert abs(box.top - small.top * 4.375) <= 6 and abs(box.bottom - small.bottom * 4.375) <= 6
+    assert abs(box.left - small.left * 4.37) <= 6 and abs(box.right - small.right * 4.37) <= 6

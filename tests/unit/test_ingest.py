@@ -714,3 +714,26 @@ def test_dicom_files_in_the_dataset_layout_are_ingested_and_bad_ones_quarantined
         image_size=64, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
     )
     np.testing.assert_array_equal(prepare_image(data, config), prepare_image(pixels, config))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize("order", [("a", "a/b"), ("a/b", "a")])
+def test_a_file_and_a_folder_of_one_name_are_a_source_error_naming_the_member(
+    tmp_path, kind, order
+):
+    # GIVEN an archive holding a file `a` and a file `a/b`, in either order
+    archive = tmp_path / f"collide.{'zip' if kind == 'zip' else 'tar.gz'}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for name in order:
+                bundle.writestr(name, b"x")
+    else:
+        with tarfile.open(archive, "w:gz") as bundle:
+            for name in order:
+                info = tarfile.TarInfo(name)
+                info.size = 1
+                bundle.addfile(info, io.BytesIO(b"x"))
+    # WHEN it is extracted, THEN the error says which member, and nothing is left
+    with pytest.raises(SourceError, match=rf"member '{order[1]}' collides"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -343,8 +343,25 @@ def bad_input_cases(tmp_path: Path, reference_file: Path, rng) -> dict[str, tupl
     write_current(short, Sample(probabilities, features[:, :19]))
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json}\n" + good.read_text())
+    hostile = {  # each as the third line of a good file
+        "long number": '{"status": "ok", "probability_pneumonia": ' + "9" * 5000 + "}",
+        "deep nesting": '{"status": "ok", "features": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "invalid UTF-8": b'{"status": "ok", "file": "\xff\xfe"}'.decode("latin-1"),
+        "huge feature": json.dumps(
+            {"status": "ok", "probability_pneumonia": 0.5, "features": [1.0] * FEATURES}
+        ).replace("[1.0,", "[" + "7" * 400 + ","),
+    }
+    lines = good.read_text().splitlines(keepends=True)
+    files = {}
+    for name, line in hostile.items():
+        files[name] = tmp_path / f"{name.replace(' ', '-')}.jsonl"
+        files[name].write_bytes("".join([*lines[:2], line + "\n", *lines[2:]]).encode("latin-1"))
     ref = ["--reference", str(reference_file)]
     return {
+        "long number": ([*ref, "--current", str(files["long number"])], "line 3: not JSON"),
+        "deep nesting": ([*ref, "--current", str(files["deep nesting"])], "line 3: not JSON"),
+        "invalid UTF-8": ([*ref, "--current", str(files["invalid UTF-8"])], "line 3: not JSON"),
+        "huge feature": ([*ref, "--current", str(files["huge feature"])], "not numbers"),
         "missing file": ([*ref, "--current", str(tmp_path / "absent.jsonl")], "cannot read"),
         "no ok rows": ([*ref, "--current", str(only_errors)], "no rows with status ok"),
         "feature lengths": ([*ref, "--current", str(short)], "features of length 19"),
@@ -355,7 +372,11 @@ def bad_input_cases(tmp_path: Path, reference_file: Path, rng) -> dict[str, tupl
 
 
 @pytest.mark.parametrize(
-    "case", ["missing file", "no ok rows", "feature lengths", "not JSON", "alpha", "window"]
+    "case",
+    [
+        *("missing file", "no ok rows", "feature lengths", "not JSON", "alpha", "window"),
+        *("long number", "deep nesting", "invalid UTF-8", "huge feature"),
+    ],
 )
 def test_bad_input_is_exit_status_2_with_a_message(files, tmp_path, capsys, case):
     reference_file, _, rng = files
@@ -365,3 +386,34 @@ def test_bad_input_is_exit_status_2_with_a_message(files, tmp_path, capsys, case
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_reading_a_window_keeps_only_the_window_in_memory(tmp_path):
+    import tracemalloc
+
+    from pneumonia.ops.monitor import read_window
+
+    # GIVEN 20,000 rows of 32 features each (about 12 MB of JSON)
+    big = tmp_path / "big.jsonl"
+    rng = np.random.default_rng(3)
+    with big.open("w") as sink:
+        for index in range(20_000):
+            row = {"status": "ok", "probability_pneumonia": 0.5, "index": index}
+            sink.write(json.dumps(row | {"features": rng.normal(size=32).round(6).tolist()}) + "\n")
+    # WHEN the last 100 are read
+    tracemalloc.start()
+    window = read_window(big, 100)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # THEN they are the last 100, the counts cover the file, and far less than it was held
+    assert [row["index"] for row in window.rows] == list(range(19_900, 20_000))
+    assert window.counts == {"rows": 20_000, "ok": 20_000, "errors": 0}
+    assert peak < 2_000_000 < big.stat().st_size
+
+
+def test_the_mmd_test_subsamples_a_large_window():
+    from pneumonia.ops.monitor import mmd_test
+
+    rng = np.random.default_rng(4)
+    result = mmd_test(rng.normal(size=(300, 8)), rng.normal(size=(2500, 8)), permutations=50)
+    assert result.detail["window_rows"] == 1000 and result.detail["reference_rows"] == 300
