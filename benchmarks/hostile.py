@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 from pneumonia.machine import describe
-from tests.hostile import PAYLOADS
+from tests.hostile import DICOM_PAYLOADS, PAYLOADS
+
+# Every payload of both lists, with the content type it is sent as.
+ALL = {
+    **PAYLOADS,
+    **{name: (builder, "application/dicom") for name, (builder, _) in DICOM_PAYLOADS.items()},
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +48,7 @@ def measure_one(name: str) -> dict:
     from pneumonia.serving.app import lambda_handler  # the real handler and model (MODEL_DIR)
     from pneumonia.serving.local import LocalContext
 
-    builder, content_type = PAYLOADS[name]
+    builder, content_type = ALL[name]
     body = builder()
     event = json.loads(EVENT.read_text())
     event["headers"]["Content-Type"] = content_type
@@ -103,7 +109,7 @@ def main() -> None:
         print("RESULT " + json.dumps(measure_one(args.child)), flush=True)
         return
 
-    names = [n for n in PAYLOADS if args.only in n]
+    names = [n for n in ALL if args.only in n]
     print(f"machine: {describe()}")
     print(f"model: {ROOT / 'models'}; each payload in a fresh process after one clean request\n")
     columns = ("bytes", "status", "CPU s", "wall s", "+MiB")

@@ -63,7 +63,7 @@ class OodGate(_Strict):
 class ModelMetadata(_Strict):
     """The contents of model.json: version, thresholds, labels, tensor names, preprocessing."""
 
-    model_version: str = Field(pattern=VERSION_PATTERN)  # content hash of the ONNX file
+    model_version: str = Field(pattern=VERSION_PATTERN)  # model_version(): graph and ANSWERING
     threshold: float = Field(ge=0, le=1)  # calibrated P(PNEUMONIA) from which the label is
     labels: tuple[str, str]  # PNEUMONIA
     input_name: str = Field(min_length=1)
@@ -118,16 +118,51 @@ class ModelMetadata(_Strict):
         """Read and check a model.json file."""
         return cls.from_json(Path(path).read_bytes())
 
+    @classmethod
+    def for_graph(cls, onnx_bytes: bytes, fields: dict[str, Any]) -> ModelMetadata:
+        """model.json for a graph: `fields` checked, and the version they and the graph give."""
+        draft = cls.model_validate({**fields, "model_version": "sha256-" + "0" * 12})
+        return draft.model_copy(update={"model_version": draft.content_version(onnx_bytes)})
+
+    def answering(self) -> dict[str, Any]:
+        """The fields that turn the graph's outputs into an answer, as JSON values."""
+        return self.model_dump(mode="json", include=set(ANSWERING))
+
+    def content_version(self, onnx_bytes: bytes) -> str:
+        """The version this metadata and these graph bytes give together."""
+        return model_version(onnx_bytes, self.answering())
+
     def check_describes(self, onnx_bytes: bytes) -> None:
-        """Refuse a model.onnx that is not the one this metadata was written for."""
-        actual = model_version(onnx_bytes)
+        """Refuse a model.onnx that is not the one this metadata was written for, and a
+        model.json whose answering fields were edited after the export."""
+        actual = self.content_version(onnx_bytes)
         if actual != self.model_version:
             raise MetadataError(
-                f"model.json describes {self.model_version}, but model.onnx is {actual}: "
-                "the two files come from different exports"
+                f"model.json says {self.model_version}, but model.onnx with model.json's "
+                f"answering fields gives {actual}: the files come from different exports, or "
+                "model.json was edited after its export"
             )
 
 
-def model_version(onnx_bytes: bytes) -> str:
-    """A version that changes exactly when the served graph changes."""
-    return "sha256-" + hashlib.sha256(onnx_bytes).hexdigest()[:12]
+# Every field of model.json that changes an answer: what the graph is fed (input name,
+# preprocessing), what it outputs, and how an output becomes a label, a decision or a 422.
+ANSWERING = (
+    "labels",
+    "input_name",
+    "outputs",
+    "preprocessing",
+    "threshold",
+    "calibration",
+    "decision_band",
+    "ood_gate",
+)
+
+
+def model_version(onnx_bytes: bytes, answering: dict[str, Any]) -> str:
+    """ "sha256-" and the first 12 hex digits of SHA-256 over the ONNX bytes, a newline, and
+    the canonical JSON of the ANSWERING fields (keys sorted, no spaces, numbers as Python
+    writes them: the shortest text that reads back to the same float). Any change to the
+    graph or to what turns its outputs into an answer is a new version."""
+    canonical = json.dumps(answering, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    digest = hashlib.sha256(onnx_bytes + b"\n" + canonical.encode())
+    return "sha256-" + digest.hexdigest()[:12]

@@ -186,18 +186,37 @@ def colour_thumbnail(data: bytes, side: int = 64) -> np.ndarray | None:
             raise ImageError("corrupt", message) from None
 
 
+def _gray_and_thumbnail(
+    image: Image.Image, orientation: int, side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`decode_gray`'s pixels of an opened colour image and its RGB thumbnail, one decode."""
+    try:
+        image.load()
+        oriented = image.transpose(TRANSPOSE[orientation]) if orientation in TRANSPOSE else image
+        thumbnail = image.convert("RGB")
+        if max(thumbnail.size) > side:
+            thumbnail.thumbnail((side, side))
+        return to_gray(oriented), np.asarray(thumbnail)
+    except Exception as exc:  # a decoder's failure on client bytes is never a fault
+        message = f"the image cannot be decoded ({type(exc).__name__})"
+        raise ImageError("corrupt", message) from None
+
+
 def decode_with_colour(
     data: bytes, min_size: int | None = None, side: int = 64
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`decode_gray`'s pixels, and a small RGB copy (at most `side` px a side) when the file
     is stored in colour, else None: what serving's colour check needs, at the cost of one
     decode. A colour JPEG is decoded once as YCbCr: its Y plane is, bit for bit, the luma
-    `decode_gray` gets; the thumbnail comes from a strided sample of all three planes."""
+    `decode_gray` gets; the thumbnail comes from a strided sample of all three planes. A
+    colour PNG is decoded once, and both come from its pixels."""
     if is_dicom(data):
         return decode_gray(data, min_size), None
     with _open_checked(data) as (image, orientation):
         colour = image.mode in COLOUR_MODES
         single_pass = colour and image.format == "JPEG" and image.mode in ("RGB", "YCbCr")
+        if colour and image.format != "JPEG":  # a colour PNG: decoded once for both
+            return _gray_and_thumbnail(image, orientation, side)
         if single_pass:
             try:
                 image.draft("YCbCr", (min_size, min_size) if min_size else None)

@@ -23,7 +23,6 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +50,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from pneumonia.images.dicom_bounds import (
+    JPEG_LOSSLESS_RATIO,
+    MAX_JPEG_LS_RATIO,
+    check_data_set,
+    check_jpeg2000_frame,
+    check_jpeg_frame,
+    check_rle_output,
+)
 from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE, ImageError, ImageHeader, is_dicom
 
 # Projection radiographs: computed, digital (and the non-standard "DR" some vendors write).
@@ -92,11 +99,9 @@ PLUGINS = {
 }
 # Plugins that can crash the process on corrupt input: run in a capped child process.
 ISOLATED_PLUGINS = frozenset({"gdcm"})
-CHILD_TIMEOUT_S = 30
-CHILD_MEMORY_BYTES = 4 << 30
-# A deflated data set is inflated whole by pydicom: it is measured first, against this cap
-# (the largest pixel data the caps allow, 32 bits a pixel, and room for the rest).
-MAX_INFLATED = 4 * MAX_PIXELS + (64 << 20)
+CHILD_TIMEOUT_S = 5  # wall clock, start-up included
+CHILD_CPU_S = 2  # RLIMIT_CPU: the decode's share of a request's budget, imports included
+CHILD_MEMORY_BYTES = 1 << 30  # RLIMIT_AS: address space, not resident memory
 # Elements above this size (the pixel data) are not read until they are used.
 DEFER_SIZE = 4096
 # Attributes without which the pixel data cannot be interpreted.
@@ -164,32 +169,11 @@ def _parse(data: bytes) -> Dataset:
     """The data set, its large elements (the pixel data) left unread."""
     if not is_dicom(data):
         raise ImageError("not_an_image", "the bytes are not a DICOM Part 10 file")
-    _check_inflated_size(data)
+    check_data_set(data)  # deflate bombs and element floods, before pydicom parses
     try:
         return pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_SIZE, force=False)
     except Exception:  # any failure to parse is the input's fault
         raise ImageError("corrupt", "the DICOM data set cannot be parsed") from None
-
-
-def _check_inflated_size(data: bytes) -> None:
-    """Refuse a deflated data set that would inflate past MAX_INFLATED (a deflate bomb),
-    counting in bounded chunks before pydicom inflates it in one piece."""
-    # (0002,0000) File Meta Information Group Length, Type 1, gives where the meta ends.
-    has_group_length = len(data) >= 144 and data[132:138] == b"\x02\x00\x00\x00UL"
-    meta_end = 144 + struct.unpack_from("<I", data, 140)[0] if has_group_length else 4096
-    if DeflatedExplicitVRLittleEndian.encode() not in data[132:meta_end]:
-        return
-    if not has_group_length:
-        raise ImageError("corrupt", "the deflated DICOM file meta has no group length")
-    inflater, total, pending = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[meta_end:]
-    try:
-        while pending and total <= MAX_INFLATED:
-            total += len(inflater.decompress(pending, 1 << 20))
-            pending = inflater.unconsumed_tail
-    except zlib.error:
-        raise ImageError("corrupt", "the deflated DICOM data set cannot be inflated") from None
-    if total > MAX_INFLATED:
-        raise ImageError("too_large", f"the deflated DICOM inflates past {MAX_INFLATED:,} bytes")
 
 
 def _checked_header(dataset: Dataset) -> ImageHeader:
@@ -351,14 +335,15 @@ def _decode(dataset: Dataset, plugin: str) -> np.ndarray:
         raise ImageError("corrupt", message) from None
 
 
-# Run by `_decode_in_child`: argv[1] the plugin, argv[2] the address-space cap in bytes;
-# the Part 10 bytes on stdin, the stored values (.npy) on stdout.
+# Run by `_decode_in_child`: argv[1] the plugin, argv[2] the address-space cap in bytes,
+# argv[3] the CPU-seconds cap; the Part 10 bytes on stdin, the stored values (.npy) on stdout.
 _CHILD = """
 import io, resource, sys
-try:
-    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
-except (ValueError, OSError):  # not enforceable on every platform (macOS)
-    pass
+for limit, value in ((resource.RLIMIT_AS, sys.argv[2]), (resource.RLIMIT_CPU, sys.argv[3])):
+    try:
+        resource.setrlimit(limit, (int(value), int(value)))
+    except (ValueError, OSError):  # not enforceable on every platform (macOS)
+        pass
 try:
     import numpy as np
     import pydicom
@@ -383,7 +368,15 @@ def _decode_in_child(data: bytes, plugin: str) -> np.ndarray:
     """Decode in a child process, capped in memory and time: GDCM aborts or segfaults on
     some corrupt JPEG lossless and JPEG-LS streams, which must cost a refusal, not the
     process. Its output (which may echo decoder messages) is discarded."""
-    command = [sys.executable, "-P", "-c", _CHILD, plugin, str(CHILD_MEMORY_BYTES)]
+    command = [
+        sys.executable,
+        "-P",
+        "-c",
+        _CHILD,
+        plugin,
+        str(CHILD_MEMORY_BYTES),
+        str(CHILD_CPU_S),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     try:
         result = subprocess.run(
@@ -405,8 +398,10 @@ def _decode_in_child(data: bytes, plugin: str) -> np.ndarray:
 
 def _check_codestream(dataset: Dataset, syntax: UID, rows: int, columns: int) -> None:
     """A compressed frame declares its own size: it must be Rows x Columns, so that no
-    decoder allocates for a size the header caps never saw."""
+    decoder allocates for a size the header caps never saw; and its structure must be
+    within what its decoder can do in the request's budget (`dicom_bounds`)."""
     if syntax == RLELossless:  # decoded into Rows x Columns
+        check_rle_output(rows, columns, _value(dataset, "BitsAllocated", int))
         return
     try:
         frame = next(generate_fragmented_frames(dataset.PixelData, number_of_frames=1))
@@ -418,6 +413,16 @@ def _check_codestream(dataset: Dataset, syntax: UID, rows: int, columns: int) ->
         raise ImageError(
             "corrupt", "the DICOM compressed frame's size does not match Rows and Columns"
         )
+    if syntax in JPEG2000_SYNTAXES:
+        check_jpeg2000_frame(first)
+    else:
+        ratio = {
+            JPEGLossless: JPEG_LOSSLESS_RATIO,
+            JPEGLosslessSV1: JPEG_LOSSLESS_RATIO,
+            JPEGLSLossless: MAX_JPEG_LS_RATIO,
+            JPEGLSNearLossless: MAX_JPEG_LS_RATIO,
+        }.get(syntax, 0)
+        check_jpeg_frame(b"".join(frame), rows, columns, ratio)
 
 
 def _jpeg_size(stream: bytes) -> tuple[int, int] | None:

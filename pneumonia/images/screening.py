@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.images.decode import decode_with_colour, to_uint8
-from pneumonia.images.formats import ImageError
+from pneumonia.images.decode import decode_with_colour, read_header, to_uint8
+from pneumonia.images.formats import ImageError, is_dicom
 from pneumonia.images.prepare import prepare_image
 
 NOT_A_CHEST_XRAY = "not_a_chest_xray"  # the reason of every refusal that the image is not one
@@ -45,6 +45,17 @@ def dynamic_range(gray: np.ndarray) -> float:
     return float(high - low) / 255.0
 
 
+def aspect_refusal(width: int, height: int) -> str | None:
+    """Why an image of this shape is not a chest radiograph, or None."""
+    aspect = width / height
+    if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1]:
+        return (
+            f"the image's aspect ratio is {aspect:.2f} (width / height); "
+            f"a chest radiograph's is between {ASPECT_RANGE[0]} and {ASPECT_RANGE[1]}"
+        )
+    return None
+
+
 def screen(gray: np.ndarray, thumbnail: np.ndarray | None) -> str | None:
     """Why the image is not a chest X-ray, or None when it passes the cheap checks.
 
@@ -52,12 +63,8 @@ def screen(gray: np.ndarray, thumbnail: np.ndarray | None) -> str | None:
     RGB copy when the file is stored in colour (`decode.colour_thumbnail`), else None.
     """
     height, width = gray.shape
-    aspect = width / height
-    if not ASPECT_RANGE[0] <= aspect <= ASPECT_RANGE[1]:
-        return (
-            f"the image's aspect ratio is {aspect:.2f} (width / height); "
-            f"a chest radiograph's is between {ASPECT_RANGE[0]} and {ASPECT_RANGE[1]}"
-        )
+    if (why := aspect_refusal(width, height)) is not None:
+        return why
     if thumbnail is not None and (value := saturation(thumbnail)) > MAX_SATURATION:
         return f"the image is in colour (mean saturation {value:.2f}); an X-ray is grayscale"
     spread = dynamic_range(gray)
@@ -81,7 +88,12 @@ def screen_and_prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarra
     """(the decoded gray image, the model input) of an encoded image that passes the cheap
     checks. ImageError for bytes that are not a usable image, NotAChestXray (an ImageError)
     for an image the checks refuse."""
-    # Format, structure and pixel caps are checked from the bytes before decoding.
+    # Format, structure and pixel caps are checked from the bytes before decoding, and so is
+    # the shape of a JPEG or PNG (the aspect ratio is the same whichever way EXIF turns it).
+    if not is_dicom(data):
+        header = read_header(data)
+        if (why := aspect_refusal(header.width, header.height)) is not None:
+            raise NotAChestXray(why)
     gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
     pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
     why = screen(gray, thumbnail)

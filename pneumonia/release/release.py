@@ -12,7 +12,7 @@ import numpy as np
 
 from pneumonia import paths, tracking
 from pneumonia.decision.calibration import Calibration
-from pneumonia.decision.contract import ModelMetadata, model_version
+from pneumonia.decision.contract import ModelMetadata
 from pneumonia.decision.gate import FeatureGate
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.release import registry
@@ -66,9 +66,9 @@ def describe_model(
     import tensorflow as tf
     import tf2onnx
 
-    return ModelMetadata.model_validate(
+    return ModelMetadata.for_graph(
+        onnx_bytes,
         dict(
-            model_version=model_version(onnx_bytes),
             threshold=decision.threshold,
             labels=(labels[0], labels[1]),
             input_name="image",
@@ -98,7 +98,7 @@ def describe_model(
                 "onnxruntime": onnxruntime.__version__,
                 "opset": opset,
             },
-        )
+        ),
     )
 
 

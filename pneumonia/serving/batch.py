@@ -56,7 +56,7 @@ def refuse(file: str, why: str) -> Item:
     return Item(file, lambda: b"", why)
 
 
-def too_large(size: int) -> str | None:
+def over_cap(size: int) -> str | None:
     """Why a file of `size` bytes is refused, or None: the endpoint's body cap."""
     if size > MAX_IMAGE_BYTES:
         return f"{size:,} bytes; the limit is {MAX_IMAGE_BYTES:,} (the endpoint's request cap)"
@@ -89,7 +89,7 @@ def folder_item(root: Path, path: Path) -> Item:
         return refuse(name, f"cannot be read ({type(error).__name__})")
     if not stat.S_ISREG(status.st_mode):
         return refuse(name, "not a regular file (a FIFO, device or socket): not read")
-    why = too_large(status.st_size)
+    why = over_cap(status.st_size)
     return refuse(name, why) if why else Item(name, capped_reader(target))
 
 
@@ -123,7 +123,7 @@ def s3_items(url: str, endpoint_url: str | None = None) -> list[Item]:
         return lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_IMAGE_BYTES + 1)
 
     return [
-        refuse(key, why) if (why := too_large(sizes[key])) else Item(key, reader(key))
+        refuse(key, why) if (why := over_cap(sizes[key])) else Item(key, reader(key))
         for key in sorted(sizes)
     ]
 

@@ -77,8 +77,15 @@ class Classifier:
         session = inference.session(onnx_bytes, threads)
         names = {output.name for output in session.get_outputs()}
         missing = set(metadata.outputs.model_dump().values()) - names
-        if missing or metadata.input_name not in {i.name for i in session.get_inputs()}:
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        if missing or metadata.input_name not in inputs:
             raise MetadataError(f"model.json names tensors the graph lacks: {sorted(missing)}")
+        size = metadata.preprocessing.image_size
+        if list(inputs[metadata.input_name][1:]) != [size, size, 1]:
+            raise MetadataError(
+                f"model.json's preprocessing.image_size {size} does not fit the graph's input "
+                f"{inputs[metadata.input_name]}"
+            )
         return cls(session, metadata)
 
     @classmethod

@@ -95,7 +95,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them: the served graph
     (calibration, gate distance, activation map) and its metadata."""
     from pneumonia.decision.calibration import Calibration
-    from pneumonia.decision.contract import ModelMetadata, model_version
+    from pneumonia.decision.contract import ModelMetadata
     from pneumonia.decision.gate import FeatureGate, fit_feature_model
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.prepare import prepare_image
@@ -115,9 +115,9 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     folder = tmp_path_factory.mktemp("model")
     onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate)
     (folder / "model.onnx").write_bytes(onnx_bytes)
-    metadata = ModelMetadata.model_validate(
+    metadata = ModelMetadata.for_graph(
+        onnx_bytes,
         {
-            "model_version": model_version(onnx_bytes),
             "threshold": 0.5,
             "labels": ("NORMAL", "PNEUMONIA"),
             "input_name": "image",
@@ -127,7 +127,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
             "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
             "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
             "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
-        }
+        },
     )
     (folder / "model.json").write_text(metadata.to_json())
     return folder

@@ -91,12 +91,20 @@ JSON_BREAKAGES = {
     ),
     "an output the graph lacks": _set("outputs", "cam", "no_such_tensor"),
     "gate threshold not positive": _set("ood_gate", "threshold", 0),
+    # valid model.json values, edited after the export: modelVersion no longer covers them
+    "threshold edited after export": _set(
+        "threshold", lambda metadata: metadata["threshold"] + 1e-3
+    ),
+    "gate turned off after export": _set("ood_gate", "threshold", 1e308),
+    "image size edited after export": _set("preprocessing", "image_size", 96),
+    "calibration edited after export": _set("calibration", "shift", 0.5),
 }
 BREAKAGES = [
     "no model.onnx",
     "corrupt model.onnx",
     "no model.json",
     "model.onnx from another export",
+    "image size not the graph's, version recomputed",
     *JSON_BREAKAGES,
 ]
 
@@ -108,6 +116,16 @@ def _break(folder: Path, breakage: str) -> None:
         (folder / "model.onnx").write_bytes(b"not a protobuf" * 100)
     elif breakage == "no model.json":
         (folder / "model.json").unlink()
+    elif breakage == "image size not the graph's, version recomputed":
+        # a model.json whose version is right for its fields, but whose preprocessing does
+        # not make the graph's input shape: only the shape check can catch it
+        from pneumonia.decision.contract import ModelMetadata
+
+        fields = json.loads((folder / "model.json").read_text())
+        fields["preprocessing"]["image_size"] = 96
+        fields.pop("model_version")
+        metadata = ModelMetadata.for_graph((folder / "model.onnx").read_bytes(), fields)
+        (folder / "model.json").write_text(metadata.to_json())
     elif breakage == "model.onnx from another export":  # a valid graph, other bytes
         import onnx
 
@@ -261,6 +279,14 @@ def test_hostile_payloads_get_a_200_or_a_4xx_json_answer(app_module, lambda_cont
     assert status == 200 or (400 <= status < 500 and sorted(body) == ["error", "reason"]), body
     if "scans" in name or "chunks" in name:
         assert status == 422, body
+
+
+@pytest.mark.parametrize("name", list(hostile.DICOM_PAYLOADS))
+def test_hostile_dicom_payloads_get_their_4xx(app_module, lambda_context, name):
+    builder, reason = hostile.DICOM_PAYLOADS[name]
+    status, body = call(app_module, image_event(builder(), "application/dicom"), lambda_context)
+    expected = {"too_large": 413, "too_complex": 422, "colour": 422, "corrupt": 400}[reason]
+    assert (status, body["reason"]) == (expected, reason), body
 
 
 def test_bit_flipped_images_never_cause_a_5xx(app_module, lambda_context, real_images):

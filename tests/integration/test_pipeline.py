@@ -162,8 +162,15 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     metadata = json.loads((repo / "models/model.json").read_text())
     import hashlib
 
+    # The documented formula (docs/serving.md#model-version), computed here from the files.
     onnx_bytes = (repo / "models/model.onnx").read_bytes()
-    assert metadata["model_version"] == "sha256-" + hashlib.sha256(onnx_bytes).hexdigest()[:12]
+    answering = ("labels", "input_name", "outputs", "preprocessing", "threshold")
+    answering += ("calibration", "decision_band", "ood_gate")
+    canonical = json.dumps(
+        {k: metadata[k] for k in answering}, sort_keys=True, separators=(",", ":")
+    )
+    digest = hashlib.sha256(onnx_bytes + b"\n" + canonical.encode()).hexdigest()
+    assert metadata["model_version"] == "sha256-" + digest[:12]
     assert metadata["preprocessing"]["image_size"] == 64
     assert metadata["labels"] == ["NORMAL", "PNEUMONIA"]
     evaluation = json.loads((repo / "metrics/evaluate/metrics.json").read_text())

@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumonia.images import dicom
+from pneumonia.images import dicom, dicom_bounds
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_gray, read_header
 from pneumonia.images.dicom import decode_dicom, read_dicom_header
@@ -375,7 +375,7 @@ def test_a_compressed_frame_of_another_size_than_the_header_is_corrupt(small):
 def test_deflated_decodes_and_a_deflate_bomb_is_refused(small, monkeypatch):
     data = make_dicom(small, syntax=DeflatedExplicitVRLittleEndian)
     np.testing.assert_array_equal(decode_dicom(data), small)
-    monkeypatch.setattr(dicom, "MAX_INFLATED", small.size // 2)  # the image inflates past it
+    monkeypatch.setattr(dicom_bounds, "MAX_INFLATED", small.size // 2)  # the image inflates past it
     assert refusal(data).reason == "too_large"
 
 

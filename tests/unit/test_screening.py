@@ -101,3 +101,47 @@ def test_serving_decodes_once_and_gets_the_same_gray_pixels_as_the_pipeline():
             assert thumbnail is None or (thumbnail.ndim == 3 and max(thumbnail.shape) <= 64)
             verdict = screen(gray, thumbnail)
             assert verdict == screen(decode_gray(data), colour_thumbnail(data))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "I;16"])
+def test_a_colour_png_is_decoded_once_into_the_pipelines_gray_and_its_thumbnail(mode, monkeypatch):
+    from pneumonia.images import decode
+    from pneumonia.images.decode import decode_with_colour
+
+    picture = Image.open(XRAYS[0]).convert("RGB")
+    converted = picture.convert("I;16") if mode == "I;16" else picture.convert(mode)
+    data = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the gray must follow EXIF as decode_gray does
+    converted.save(data, format="PNG", exif=exif.tobytes())
+    data = data.getvalue()
+    expected = (decode_gray(data), colour_thumbnail(data))
+    opened = []
+    real = decode._open_checked
+    monkeypatch.setattr(decode, "_open_checked", lambda raw: opened.append(1) or real(raw))
+    gray, thumbnail = decode_with_colour(data, min_size=128)
+    np.testing.assert_array_equal(gray, expected[0])
+    if expected[1] is None:
+        assert thumbnail is None
+    else:
+        np.testing.assert_array_equal(thumbnail, expected[1])
+        assert len(opened) == 1  # one open, one decode
+
+
+def test_a_strip_is_refused_from_its_header_before_its_pixels_are_decoded(monkeypatch):
+    from pneumonia.images import screening
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.screening import NotAChestXray, screen_and_prepare
+    from tests.hostile import rgba_png_at_the_cap
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(screening, "decode_with_colour", never)
+    config = PreprocessConfig(
+        image_size=128, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    data = rgba_png_at_the_cap()  # 8192 x 3051 RGBA: 100 MB decoded
+    with pytest.raises(NotAChestXray) as refused:
+        screen_and_prepare(data, config)
+    assert "aspect ratio is 2.69" in str(refused.value)
