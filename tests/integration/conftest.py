@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,19 @@ def keras_model():
 # committed sample: the untrained network's distances say little, and the endpoint tests send
 # synthetic gray images that must reach the model. Detection is measured by evaluate.
 GATE_MARGIN = 3.0
+
+
+def reexported(folder: Path, edit: Callable[[dict], None]) -> None:
+    """Rewrite folder/model.json as an export with `edit` applied to its fields would write
+    it: with the version those fields and the graph give (docs/serving.md#model-version)."""
+    from pneumonia.decision.contract import ModelMetadata
+
+    fields = json.loads((folder / "model.json").read_text())
+    edit(fields)
+    fields.pop("model_version")
+    fields["labels"] = tuple(fields["labels"])
+    metadata = ModelMetadata.for_graph((folder / "model.onnx").read_bytes(), fields)
+    (folder / "model.json").write_text(metadata.to_json())
 
 
 @pytest.fixture(scope="session")

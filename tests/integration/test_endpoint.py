@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests import hostile
 from tests.images import encode, gradient
-from tests.integration.conftest import probabilities_from_keras
+from tests.integration.conftest import probabilities_from_keras, reexported
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clear_metrics")]
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -119,13 +119,7 @@ def _break(folder: Path, breakage: str) -> None:
     elif breakage == "image size not the graph's, version recomputed":
         # a model.json whose version is right for its fields, but whose preprocessing does
         # not make the graph's input shape: only the shape check can catch it
-        from pneumonia.decision.contract import ModelMetadata
-
-        fields = json.loads((folder / "model.json").read_text())
-        fields["preprocessing"]["image_size"] = 96
-        fields.pop("model_version")
-        metadata = ModelMetadata.for_graph((folder / "model.onnx").read_bytes(), fields)
-        (folder / "model.json").write_text(metadata.to_json())
+        reexported(folder, _set("preprocessing", "image_size", 96))
     elif breakage == "model.onnx from another export":  # a valid graph, other bytes
         import onnx
 
@@ -260,6 +254,32 @@ def test_client_errors_get_a_4xx_json_error(
     got_status, body = call(app_module, request_event, lambda_context)
     assert got_status == status, body
     assert sorted(body) == ["error", "reason"] and message in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("request_event", "status", "reason"),
+    [
+        (json_event("{not json"), 400, "invalid_json"),
+        (json_event({"image": "not base64!"}), 400, "invalid_base64"),
+        (
+            event("predict_json", content_type="text/plain", body="hello"),
+            415,
+            "unsupported_media_type",
+        ),
+        (event("health", httpMethod="DELETE"), 405, "method_not_allowed"),
+        (event("health", path="/admin", resource="/admin"), 404, "not_found"),
+        (
+            event("predict_binary", queryStringParameters={"explain": "maybe"}),
+            400,
+            "invalid_request",
+        ),
+    ],
+)
+def test_each_client_error_names_its_stable_reason(
+    app_module, lambda_context, request_event, status, reason
+):
+    got_status, body = call(app_module, request_event, lambda_context)
+    assert (got_status, body["reason"]) == (status, reason), body
 
 
 def test_a_huge_declared_image_is_rejected_from_its_header(app_module, lambda_context):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.integration.conftest import reexported
 from tests.integration.test_endpoint import call, event, image_event, json_event
 from tests.unit.test_dicom import SENTINELS as PLANTED
 from tests.unit.test_dicom import make_dicom
@@ -181,9 +182,7 @@ def test_the_learned_check_refuses_above_its_threshold(model_dir, tmp_path, xray
     by the learned check (the threshold is read from model.json, the distance from the graph)."""
     strict = tmp_path / "model"
     shutil.copytree(model_dir, strict)
-    metadata = json.loads((strict / "model.json").read_text())
-    metadata["ood_gate"]["threshold"] = 1e-6
-    (strict / "model.json").write_text(json.dumps(metadata))
+    reexported(strict, lambda fields: fields["ood_gate"].update(threshold=1e-6))
     (tmp_path / "xray.png").write_bytes(png_bytes(xray))
     result = subprocess.run(
         [sys.executable, "-c", REFUSING_CHILD, str(tmp_path / "xray.png")],

@@ -93,3 +93,17 @@ def test_gate_threshold_refuses_at_most_the_chosen_share_of_fresh_inliers():
     assert np.mean(fresh > gate.threshold) <= 0.02 + 0.01
     outliers = gate.distance(rng.normal(size=(200, 8)) @ mixing + 10)
     assert np.all(outliers > gate.threshold)
+
+
+def test_the_band_is_clamped_to_contain_the_threshold_and_to_stay_a_probability():
+    # GIVEN validation scores with normals in [0, 0.3] and pneumonias in [0.6, 0.9]: the
+    # conformal bounds alone would be about 0.3 (high) and 0.6 (low)
+    normal, pneumonia = np.linspace(0.0, 0.3, 20), np.linspace(0.6, 0.9, 20)
+    labels = np.array([0] * 20 + [1] * 20)
+    scores = np.concatenate([normal, pneumonia])
+    # WHEN the label threshold lies outside them, THEN the band is widened to it
+    band = conformal_band(labels, scores, error_rate=0.1, threshold=0.45)
+    assert (band.low, band.high) == (0.45, 0.45)
+    # AND a normal scored 1.0 (the quantile's next float is above 1) leaves high at 1.0
+    band = conformal_band(labels, np.concatenate([np.ones(20), pneumonia]), 0.01, 0.5)
+    assert band.high == 1.0 and band.low == 0.5

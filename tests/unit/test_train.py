@@ -30,7 +30,8 @@ def test_balanced_class_weights_give_each_class_half_the_loss():
 
 
 def test_augmentation_keeps_shape_and_range_and_is_reproducible():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # a hard dependency: a broken install fails, never skips
+
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (4, 32, 32, 1)).astype("float32"))
 
@@ -46,7 +47,8 @@ def test_augmentation_keeps_shape_and_range_and_is_reproducible():
 
 
 def test_geometric_augmentation_crops_pads_and_mirrors():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf  # a hard dependency: a broken install fails, never skips
+
     # A bright left half: a mirror moves it right, a padded box adds black borders.
     images = np.zeros((64, 32, 32, 1), dtype="float32")
     images[:, :, :16] = 200.0
