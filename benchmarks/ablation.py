@@ -3,9 +3,11 @@
 Each lever changes params against the committed defaults ("defaults" changes none) and is
 run once per seed (`base.seed`: the random val/test carve, initialisation, data order and
 augmentation; the early/late id blocks are the same images for every seed). The table gives,
-per held-out split, each metric's mean and [min, max] over the seeds, and the training
-time. Every run is appended to `--record` as it ends, so an interrupted ablation keeps what
-it measured and `--table` reprints from that file. The workspace is restored at the end.
+per held-out split, the worst shift and the worst framing (each figure at its lowest over
+the framing shifts of the held-out splits), each metric's mean and [min, max] over the
+seeds, and the training time. Every run is appended to `--record` as it ends, so an
+interrupted ablation keeps what it measured and `--table` reprints from that file. The
+workspace is restored at the end.
 
     python benchmarks/ablation.py --only defaults --seeds 42 7 123 --spread metrics/seed_spread.json
     python benchmarks/ablation.py --seeds 42 7                       # every lever
@@ -77,6 +79,8 @@ def measure(lever: str, seed: int, seconds: float) -> dict:
         "cpu": cpu(),
         **{split: evaluation.get(split) for split in SPLITS},
         "robustness": evaluation.get("robustness", {}),
+        "framing": evaluation.get("framing", {}),
+        "worst_framing": evaluation.get("worst_framing"),
         "policies": evaluation.get("policies", {}),
         "train_seconds": train.get("train_seconds"),
         "rerun_seconds": round(seconds, 1),
@@ -118,7 +122,7 @@ def table(runs: list[dict]) -> str:
     for lever in dict.fromkeys(run["lever"] for run in runs):
         mine = [run for run in runs if run["lever"] == lever]
         seconds = np.mean([run["train_seconds"] for run in mine])
-        for split in (*SPLITS, "worst_shift"):
+        for split in (*SPLITS, "worst_shift", "worst_framing"):
             rows = [worst_shift(run) if split == "worst_shift" else run.get(split) for run in mine]
             present = [row for row in rows if row]
             if not present:
