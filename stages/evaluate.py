@@ -1,8 +1,8 @@
 """Stage 4: evaluate the trained model on the held-out splits: test, early and late, as they
 are and under framing shifts (`pneumonia.evaluation.shifts.FRAMING`).
 
-The decision threshold is chosen on the validation split (and its shifted and reframed
-copies) by `evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate
+The decision threshold is chosen on the validation split (and its shifted copies) by
+`evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate
 (dvclive: metrics.json, ROC / precision-recall / confusion-matrix / calibration / framing
 plots) and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
 """

@@ -89,7 +89,7 @@ FRAMING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "border 20% uneven": lambda gray: _border(gray, 0.20, UNEVEN),
     "rotation 5 deg, black corners": lambda gray: _rotate_black(gray, 5),
 }
-ALL_SHIFTS = SHIFTS | FRAMING  # what validation is pooled over to choose threshold, band, gate
+ALL_SHIFTS = SHIFTS | FRAMING  # what the gate is fitted and thresholded on
 
 
 def _crop(gray: np.ndarray, share: float) -> np.ndarray:
