@@ -58,6 +58,9 @@ LEVERS: dict[str, list[str]] = {
     "simple-cnn": ["train.architecture=simple"],
     "image-96px": ["preprocess.image_size=96"],
     "image-224px": ["preprocess.image_size=224"],
+    # Canonical framing: training and serving both crop to the detected thorax first.
+    "thorax-framing": ["preprocess.framing=thorax"],
+    "thorax-framing-160px": ["preprocess.framing=thorax", "preprocess.image_size=160"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

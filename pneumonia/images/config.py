@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Intensity = Literal["none", "equalize", "clahe"]
+Framing = Literal["full", "thorax"]
 
 
 class PreprocessConfig(BaseModel):
@@ -20,3 +21,7 @@ class PreprocessConfig(BaseModel):
     intensity: Intensity
     clahe_clip_limit: float = Field(gt=0, allow_inf_nan=False)
     clahe_tile_grid: int = Field(ge=1, le=64)
+    # full: the whole image; thorax: cropped to the detected lung fields and ribcage
+    # (`pneumonia.images.framing.find_thorax`) before the resize, so that a tight or a wide
+    # collimation, or a black border, reaches the model as the same input.
+    framing: Framing = "full"

@@ -12,6 +12,15 @@ import numpy as np
 
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import array_to_gray, decode_gray, to_uint8
+from pneumonia.images.framing import Box, find_thorax
+
+
+def model_region(gray: np.ndarray, config: PreprocessConfig) -> Box:
+    """The part of an (H, W) gray image that the model sees: all of it, or with
+    `framing: thorax` the thorax box (lung fields and ribcage with a small margin)."""
+    if config.framing == "thorax":
+        return find_thorax(gray)
+    return Box(0, 0, *gray.shape)
 
 
 def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -27,6 +36,8 @@ def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.nda
         gray = decode_gray(bytes(image), min_size=size)
     else:
         gray = array_to_gray(image)
+    box = model_region(gray, config)
+    gray = gray[box.top : box.bottom, box.left : box.right]
     # INTER_AREA for shrinking (anti-aliased), cubic for the rare enlargement.
     interpolation = cv2.INTER_AREA if min(gray.shape) >= size else cv2.INTER_CUBIC
     pixels = to_uint8(cv2.resize(gray, (size, size), interpolation=interpolation))
