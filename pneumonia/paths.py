@@ -23,7 +23,8 @@ MODEL_CARD = MODELS / "MODEL_CARD.md"
 GATE = MODELS / "gate.npz"  # the feature mean and whitening of the "not a chest X-ray" gate
 
 METRICS = Path("metrics")
-TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage
+TRAIN_LIVE = METRICS / "train"  # dvclive dir of the train stage (every curve and figure)
+TRAIN_HEADLINE = METRICS / "train.json"  # the few numbers `dvc metrics` lists for train
 EVALUATE_LIVE = METRICS / "evaluate"  # dvclive dir of the evaluate stage
 PREDICTIONS = METRICS / "evaluate" / "predictions.csv"
 # The validation split's answers and features: pneumonia.monitor's --reference.

@@ -2,9 +2,10 @@
 are and under framing shifts (`pneumonia.evaluation.shifts.FRAMING`).
 
 The decision threshold is chosen on the validation split (and its shifted copies) by
-`evaluate.threshold_policy`, never on a held-out split. Writes metrics/evaluate
-(dvclive: metrics.json, ROC / precision-recall / confusion-matrix / calibration / framing
-plots) and metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
+`evaluate.threshold_policy`, never on a held-out split. Writes the headline views
+(metrics/<view>.json, what `dvc metrics` lists), metrics/evaluate (dvclive: metrics.json with
+every detail, ROC / precision-recall / confusion-matrix / calibration / framing plots) and
+metrics/evaluate/predictions.csv; logs the same to the training's MLflow run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pneumonia.evaluation.explanations import faithfulness_report
 from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
 from pneumonia.evaluation.framing import framing_report
 from pneumonia.evaluation.gate import fit_gate, gate_report
+from pneumonia.evaluation.headline import headline, worst_shift, write_views
 from pneumonia.evaluation.metrics import policy_table, worst_of
 from pneumonia.evaluation.outputs import (
     log_plots,
@@ -81,13 +83,15 @@ def main() -> None:
         scorer, gate, band, threshold, config, list(scores)
     )
 
+    results["worst_shift"] = worst_shift(results)
     results["explanations"] = faithfulness_report(scorer, model, params.base.seed)
     figures = {
         "ood_gate.png": gate_figure(distances, gate.threshold),
-        "attention.png": attention_figure(scorer, names),
+        "attention.png": attention_figure(scorer, names, config),
         "framing.png": framing_figure(results["framing"]),
     }
     log_plots(results, scores, threshold, names, params.evaluate.calibration_bins, figures)
+    write_views(headline(results))  # the few numbers `dvc metrics` lists
     write_predictions(test_files, scores, threshold, names, band)
     write_monitor_reference(scorer)
     track(results, list(scores), threshold)

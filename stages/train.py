@@ -2,8 +2,8 @@
 
 Reads data/prepared/{train,val}.npz through tf.data (augmented, shuffled,
 prefetched); early-stops on validation AUC with the best weights restored.
-Writes models/model.keras and models/train_info.json; curves go to
-metrics/train (dvclive), the run to MLflow.
+Writes models/model.keras and models/train_info.json; metrics/train.json (the few numbers
+`dvc metrics` lists), the curves to metrics/train (dvclive), the run to MLflow.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pneumonia.model.training import (
     make_datasets,
     prepare_multi_worker,
     set_up,
+    train_headline,
     weights_digest,
 )
 
@@ -98,6 +99,7 @@ def main() -> None:
             **summary,
         }
         paths.TRAIN_INFO.write_text(json.dumps(info, indent=2) + "\n")
+        paths.TRAIN_HEADLINE.write_text(json.dumps(train_headline(summary), indent=2) + "\n")
     log.info(
         "best val AUC %.4f at epoch %d, %.0f s; weights sha256 %s",
         summary["best_val_auc"],

@@ -15,9 +15,12 @@ from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.images.decode import decode_gray, to_uint8
 from pneumonia.images.heatmap import heatmap, overlay
+from pneumonia.images.prepare import model_region
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from pneumonia.images.config import PreprocessConfig
 
 
 def robustness_figure(clean: dict, shifted: dict) -> Figure:
@@ -133,7 +136,7 @@ def gate_figure(distances: dict[str, np.ndarray], threshold: float) -> Figure:
 ATTENTION_IMAGES = 4  # of each class, the first test images in manifest order
 
 
-def attention_figure(scorer: Scorer, names: list[str]) -> Figure:
+def attention_figure(scorer: Scorer, names: list[str], config: PreprocessConfig) -> Figure:
     """Class activation maps over a fixed set of test images, for `dvc plots diff`: how the
     model's attention moved between two revisions. Panels are numbered, never named (file
     names carry patient ids)."""
@@ -155,7 +158,9 @@ def attention_figure(scorer: Scorer, names: list[str]) -> Figure:
         zip(axes.ravel(), chosen, cams, probabilities, strict=False)
     ):
         gray = to_uint8_gray((paths.RAW / files[index]).read_bytes())
-        heat = heatmap(cam, gray.shape[1], gray.shape[0])
+        box = model_region(gray, config)
+        region = (box.top, box.left, box.bottom, box.right)
+        heat = heatmap(cam, gray.shape[1], gray.shape[0], region=region)
         axis.imshow(overlay(gray, heat))
         axis.set_title(f"#{panel + 1} {names[labels[index]]}\nP(pneumonia) {p:.2f}", fontsize=9)
         axis.axis("off")

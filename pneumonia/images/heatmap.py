@@ -25,25 +25,44 @@ def heatmap_size(width: int, height: int, max_side: int = 512) -> tuple[int, int
     return max(1, round(longest * width / height)), longest
 
 
-def heatmap(cam: np.ndarray, width: int, height: int, max_side: int = 512) -> np.ndarray:
+def heatmap(
+    cam: np.ndarray,
+    width: int,
+    height: int,
+    max_side: int = 512,
+    region: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
     """(H', W') uint8 gray map of an (h, w) class activation map, brighter = more pneumonia.
 
     The map is rectified (ReLU), divided by its maximum (all zeros when that is <= 0 or
     not finite) and upsampled bilinearly to the submitted image's aspect ratio
-    width:height, its longest side min(max_side, max(width, height)).
+    width:height, its longest side min(max_side, max(width, height)). `region`, (top, left,
+    bottom, right) in the image's px, is the part the model saw (a thorax crop): the map
+    covers that part and is zero outside it; None is the whole image.
     """
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2 or cam.size == 0:
         raise ValueError(f"expected a non-empty (h, w) map, got shape {cam.shape}")
     out_width, out_height = heatmap_size(width, height, max_side)
+    top, left, bottom, right = region if region is not None else (0, 0, height, width)
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(f"region {region} is not inside a {width}x{height} image")
     positive = np.maximum(np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
     peak = float(positive.max())
+    heat = np.zeros((out_height, out_width), dtype=np.uint8)
     if peak <= 0.0:
-        return np.zeros((out_height, out_width), dtype=np.uint8)
+        return heat
+    scale_y, scale_x = out_height / height, out_width / width
+    rows = slice(round(top * scale_y), max(round(top * scale_y) + 1, round(bottom * scale_y)))
+    cols = slice(round(left * scale_x), max(round(left * scale_x) + 1, round(right * scale_x)))
+    rows = slice(min(rows.start, out_height - 1), min(rows.stop, out_height))
+    cols = slice(min(cols.start, out_width - 1), min(cols.stop, out_width))
+    box_height, box_width = rows.stop - rows.start, cols.stop - cols.start
     scaled = cv2.resize(
-        positive / peak, (out_width, out_height), interpolation=cv2.INTER_LINEAR
-    ).reshape(out_height, out_width)
-    return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+        positive / peak, (box_width, box_height), interpolation=cv2.INTER_LINEAR
+    ).reshape(box_height, box_width)
+    heat[rows, cols] = np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8)
+    return heat
 
 
 def png(pixels: np.ndarray) -> bytes:

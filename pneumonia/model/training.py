@@ -324,5 +324,19 @@ def fit(
         "best_epoch": best_epoch + 1,
         "epochs_run": len(val_auc),
         "best_val_auc": float(val_auc[best_epoch]),
+        "best_val_accuracy": float(history.history["val_accuracy"][best_epoch]),
+        "best_val_sensitivity": float(history.history["val_sensitivity"][best_epoch]),
         "train_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def train_headline(summary: dict[str, Any]) -> dict[str, float | int]:
+    """The train stage's few numbers for `dvc metrics` (the keys evaluate's views use):
+    validation figures at the best epoch, whose weights are kept, and the minutes it took
+    (`dvc metrics show` has one column per key: a terminal's width holds few)."""
+    return {
+        "auc": round(summary["best_val_auc"], 4),
+        "acc": round(summary["best_val_accuracy"], 4),
+        "sens": round(summary["best_val_sensitivity"], 4),
+        "minutes": round(summary["train_seconds"] / 60, 1),
     }

@@ -36,6 +36,13 @@ from pneumonia.config import PARAMS_FILE, GateParams, load_params
 GATED = ("roc_auc", "sensitivity")
 REPORTED = ("roc_auc", "accuracy", "sensitivity", "specificity")
 SEED_SPREAD = paths.METRICS / "seed_spread.json"
+# What `dvc metrics` does not list, diffed in the report's collapsed details.
+DETAILS = (
+    str(paths.EVALUATE_LIVE / "metrics.json"),
+    str(paths.TRAIN_LIVE / "metrics.json"),
+    str(paths.INGEST_SUMMARY),
+    str(paths.EXPORT_METRICS),
+)
 
 
 class MetricsError(RuntimeError):
@@ -261,7 +268,13 @@ def review_report(
         "### Params",
         dvc_output("params", "diff", base, "--md"),
         "### Metrics",
+        "The headline: each held-out split, the worst split, the worst shift (framing "
+        "included), the decision band and the gate (`dvc metrics diff`).",
         dvc_output("metrics", "diff", base, "--md", "--precision", "4"),
+        "<details><summary>Every figure evaluate measures (metrics/evaluate/metrics.json)"
+        "</summary>\n",
+        dvc_output("metrics", "diff", base, "--md", "--precision", "4", "--targets", *DETAILS),
+        "</details>",
     ]
     if plots_dir is not None:
         dvc_output("plots", "diff", base, "-o", str(plots_dir))

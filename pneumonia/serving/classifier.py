@@ -20,6 +20,7 @@ from pneumonia.decision.contract import MetadataError, ModelMetadata
 from pneumonia.images import heatmap
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
+from pneumonia.images.prepare import model_region
 from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
 from pneumonia.serving import inference
 from pneumonia.serving.requests import ClientError
@@ -103,8 +104,10 @@ class Classifier:
         if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
-        heat = heatmap.png(heatmap.heatmap(outputs.cams[0], gray.shape[1], gray.shape[0]))
-        return replace(prediction, heatmap_png=heat)
+        box = model_region(gray, self.metadata.preprocessing)  # where the map lies
+        region = (box.top, box.left, box.bottom, box.right)
+        heat = heatmap.heatmap(outputs.cams[0], gray.shape[1], gray.shape[0], region=region)
+        return replace(prediction, heatmap_png=heatmap.png(heat))
 
     def infer(
         self, batch: np.ndarray, explain: bool = False, features: bool = False

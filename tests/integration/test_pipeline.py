@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -325,6 +327,36 @@ def test_a_repro_killed_during_train_completes_when_run_again(own_repo):
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+# The README's commands that print tables, as a person reads them in a terminal.
+TABLES = ("dvc exp show", "dvc metrics show", "dvc metrics diff main", "dvc params diff main")
+WIDTH = 120
+
+
+def readme_commands() -> dict[str, list[str]]:
+    """The README walkthrough's table commands, by their start, as the README spells them."""
+    commands = {}
+    for line in README.read_text().splitlines():
+        for start in TABLES:
+            if line.startswith(start) and start not in commands:
+                commands[start] = shlex.split(line.split("  #")[0])
+    assert set(commands) == set(TABLES), f"the README lacks {set(TABLES) - set(commands)}"
+    return commands
+
+
+def assert_readable(repo, commands: dict[str, list[str]]) -> None:
+    """Each command's table fits WIDTH columns, with no column collapsed to an ellipsis."""
+    env = {**pipeline_env(repo), "COLUMNS": str(WIDTH)}
+    for start, command in commands.items():
+        result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stdout.splitlines()
+        assert len(lines) >= 2, f"{start} printed no table:\n{result.stdout}"
+        widest = max(len(line.rstrip()) for line in lines)
+        assert widest <= WIDTH, f"{start}: a line of {widest} columns\n{result.stdout}"
+        assert "\u2026" not in result.stdout, f"{start}: a collapsed column\n{result.stdout}"
+
+
 def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     repo = own_repo  # a private copy: this test changes it
     # The README's commands, on the slice (DVC-tracked in data/source: a queued run's
@@ -336,7 +368,15 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
         check=True,
     )
     run(repo, "dvc", "repro")
-    run(repo, "dvc", "exp", "run", "--set-param", "train.epochs=1", "--name", "one-epoch")
+    tables = readme_commands()
+    assert_readable(repo, tables)  # the default workspace
+    shown = run(repo, "dvc", "metrics", "show", "--json").stdout
+    listed = {Path(name).as_posix() for name in json.loads(shown)["workspace"]["data"]}
+    assert listed == {
+        f"metrics/{view}.json"
+        for view in ("train", "test", "early", "late", "worst_split", "worst_shift", "decision")
+    }
+    run(repo, "dvc", "exp", "run", "--set-param", "train.dropout=0.2", "--name", "drop-02")
     run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.1", "--name", "q-a")
     run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.5", "--name", "q-b")
     run(repo, "dvc", "queue", "start", "--jobs", "1")
@@ -347,14 +387,19 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     status = run(repo, "dvc", "queue", "status").stdout
     assert status.count("Success") >= 2, status
     shown = run(repo, "dvc", "exp", "show", "--json").stdout
-    for name in ("one-epoch", "q-a", "q-b"):
+    for name in ("drop-02", "q-a", "q-b"):
         assert name in shown
+    assert_readable(repo, tables)  # with the experiments, queued ones included
+    table = run(repo, *tables["dvc exp show"]).stdout
+    assert "q-a" in table and "train.dropout" in table and "metrics/worst_shift.json:spec" in table
     diff = run(repo, "dvc", "exp", "diff", "q-a", "q-b", "--json").stdout
     assert "dropout" in diff
     run(repo, "dvc", "exp", "apply", "q-b")
     params_diff = run(repo, "dvc", "params", "diff", "main", "--md").stdout
     assert "train.dropout" in params_diff and "0.5" in params_diff
-    assert "Path" in run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
+    metrics_diff = run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
+    assert "metrics/worst_shift.json" in metrics_diff
+    assert "metrics/evaluate/metrics.json" not in metrics_diff  # the details are not listed
     run(repo, "dvc", "plots", "diff", "main", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
     # The pull-request report, as the review workflow runs it.
@@ -374,7 +419,11 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     )
     text = review.read_text()
     assert "## Model review" in text and "train.dropout" in text
-    assert "metrics/train/metrics.json" in text and "Metric gate" in text
+    headline, details = text.split("<details>")
+    assert (
+        "metrics/worst_shift.json" in headline and "metrics/evaluate/metrics.json" not in headline
+    )
+    assert "metrics/evaluate/metrics.json" in details and "Metric gate" in text
     assert (tmp_path / "review_plots" / "index.html").exists()
 
 

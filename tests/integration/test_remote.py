@@ -114,4 +114,5 @@ def test_push_interrupted_then_completed_and_pulled_into_a_fresh_clone(
     run(clone, *report, "--output", str(review))
     text = review.read_text()
     assert "## Model review" in text and "evaluate.threshold_policy" in text
-    assert "metrics/evaluate/metrics.json" in text
+    assert "metrics/decision.json" in text  # the threshold moved: a headline figure
+    assert "metrics/evaluate/metrics.json" in text  # and the details, collapsed

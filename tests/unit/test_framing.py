@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from pneumonia.evaluation.shifts import FRAMING, MAX_ASPECT, _border, _thorax_crop
+from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.framing import Box, find_thorax
+from pneumonia.images.prepare import model_region, prepare_image
 from tests.conftest import SAMPLE_DATA
 
 FILES = sorted(SAMPLE_DATA.glob("train/*/*.jpeg"))
@@ -118,3 +120,47 @@ def test_a_full_resolution_image_gets_the_box_of_its_smaller_copy_scaled_up():
     box, small = find_thorax(large), find_thorax(cv2.resize(large, (205, 256)))
     assert abs(box.top - small.top * 4.375) <= 6 and abs(box.bottom - small.bottom * 4.375) <= 6
     assert abs(box.left - small.left * 4.37) <= 6 and abs(box.right - small.right * 4.37) <= 6
+
+
+THORAX = PreprocessConfig(
+    image_size=64, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8, framing="thorax"
+)
+
+
+def test_thorax_framing_feeds_the_model_the_box_resized_and_full_framing_the_whole_image():
+    image = gray(FILES[0])
+    box = find_thorax(image)
+    expected = cv2.resize(
+        image[box.top : box.bottom, box.left : box.right], (64, 64), interpolation=cv2.INTER_AREA
+    )
+    np.testing.assert_array_equal(prepare_image(image, THORAX)[..., 0], expected)
+    full = THORAX.model_copy(update={"framing": "full"})
+    assert model_region(image, full) == Box(0, 0, *image.shape)
+    whole = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(prepare_image(image, full)[..., 0], whole)
+
+
+def test_thorax_framing_gives_nearly_the_same_input_with_or_without_a_black_border():
+    # What canonical framing is for: a scanned film's border (or a wider collimation) and
+    # the plain image reach the model as nearly the same pixels; full framing does not.
+    thorax, full = [], []
+    for path in FILES:
+        image = gray(path)
+        bordered = _border(image, 0.10, (0.4, 1.6, 1.6, 0.4))
+        for config, out in (
+            (THORAX, thorax),
+            (THORAX.model_copy(update={"framing": "full"}), full),
+        ):
+            plain = prepare_image(image, config).astype(np.float32)
+            out.append(np.abs(plain - prepare_image(bordered, config)).mean())
+    assert np.median(thorax) < 0.5 * np.median(full)
+    assert np.median(thorax) <= 12  # gray levels out of 255
+
+
+def test_params_without_framing_mean_the_whole_image():
+    config = PreprocessConfig(
+        image_size=64, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    assert config.framing == "full"
+    with pytest.raises(ValueError):
+        PreprocessConfig(**{**config.model_dump(), "framing": "lungs"})

@@ -111,3 +111,24 @@ def test_overlay_at_the_same_size_does_not_resize():
     assert shown.shape == (64, 32, 3)
     assert (shown[heat == 0] == 100).all()
     assert not (shown[10, 10] == 100).all()
+
+
+def test_a_region_puts_the_map_where_the_model_looked_and_zero_elsewhere():
+    # A thorax-framed model saw rows 100-300 and columns 200-800 of a 1000x500 image: its
+    # peak at the map's top-left corner lands at the region's top-left, nothing outside.
+    heat = heatmap(peaked_cam(0, 0), 1000, 500, region=(100, 200, 300, 800))
+    assert heat.shape == (256, 512)
+    rows, cols = np.nonzero(heat)
+    scale = 512 / 1000
+    assert rows.min() >= round(100 * scale) and rows.max() < round(300 * scale)
+    assert cols.min() >= round(200 * scale) and cols.max() < round(800 * scale)
+    peak_row, peak_col = np.unravel_index(np.argmax(heat), heat.shape)
+    assert (peak_row, peak_col) == (round(100 * scale), round(200 * scale))
+    whole = heatmap(peaked_cam(0, 0), 1000, 500)
+    assert whole[0, 0] == 255 and heat[0, 0] == 0
+
+
+@pytest.mark.parametrize("region", [(0, 0, 0, 10), (0, 0, 10, 11), (-1, 0, 5, 5), (5, 5, 4, 9)])
+def test_a_region_outside_the_image_is_refused(region):
+    with pytest.raises(ValueError):
+        heatmap(peaked_cam(0, 0), 10, 10, region=region)
