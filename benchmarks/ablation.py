@@ -61,6 +61,8 @@ LEVERS: dict[str, list[str]] = {
     # Canonical framing: training and serving both crop to the detected thorax first.
     "thorax-framing": ["preprocess.framing=thorax"],
     "thorax-framing-160px": ["preprocess.framing=thorax", "preprocess.image_size=160"],
+    # The thorax already fills the input: random crops to half its side cut away lung.
+    "thorax-framing-crop-0.8": ["preprocess.framing=thorax", "train.augment.crop_scale_min=0.8"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

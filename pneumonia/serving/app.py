@@ -1,4 +1,5 @@
-"""POST /predict and GET /health behind API Gateway (REST), serving model.onnx.
+"""POST /predict, GET /health and GET / (a page to try it) behind API Gateway (REST),
+serving model.onnx.
 
 The image's CMD is `pneumonia.serving.app.lambda_handler`. The model loads once per
 cold start from the folder named by MODEL_DIR (default: ./model in the task root,
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field
 from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE
 from pneumonia.images.screening import NOT_A_CHEST_XRAY
 from pneumonia.serving.classifier import Classifier, model_dir
+from pneumonia.serving.page import page
 from pneumonia.serving.requests import MAX_BODY_BYTES, ClientError, parse_request
 
 logger = Logger(service="pneumonia-endpoint")
@@ -159,6 +161,26 @@ def predict() -> PredictResponse:
         modelVersion=model.metadata.model_version,
         threshold=model.metadata.threshold,
         explanation=explanation,
+    )
+
+
+@app.get(
+    "/",
+    summary="A page to try the model: drop an X-ray, see the answer and its heatmap",
+    responses={
+        200: {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+        405: documented("a method other than GET"),
+    },
+)
+def index() -> Response[str]:
+    """GET /: the static page (pneumonia/serving/page.html) with its security headers. It
+    needs no model: the page asks /predict."""
+    html, headers = page()
+    return Response(
+        status_code=HTTPStatus.OK.value,
+        content_type="text/html; charset=utf-8",
+        body=html,
+        headers=headers,
     )
 
 
