@@ -85,10 +85,13 @@ class EvaluateParams(_Section):
 
 
 class ExportParams(_Section):
-    """The `export_onnx` section: ONNX opset and the Keras/ONNX parity tolerance."""
+    """The `export_onnx` section: ONNX opset, the Keras/ONNX parity tolerance and the age
+    bound of the intended use that model.json carries."""
 
     opset: int = Field(ge=13)
     parity_tolerance: float = Field(gt=0)
+    # Intended use, written to model.json: a DICOM of an older patient is refused.
+    max_patient_age_years: float = Field(gt=0)
 
 
 class GateParams(_Section):

@@ -10,6 +10,10 @@ QUARANTINE_LIST = QUARANTINE / "quarantine.csv"  # file, label, reason, detail
 MANIFEST = DATA / "manifest.csv"
 INGEST_REPORT = DATA / "ingest_report.json"  # names files (patient ids): DVC cache, not git
 DOWNLOADS = DATA / "downloads"  # cache of fetched archives (git/dvc ignored)
+# Real radiographs from public repositories (adults, other body parts), in git with their
+# manifest (repository, commit, path, licence): the intended-use check's fit and figures.
+EXTERNAL_RADIOGRAPHS = DATA / "external" / "radiographs"
+EXTERNAL_MANIFEST = EXTERNAL_RADIOGRAPHS / "manifest.csv"
 
 PREPARED = DATA / "prepared"  # one <split>.npz per split + params.json
 PREPARED_PARAMS = PREPARED / "params.json"

@@ -21,8 +21,9 @@ from pneumonia.data.prepared import load_files, preprocessing
 from pneumonia.evaluation.explanations import faithfulness_report
 from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
 from pneumonia.evaluation.framing import framing_report
-from pneumonia.evaluation.gate import fit_gate, gate_report
+from pneumonia.evaluation.gate import fit_gate, gate_report, split_features
 from pneumonia.evaluation.headline import headline, worst_shift, write_views
+from pneumonia.evaluation.intended_use import external_features, fit_and_measure
 from pneumonia.evaluation.metrics import policy_table, worst_of
 from pneumonia.evaluation.outputs import (
     log_plots,
@@ -76,11 +77,21 @@ def main() -> None:
     band, results["decision"] = decision_report(
         pooled_val, scores, threshold, params.evaluate.indeterminate_error_rate
     )
-    gate = fit_gate(scorer, config, params.evaluate.ood_false_rejection_rate)
-    results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores))
-    np.savez(paths.GATE, mean=gate.mean, whitening=gate.whitening)
+    train_features = split_features(scorer, "train", config, every=4)
+    gate = fit_gate(scorer, config, params.evaluate.ood_false_rejection_rate, train_features)
+    head, results["intended_use"] = fit_and_measure(
+        external_features(scorer, config),
+        train_features,
+        gate.distance,
+        gate.threshold,
+        params.base.seed,
+    )
+    results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head)
+    arrays = {"mean": gate.mean, "whitening": gate.whitening}
+    arrays |= {f"use_{name}": value for name, value in head.arrays().items()}
+    np.savez(paths.GATE, allow_pickle=False, **arrays)
     results["framing"], results["worst_framing"] = framing_report(
-        scorer, gate, band, threshold, config, list(scores)
+        scorer, gate, band, threshold, config, list(scores), head
     )
 
     results["worst_shift"] = worst_shift(results)

@@ -44,13 +44,20 @@ def main() -> None:
     decision = load_decision(evaluation)
     model = keras.models.load_model(paths.KERAS_MODEL)
     onnx_bytes = export_for_serving(
-        model, config.image_size, params.opset, decision.calibration, decision.gate
+        model,
+        config.image_size,
+        params.opset,
+        decision.calibration,
+        decision.gate,
+        decision.use_head,
     )
     paths.ONNX_MODEL.write_bytes(onnx_bytes)
     session = inference.session(onnx_bytes, threads=0)  # all cores, as before
     check = check_parity(model, session, decision, params.parity_tolerance, len(onnx_bytes))
 
-    metadata = describe_model(onnx_bytes, config, labels, evaluation, decision, params.opset)
+    metadata = describe_model(
+        onnx_bytes, config, labels, evaluation, decision, params.opset, params.max_patient_age_years
+    )
     paths.MODEL_METADATA.write_text(metadata.to_json())
     summary = json.loads(paths.INGEST_SUMMARY.read_text())
     paths.MODEL_CARD.write_text(model_card(metadata, evaluation, summary, train_info))

@@ -35,6 +35,7 @@ class OutputNames(_Strict):
     ood_distance: str = Field(min_length=1)  # (N,) distance from the training features
     cam: str = Field(min_length=1)  # (N, h, w) class activation map of the logit
     features: str = Field(min_length=1)  # (N, F) the features the gate's distance measures
+    use: str | None = Field(default=None, min_length=1)  # (N, K) intended-use logits
 
 
 class CalibrationSpec(_Strict):
@@ -73,6 +74,8 @@ class ModelMetadata(_Strict):
     decision_band: DecisionBand
     ood_gate: OodGate
     training_data_sha256: str  # of data/manifest.csv: which images, labels and splits
+    # A DICOM whose patient is older is refused (outside_training_population); None: no bound.
+    max_patient_age_years: float | None = Field(default=None, gt=0)
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
 
@@ -125,8 +128,10 @@ class ModelMetadata(_Strict):
         return draft.model_copy(update={"model_version": draft.content_version(onnx_bytes)})
 
     def answering(self) -> dict[str, Any]:
-        """The fields that turn the graph's outputs into an answer, as JSON values."""
-        return self.model_dump(mode="json", include=set(ANSWERING))
+        """The fields that turn the graph's outputs into an answer, as JSON values; unset
+        ones (no age bound, no intended-use output) left out, so a model.json from before
+        them keeps its version."""
+        return self.model_dump(mode="json", include=set(ANSWERING), exclude_none=True)
 
     def content_version(self, onnx_bytes: bytes) -> str:
         """The version this metadata and these graph bytes give together."""
@@ -155,6 +160,7 @@ ANSWERING = (
     "calibration",
     "decision_band",
     "ood_gate",
+    "max_patient_age_years",
 )
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.band import band_metrics
+from pneumonia.decision.use import ANSWERED
 from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import FRAMING
@@ -24,6 +25,7 @@ from pneumonia.images.screening import screen
 if TYPE_CHECKING:
     from pneumonia.decision.band import Band
     from pneumonia.decision.gate import FeatureGate
+    from pneumonia.decision.use import UseHead
 
 WORST = (*ROBUSTNESS_METRICS, "accuracy_decided")  # lowest over the shifts is the worst
 MOST = ("refused", "share_indeterminate")  # highest over the shifts is the worst
@@ -57,24 +59,30 @@ def framing_report(
     threshold: float,
     config: PreprocessConfig,
     splits: list[str],
+    head: UseHead | None = None,
 ) -> tuple[dict, dict]:
     """Per framing shift: AUC, accuracy, sensitivity and specificity at the threshold, the
     band's share indeterminate and accuracy on the decided, and the share of real X-rays the
-    gate refuses (cheap checks or learned check); then the worst of each over the shifts."""
+    endpoint refuses (cheap checks, the intended-use head or the learned check); then the
+    worst of each over the shifts."""
     files, labels = held_out_files(splits)
     report: dict = {}
     shifts = {UNCHANGED: lambda gray: gray, **FRAMING}  # the same path, as the baseline
     for name, shift in tqdm(shifts.items(), desc="framing (held-out)", unit="shift"):
         inputs, cheap = framed(files, shift, config)
         probabilities = scorer(inputs)
-        distances = gate.distance(scorer.outputs(inputs)[1])
+        features = scorer.outputs(inputs)[1]
+        distances = gate.distance(features)
+        off_use = np.zeros(len(labels), dtype=bool)
+        if head is not None:
+            off_use = np.array([kind != ANSWERED for kind in head.kinds(features)])
         metrics = binary_metrics(labels, probabilities, threshold)
         decided = band_metrics(labels, probabilities, band)
         report[name] = {
             **{key: float(metrics[key]) for key in ROBUSTNESS_METRICS},
             "share_indeterminate": decided["share_indeterminate"],
             "accuracy_decided": decided["accuracy_decided"],
-            "refused": float(np.mean(cheap | ~(distances <= gate.threshold))),
+            "refused": float(np.mean(cheap | off_use | ~(distances <= gate.threshold))),
         }
     worst = worst_framing({name: row for name, row in report.items() if name != UNCHANGED})
     return report, {**worst, "images": len(labels)}

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.gate import fit_feature_model, with_threshold
+from pneumonia.decision.use import ANSWERED
 from pneumonia.evaluation.ood import NOT_COVERED, out_of_distribution_images
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS, SHIFTS, shifted_inputs
@@ -21,6 +22,7 @@ from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
 
 if TYPE_CHECKING:
     from pneumonia.decision.gate import FeatureGate
+    from pneumonia.decision.use import UseHead
 
 log = logging.getLogger("evaluate")
 
@@ -39,10 +41,18 @@ def split_features(
     return np.concatenate(features)
 
 
-def fit_gate(scorer: Scorer, config: PreprocessConfig, false_rejection_rate: float) -> FeatureGate:
+def fit_gate(
+    scorer: Scorer,
+    config: PreprocessConfig,
+    false_rejection_rate: float,
+    train_features: np.ndarray | None = None,
+) -> FeatureGate:
     """The learned check: mean and covariance of the training split's features (a quarter
-    of it also under each shift), threshold on validation and its shifted copies."""
-    gate = fit_feature_model(split_features(scorer, "train", config, every=4))
+    of it also under each shift: `train_features` when given), threshold on validation and
+    its shifted copies."""
+    if train_features is None:
+        train_features = split_features(scorer, "train", config, every=4)
+    gate = fit_feature_model(train_features)
     val_distances = gate.distance(split_features(scorer, "val", config))
     gate = with_threshold(gate, val_distances, false_rejection_rate)
     log.info(
@@ -54,11 +64,16 @@ def fit_gate(scorer: Scorer, config: PreprocessConfig, false_rejection_rate: flo
 
 
 def refusals(
-    files: list[bytes], scorer: Scorer, gate: FeatureGate, config: PreprocessConfig
+    files: list[bytes],
+    scorer: Scorer,
+    gate: FeatureGate,
+    config: PreprocessConfig,
+    head: UseHead | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Which check refuses each encoded image, as the endpoint would: "decoder" (a 4xx from
-    decoding, e.g. a DICOM of another modality), "cheap checks", "learned check", or
-    "accepted"; and the feature distance of those that reached the learned check."""
+    decoding, e.g. a DICOM of another modality), "cheap checks", "intended-use check",
+    "learned check", or "accepted"; and the feature distance of those that reached the
+    model."""
     outcomes: list[str] = []
     reached: list[int] = []
     inputs: list[np.ndarray] = []
@@ -69,33 +84,45 @@ def refusals(
             outcomes.append("accepted")
         except ImageError as error:
             outcomes.append("cheap checks" if error.reason == NOT_A_CHEST_XRAY else "decoder")
-    distances = gate.distance(scorer.outputs(np.stack(inputs))[1]) if inputs else np.zeros(0)
-    for index, distance in zip(reached, distances, strict=True):
-        if not distance <= gate.threshold:
+    features = scorer.outputs(np.stack(inputs))[1] if inputs else np.zeros((0, 1))
+    distances = gate.distance(features) if inputs else np.zeros(0)
+    kinds = head.kinds(features) if head is not None and inputs else [ANSWERED] * len(reached)
+    for index, distance, kind in zip(reached, distances, kinds, strict=True):
+        if kind != ANSWERED:
+            outcomes[index] = "intended-use check"
+        elif not distance <= gate.threshold:
             outcomes[index] = "learned check"
     return outcomes, distances
 
 
 def gate_report(
-    scorer: Scorer, gate: FeatureGate, config: PreprocessConfig, held_out: list[str]
+    scorer: Scorer,
+    gate: FeatureGate,
+    config: PreprocessConfig,
+    held_out: list[str],
+    head: UseHead | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """False rejections of real X-rays (held-out splits, and framing shifts of test) and
-    detection of the out-of-distribution set, by kind; plus the distances for the plot."""
+    """False rejections of real X-rays (held-out splits, and the robustness shifts of test)
+    and detection of the out-of-distribution set, by kind, by the gate and the intended-use
+    head together; plus the distances for the plot."""
     report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
     distances: dict[str, np.ndarray] = {}
     rejected: dict[str, float] = {}
     for split in held_out:
         files = [(paths.RAW / name).read_bytes() for name in load_files(split)]
-        outcomes, distances[split] = refusals(files, scorer, gate, config)
+        outcomes, distances[split] = refusals(files, scorer, gate, config, head)
         rejected[split] = float(np.mean([outcome != "accepted" for outcome in outcomes]))
     test_files = [paths.RAW / name for name in load_files("test")]
     for name in tqdm(SHIFTS, desc="gate under shifts (test)", unit="shift"):
         features = scorer.outputs(shifted_inputs(test_files, SHIFTS[name], config))[1]
-        rejected[f"test, {name}"] = float(np.mean(gate.distance(features) > gate.threshold))
+        refused = ~(gate.distance(features) <= gate.threshold)
+        if head is not None:
+            refused |= np.array([kind != ANSWERED for kind in head.kinds(features)])
+        rejected[f"test, {name}"] = float(np.mean(refused))
     report["false_rejections"] = rejected
     images = out_of_distribution_images()
     outcomes, distances["out of distribution"] = refusals(
-        [image.data for image in images], scorer, gate, config
+        [image.data for image in images], scorer, gate, config, head
     )
     detected: dict[str, list[bool]] = {}
     for image, outcome in zip(images, outcomes, strict=True):

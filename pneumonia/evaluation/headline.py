@@ -14,7 +14,9 @@ Views:
   test and the framing shifts of the pooled held-out splits); the largest indeterminate
   share and refusal rate, and the lowest accuracy on decided cases, over the same shifts;
 - `decision`: the threshold, and the three-way decision and the gate on the pooled
-  held-out splits as they are.
+  held-out splits as they are;
+- `adult`, `body_part`: the share of the external adult chest X-rays and of the radiographs
+  of other body parts that the endpoint refuses (cross-validated), and how many there are.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ DECISION_KEYS = (
     ("refused", "refused", True),
 )
 DIGITS = 4  # enough to see a change of one image in a few hundred; short columns
-VIEWS = ("test", "early", "late", "worst_split", "worst_shift", "decision")
+VIEWS = ("test", "early", "late", "worst_split", "worst_shift", "decision", "adult", "body_part")
+# The external radiographs' kinds by view (the intended-use check, cross-validated).
+EXTERNAL_VIEWS = {"adult": "adult_chest", "body_part": "other_body_part"}
 
 
 def _rounded(value: float) -> float:
@@ -91,6 +95,13 @@ def headline(results: dict) -> dict[str, dict]:
         "threshold": _rounded(results["threshold"]),
         **{short: _rounded(as_is[name]) for name, short, _ in DECISION_KEYS},
     }
+    kinds = results["intended_use"]["kinds"]
+    for view, kind in EXTERNAL_VIEWS.items():
+        if kind in kinds:
+            views[view] = {
+                "refused": _rounded(kinds[kind]["refused"]),
+                "images": kinds[kind]["images"],
+            }
     return views
 
 

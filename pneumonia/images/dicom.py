@@ -18,8 +18,10 @@ value other than the transfer syntax, and pydicom never validates values on read
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -63,6 +65,11 @@ from pneumonia.images.formats import MAX_PIXELS, MAX_SIDE, ImageError, ImageHead
 # Projection radiographs: computed, digital (and the non-standard "DR" some vendors write).
 PROJECTION_MODALITIES = frozenset({"CR", "DX", "DR"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT"})
+# PS3.5 Age String (nnnD, nnnW, nnnM, nnnY), read leniently: 1 to 3 digits.
+AGE_STRING = re.compile(r"(\d{1,3})\s*([DWMY])")
+YEARS_PER_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+# When PatientAge is absent: the birth date against the first of these dates.
+EXAM_DATES = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
 GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
 # Transfer syntaxes accepted, each with the pydicom decoding plugin that decodes it (all
 # permissively licensed; pylibjpeg-libjpeg, GPL, is not to be installed). Native syntaxes
@@ -185,7 +192,36 @@ def _checked_header(dataset: Dataset) -> ImageHeader:
     _check_modality(dataset)
     _check_view(dataset)
     _check_transfer_syntax(dataset)
-    return ImageHeader("DICOM", columns, rows, photometric)
+    return ImageHeader("DICOM", columns, rows, photometric, patient_age_years(dataset))
+
+
+def patient_age_years(dataset: Dataset) -> float | None:
+    """The patient's age at the exam, in years: PatientAge, else the exam date less
+    PatientBirthDate; None when neither can be read (an unreadable value refuses nothing)."""
+    match = AGE_STRING.fullmatch(_optional_text(dataset, "PatientAge") or "")
+    if match:
+        return int(match.group(1)) * YEARS_PER_UNIT[match.group(2)]
+    born = _date(dataset, "PatientBirthDate")
+    exam = next((day for key in EXAM_DATES if (day := _date(dataset, key)) is not None), None)
+    if born is None or exam is None or exam < born:
+        return None
+    return (exam - born).days / 365.25
+
+
+def _optional_text(dataset: Dataset, keyword: str) -> str | None:
+    try:
+        value = dataset.get(keyword)
+        return None if value is None else _text(value)
+    except Exception:  # a malformed optional element is unknown, not a refusal
+        return None
+
+
+def _date(dataset: Dataset, keyword: str) -> datetime.date | None:
+    text = _optional_text(dataset, keyword)
+    try:
+        return datetime.datetime.strptime((text or "")[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _value(dataset: Dataset, keyword: str, convert: Callable[[Any], Any]) -> Any:

@@ -34,6 +34,7 @@ class ImageHeader:
     width: int
     height: int
     mode: str
+    age_years: float | None = None  # the patient's age, from a DICOM header; None: unknown
 
 
 def is_dicom(data: bytes) -> bool:

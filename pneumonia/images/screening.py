@@ -21,6 +21,8 @@ from pneumonia.images.formats import ImageError, is_dicom
 from pneumonia.images.prepare import prepare_image
 
 NOT_A_CHEST_XRAY = "not_a_chest_xray"  # the reason of every refusal that the image is not one
+# A chest X-ray of a patient outside the population the model was trained on (by age).
+OUTSIDE_TRAINING_POPULATION = "outside_training_population"
 
 MAX_SATURATION = 0.20  # mean HSV saturation of the thumbnail, 0..1 (radiographs: 0.00;
 # a scan of film with a 15% tint: 0.15)
@@ -84,16 +86,27 @@ class NotAChestXray(ImageError):
         super().__init__(NOT_A_CHEST_XRAY, message)
 
 
-def screen_and_prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+def screen_and_prepare(
+    data: bytes, config: PreprocessConfig, max_age_years: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(the decoded gray image, the model input) of an encoded image that passes the cheap
     checks. ImageError for bytes that are not a usable image, NotAChestXray (an ImageError)
-    for an image the checks refuse."""
+    for an image the checks refuse, and OUTSIDE_TRAINING_POPULATION for a DICOM whose patient
+    is older than `max_age_years` (None: no bound). The age is never put in a message."""
     # Format, structure and pixel caps are checked from the bytes before decoding, and so is
     # the shape of a JPEG or PNG (the aspect ratio is the same whichever way EXIF turns it).
     if not is_dicom(data):
         header = read_header(data)
         if (why := aspect_refusal(header.width, header.height)) is not None:
             raise NotAChestXray(why)
+    elif max_age_years is not None:
+        age = read_header(data).age_years
+        if age is not None and age > max_age_years:
+            raise ImageError(
+                OUTSIDE_TRAINING_POPULATION,
+                "the patient's age in the DICOM header is outside the population the model "
+                f"was trained on (pediatric, up to {max_age_years:g} years)",
+            )
     gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
     pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
     why = screen(gray, thumbnail)

@@ -332,11 +332,11 @@ def fit(
 
 def train_headline(summary: dict[str, Any]) -> dict[str, float | int]:
     """The train stage's few numbers for `dvc metrics` (the keys evaluate's views use):
-    validation figures at the best epoch, whose weights are kept, and the minutes it took
-    (`dvc metrics show` has one column per key: a terminal's width holds few)."""
+    validation figures at the best epoch, whose weights are kept. The training time is in
+    metrics/train/metrics.json: `dvc metrics show` has one column per key, and a
+    terminal's width holds few."""
     return {
         "auc": round(summary["best_val_auc"], 4),
         "acc": round(summary["best_val_accuracy"], 4),
         "sens": round(summary["best_val_sensitivity"], 4),
-        "minutes": round(summary["train_seconds"] / 60, 1),
     }

@@ -62,6 +62,10 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         opset=metadata.versions.get("opset"),
         image_size=metadata.preprocessing.image_size,
         intensity=metadata.preprocessing.intensity,
+        framing=metadata.preprocessing.framing,
+        max_patient_age_years=f"{metadata.max_patient_age_years:g}"
+        if metadata.max_patient_age_years is not None
+        else "(no bound)",
         threshold=f"{metadata.threshold:.4f}",
         threshold_policy=evaluation.get("threshold_policy", "?"),
         **{name: interval(name) for name in INTERVALS},

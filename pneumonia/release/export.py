@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.gate import FeatureGate
+    from pneumonia.decision.use import UseHead
 
 
 def convert(model: keras.Model, image_size: int, opset: int) -> bytes:
@@ -171,8 +172,9 @@ OUTPUTS = {
     "cam": "cam",  # (N, h, w) class activation map of the pneumonia logit
     "features": "features",  # (N, F) the features the gate measures; drift monitoring reads them
     "raw_probability": "probability_pneumonia",  # (N, 1) the Keras model's own output
+    "use": "use_logits",  # (N, K) the intended-use head's logits (pneumonia.decision.use)
 }
-SERVED = ("probability", "ood_distance", "cam", "features")  # the roles model.json names
+SERVED = ("probability", "ood_distance", "cam", "features", "use")  # the roles model.json names
 
 
 def add_decision_outputs(
@@ -181,13 +183,16 @@ def add_decision_outputs(
     shift: float,
     mean: np.ndarray,
     whitening: np.ndarray,
+    use_head: UseHead | None = None,
 ) -> onnx.ModelProto:
-    """The exported graph plus the calibrated probability and the gate's distance.
+    """The exported graph plus the calibrated probability, the gate's distance and, with a
+    head, the intended-use logits.
 
     From the `cam` and `features` outputs of `pneumonia.model.with_explanations`:
     probability_calibrated = sigmoid(scale * mean(cam) + shift) (the map's mean is the
-    logit), ood_distance = sqrt(sum(((features - mean) @ whitening)^2)). In the graph, so
-    the version hash covers them and serving needs no second file.
+    logit), ood_distance = sqrt(sum(((features - mean) @ whitening)^2)),
+    use_logits = ((features - use_mean) / use_scale) @ use_weights + use_bias. In the graph,
+    so the version hash covers them and serving needs no second file.
     """
     import numpy as np
     import onnx
@@ -214,6 +219,17 @@ def add_decision_outputs(
         helper.make_node("ReduceSumSquare", ["whitened"], ["squared"], axes=[1], keepdims=0),
         helper.make_node("Sqrt", ["squared"], [OUTPUTS["ood_distance"]]),
     ]
+    if use_head is not None:
+        constants |= {
+            f"use_{name}": np.asarray(value, dtype=np.float32)
+            for name, value in use_head.arrays().items()
+        }
+        nodes += [
+            helper.make_node("Sub", ["features", "use_mean"], ["use_centred"]),
+            helper.make_node("Div", ["use_centred", "use_scale"], ["use_standard"]),
+            helper.make_node("MatMul", ["use_standard", "use_weights"], ["use_product"]),
+            helper.make_node("Add", ["use_product", "use_bias"], [OUTPUTS["use"]]),
+        ]
     result = onnx.ModelProto()
     result.CopyFrom(model)
     result.graph.node.extend(nodes)
@@ -229,17 +245,28 @@ def add_decision_outputs(
         helper.make_tensor_value_info(OUTPUTS[name], TensorProto.FLOAT, ["batch"])
         for name in ("probability", "ood_distance")
     )
+    if use_head is not None:
+        kinds = use_head.weights.shape[1]
+        result.graph.output.append(
+            helper.make_tensor_value_info(OUTPUTS["use"], TensorProto.FLOAT, ["batch", kinds])
+        )
     onnx.checker.check_model(result)
     return result
 
 
 def export_for_serving(
-    model: keras.Model, image_size: int, opset: int, calibration: Calibration, gate: FeatureGate
+    model: keras.Model,
+    image_size: int,
+    opset: int,
+    calibration: Calibration,
+    gate: FeatureGate,
+    use_head: UseHead | None = None,
 ) -> bytes:
     """The served graph: the network with its map and features (`with_explanations`), the
-    calibrated probability and the gate's distance; canonical bytes."""
+    calibrated probability, the gate's distance and the intended-use logits; canonical
+    bytes."""
     proto = _from_keras(with_explanations(model), image_size, opset)
     served = add_decision_outputs(
-        proto, calibration.scale, calibration.shift, gate.mean, gate.whitening
+        proto, calibration.scale, calibration.shift, gate.mean, gate.whitening, use_head
     )
     return canonical(served).SerializeToString(deterministic=True)

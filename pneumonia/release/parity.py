@@ -64,6 +64,12 @@ def check_parity(
     check["max_rel_diff_distance"] = float(
         np.max(np.abs(keras_distance - distance) / np.maximum(keras_distance, 1e-6))
     )
+    if decision.use_head is not None:  # the intended-use head: the same kind for each image
+        (onnx_use,) = inference.run(session, test_images, [OUTPUTS["use"]])
+        numpy_use = decision.use_head.logits(features)
+        check["use_kinds_differing"] = int(
+            np.sum(np.argmax(numpy_use, axis=1) != np.argmax(onnx_use, axis=1))
+        )
     # Grad-CAM's weighted sum before its ReLU against the graph's map (the served heatmap is
     # the ReLU of both): equal up to the factor h * w when the export is right.
     count = min(20, len(test_images))
@@ -82,6 +88,7 @@ def check_parity(
         and check["max_rel_diff_distance"] <= 1e-3
         and check["max_rel_diff_features"] <= tolerance
         and check["gradcam_min_pearson"] >= 0.99
+        and check.get("use_kinds_differing", 0) == 0
     )
     check["onnx_bytes"] = onnx_bytes
     paths.EXPORT_METRICS.write_text(json.dumps({"parity": check}, indent=2) + "\n")

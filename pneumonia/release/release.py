@@ -14,6 +14,7 @@ from pneumonia import paths, tracking
 from pneumonia.decision.calibration import Calibration
 from pneumonia.decision.contract import ModelMetadata
 from pneumonia.decision.gate import FeatureGate
+from pneumonia.decision.use import UseHead
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.release import registry
 from pneumonia.release.export import OUTPUTS, SERVED
@@ -32,10 +33,12 @@ class Decision:
     threshold: float
     band: dict
     gate: FeatureGate
+    use_head: UseHead | None = None  # the intended-use check, when evaluate fitted one
 
 
 def load_decision(evaluation: dict) -> Decision:
-    """The evaluate stage's choices, from its metrics.json and models/gate.npz."""
+    """The evaluate stage's choices, from its metrics.json and models/gate.npz (the gate's
+    arrays, and the intended-use head's under `use_*`)."""
     calibration = evaluation["calibration"]
     with np.load(paths.GATE) as arrays:
         gate = FeatureGate(
@@ -44,11 +47,20 @@ def load_decision(evaluation: dict) -> Decision:
             threshold=evaluation["ood_gate"]["threshold"],
             false_rejection_rate=evaluation["ood_gate"]["false_rejection_rate"],
         )
+        use_head = None
+        if "use_weights" in arrays:
+            use_head = UseHead(
+                mean=arrays["use_mean"],
+                scale=arrays["use_scale"],
+                weights=arrays["use_weights"],
+                bias=arrays["use_bias"],
+            )
     return Decision(
         calibration=Calibration(calibration["scale"], calibration["shift"]),
         threshold=float(evaluation["threshold"]),
         band={k: evaluation["decision"][k] for k in ("low", "high", "error_rate")},
         gate=gate,
+        use_head=use_head,
     )
 
 
@@ -59,6 +71,7 @@ def describe_model(
     evaluation: dict,
     decision: Decision,
     opset: int,
+    max_patient_age_years: float | None = None,
 ) -> ModelMetadata:
     """model.json: what serving needs beside the graph, and where it came from."""
     import keras
@@ -72,7 +85,7 @@ def describe_model(
             threshold=decision.threshold,
             labels=(labels[0], labels[1]),
             input_name="image",
-            outputs={k: OUTPUTS[k] for k in SERVED},
+            outputs={k: OUTPUTS[k] for k in SERVED if k != "use" or decision.use_head is not None},
             preprocessing=config,
             calibration={
                 "method": "platt",
@@ -85,6 +98,7 @@ def describe_model(
                 "false_rejection_rate": decision.gate.false_rejection_rate,
             },
             training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
+            max_patient_age_years=max_patient_age_years,
             metrics={
                 "test": evaluation["test"],
                 "test_ci95_low": evaluation["test_ci95_low"],

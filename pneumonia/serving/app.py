@@ -126,8 +126,9 @@ def error_response(status: HTTPStatus, message: str, reason: str) -> Response:
         422: documented(
             "not a frontal chest X-ray (reason not_a_chest_xray: colour, near-uniform, "
             "odd aspect ratio, or unlike the training X-rays); a DICOM that is multi-frame, "
-            "colour, of another modality or a lateral view; a JPEG or PNG whose structure "
-            "is over the caps"
+            "colour, of another modality or a lateral view, or of a patient older than the "
+            "training population (outside_training_population); a JPEG or PNG whose "
+            "structure is over the caps"
         ),
         503: documented("the model did not load"),
     },

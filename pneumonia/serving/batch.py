@@ -206,17 +206,17 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
             errors[index] = job.refused
             continue
         try:
-            inputs[index] = prepare(job.data, model.metadata.preprocessing)[1]
+            metadata = model.metadata
+            inputs[index] = prepare(
+                job.data, metadata.preprocessing, metadata.max_patient_age_years
+            )[1]
         except ClientError as error:
             errors[index] = str(error)
-    scores: dict[int, tuple[float, float]] = {}
+    scores: dict[int, tuple[float, float, np.ndarray | None]] = {}
     vectors: dict[int, list[float]] = {}
     if inputs:
         outputs = model.infer(np.stack(list(inputs.values())), features=features)
-        scores = {
-            index: (float(p), float(d))
-            for index, p, d in zip(inputs, outputs.probabilities, outputs.distances, strict=True)
-        }
+        scores = {index: outputs.one(position) for position, index in enumerate(inputs)}
         if outputs.features is not None:
             # float32 precision is what the graph computes; 6 significant digits keep it.
             vectors = {
@@ -231,7 +231,10 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
 
 
 def row(
-    job: Job, scored: tuple[float, float] | None, error: str | None, model: Classifier
+    job: Job,
+    scored: tuple[float, float, np.ndarray | None] | None,
+    error: str | None,
+    model: Classifier,
 ) -> dict[str, Any]:
     """One output line: the prediction, or the endpoint's error message."""
     line: dict[str, Any] = {"file": job.file, "sha256": job.sha256}

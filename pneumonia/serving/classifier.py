@@ -17,11 +17,16 @@ import numpy as np
 import onnxruntime
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata
+from pneumonia.decision.use import ANSWERED, kind_of
 from pneumonia.images import heatmap
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
 from pneumonia.images.prepare import model_region
-from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
+from pneumonia.images.screening import (
+    NOT_A_CHEST_XRAY,
+    OUTSIDE_TRAINING_POPULATION,
+    screen_and_prepare,
+)
 from pneumonia.serving import inference
 from pneumonia.serving.requests import ClientError
 
@@ -37,7 +42,22 @@ STATUS_FOR_REASON = {
     "colour": HTTPStatus.UNPROCESSABLE_ENTITY,
     "wrong_modality": HTTPStatus.UNPROCESSABLE_ENTITY,
     "lateral_view": HTTPStatus.UNPROCESSABLE_ENTITY,
+    OUTSIDE_TRAINING_POPULATION: HTTPStatus.UNPROCESSABLE_ENTITY,
     NOT_A_CHEST_XRAY: HTTPStatus.UNPROCESSABLE_ENTITY,
+}
+
+
+# What the intended-use head's kinds are refused as: (reason, message).
+USE_REFUSALS = {
+    "adult_chest": (
+        OUTSIDE_TRAINING_POPULATION,
+        "the image looks like an adult chest X-ray; the model was trained on pediatric ones",
+    ),
+    "lateral_chest": ("lateral_view", "the image looks like a lateral view; send a frontal one"),
+    "other_body_part": (
+        NOT_A_CHEST_XRAY,
+        "the image looks like a radiograph of another body part, not a chest X-ray",
+    ),
 }
 
 
@@ -57,8 +77,14 @@ class GraphOutputs:
 
     probabilities: np.ndarray  # (N,) calibrated P(PNEUMONIA)
     distances: np.ndarray  # (N,) the gate's feature distance
+    uses: np.ndarray | None  # (N, K) the intended-use logits, when the graph has them
     cams: np.ndarray | None  # (N, h, w) class activation maps, when asked for
     features: np.ndarray | None  # (N, F) the features, when asked for
+
+    def one(self, index: int) -> tuple[float, float, np.ndarray | None]:
+        """(probability, distance, intended-use logits) of one image: what `judge` takes."""
+        use = None if self.uses is None else self.uses[index]
+        return float(self.probabilities[index]), float(self.distances[index]), use
 
 
 @dataclass(frozen=True)
@@ -98,9 +124,10 @@ class Classifier:
     def classify(self, image_bytes: bytes, explain: bool = False) -> Prediction:
         """The prediction for one encoded image; ClientError for bytes that are not a usable
         chest X-ray (4xx, with the reason)."""
-        gray, pixels = prepare(image_bytes, self.metadata.preprocessing)
+        metadata = self.metadata
+        gray, pixels = prepare(image_bytes, metadata.preprocessing, metadata.max_patient_age_years)
         outputs = self.infer(pixels[np.newaxis], explain)
-        prediction = self.judge(float(outputs.probabilities[0]), float(outputs.distances[0]))
+        prediction = self.judge(*outputs.one(0))
         if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
@@ -116,6 +143,7 @@ class Classifier:
         features only when asked for."""
         roles = self.metadata.outputs
         wanted = [roles.probability, roles.ood_distance]
+        wanted += [roles.use] if roles.use else []
         wanted += [roles.cam] if explain else []
         wanted += [roles.features] if features else []
         results = self.session.run(wanted, {self.metadata.input_name: batch.astype(np.float32)})
@@ -123,13 +151,20 @@ class Classifier:
         return GraphOutputs(
             probabilities=np.clip(named[roles.probability].reshape(-1), 0.0, 1.0),
             distances=named[roles.ood_distance].reshape(-1),
+            uses=named.get(roles.use) if roles.use else None,
             cams=named.get(roles.cam),
             features=named.get(roles.features),
         )
 
-    def judge(self, probability: float, distance: float) -> Prediction:
-        """Label and decision for one image's outputs; ClientError (422) when its features are
-        too far from the training X-rays'."""
+    def judge(
+        self, probability: float, distance: float, use: np.ndarray | None = None
+    ) -> Prediction:
+        """Label and decision for one image's outputs; ClientError (422) when the intended-use
+        head names another kind than a pediatric frontal chest X-ray, or when its features
+        are too far from the training X-rays'."""
+        if use is not None and (kind := kind_of(use)) != ANSWERED:
+            status = HTTPStatus.UNPROCESSABLE_ENTITY
+            raise ClientError(status, USE_REFUSALS[kind][1], USE_REFUSALS[kind][0])
         gate = self.metadata.ood_gate
         if not distance <= gate.threshold:  # NaN is refused too
             raise ClientError(
@@ -154,11 +189,13 @@ def model_dir() -> Path:
     return Path(task_root) / "model" if task_root else Path("models")
 
 
-def prepare(data: bytes, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+def prepare(
+    data: bytes, config: PreprocessConfig, max_age_years: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`screen_and_prepare`, with what it refuses as a ClientError of the status its reason
     maps to (STATUS_FOR_REASON)."""
     try:
-        return screen_and_prepare(data, config)
+        return screen_and_prepare(data, config, max_age_years)
     except ImageError as error:
         status = STATUS_FOR_REASON.get(error.reason, HTTPStatus.BAD_REQUEST)
         raise ClientError(status, str(error), error.reason) from None

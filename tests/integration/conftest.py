@@ -142,6 +142,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
             "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
             "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
             "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
+            "max_patient_age_years": 17,
         },
     )
     (folder / "model.json").write_text(metadata.to_json())

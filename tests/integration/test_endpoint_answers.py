@@ -219,8 +219,11 @@ def test_a_dicom_gets_the_same_answer_as_the_png_of_its_pixels(app_module, lambd
         ({"Modality": "CT"}, 422, "wrong_modality"),
         ({"ViewPosition": "LL"}, 422, "lateral_view"),
         ({"NumberOfFrames": 2}, 422, "multi_frame"),
+        ({"PatientAge": "045Y"}, 422, "outside_training_population"),
+        # No PatientAge: the exam date less the birth date (1901, a sentinel).
+        ({"StudyDate": "20240110"}, 422, "outside_training_population"),
     ],
-    ids=["CT", "lateral", "two frames"],
+    ids=["CT", "lateral", "two frames", "adult by PatientAge", "adult by dates"],
 )
 def test_dicom_refusals_name_the_reason_and_no_tag_value_leaks(
     app_module, lambda_context, xray, tags, status, reason, capsys, caplog, access_log
@@ -238,6 +241,9 @@ def test_dicom_refusals_name_the_reason_and_no_tag_value_leaks(
     everything = json.dumps(body) + captured.out + captured.err + caplog.text + logged
     for sentinel in SENTINELS:
         assert sentinel not in everything
+    for value in tags.values():  # the age, or the dates it came from, never echoed
+        if isinstance(value, str) and value not in ("CT", "LL"):
+            assert value not in everything and value.lstrip("0").rstrip("Y") not in body["error"]
 
 
 def test_an_accepted_dicom_leaves_no_tag_value_in_the_logs(

@@ -374,7 +374,17 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     listed = {Path(name).as_posix() for name in json.loads(shown)["workspace"]["data"]}
     assert listed == {
         f"metrics/{view}.json"
-        for view in ("train", "test", "early", "late", "worst_split", "worst_shift", "decision")
+        for view in (
+            "train",
+            "test",
+            "early",
+            "late",
+            "worst_split",
+            "worst_shift",
+            "decision",
+            "adult",
+            "body_part",
+        )
     }
     run(repo, "dvc", "exp", "run", "--set-param", "train.dropout=0.2", "--name", "drop-02")
     run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.1", "--name", "q-a")

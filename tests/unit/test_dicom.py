@@ -617,3 +617,46 @@ def test_the_other_gdcm_syntaxes_decode_close_to_the_pixels(small, tmp_path, gdc
     data = gdcm_transcode(make_dicom(small), gdcm_name, tmp_path)
     assert dataset(data).file_meta.TransferSyntaxUID == syntax
     assert mean_abs(decode_dicom(data), small) < 2
+
+
+@pytest.mark.parametrize(
+    ("tags", "years"),
+    [
+        ({"PatientAge": "004Y"}, 4.0),
+        ({"PatientAge": "018M"}, 1.5),
+        ({"PatientAge": "026W"}, 26 * 7 / 365.25),
+        ({"PatientAge": "045Y"}, 45.0),
+        ({"PatientAge": "3Y"}, 3.0),  # short forms, as some devices write them
+        ({"StudyDate": "19060203"}, 5.0),  # birth 1901-02-03 (the sentinel), exam 5 years on
+        ({"AcquisitionDate": "19030203"}, 2.0),
+        ({"PatientAge": "abc", "StudyDate": "19110203"}, 10.0),  # unreadable age: the dates
+        ({}, None),  # a birth date alone says nothing
+        ({"StudyDate": "18990101"}, None),  # an exam before birth: unknown
+        ({"PatientAge": "", "StudyDate": "2024"}, None),
+    ],
+)
+def test_the_patient_age_is_read_from_the_age_or_from_the_dates(small, tags, years):
+    age = read_dicom_header(make_dicom(small, **tags)).age_years
+    assert age == (pytest.approx(years, abs=0.01) if years is not None else None)
+
+
+def test_an_older_patient_is_refused_before_decoding_and_the_age_is_never_said(small):
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.screening import OUTSIDE_TRAINING_POPULATION, screen_and_prepare
+
+    config = PreprocessConfig(
+        image_size=32, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    adult = make_dicom(small, PatientAge="045Y")
+    with pytest.raises(ImageError) as refused:
+        screen_and_prepare(adult, config, max_age_years=17)
+    assert refused.value.reason == OUTSIDE_TRAINING_POPULATION
+    assert "45" not in str(refused.value) and "17" in str(refused.value)
+    # At the bound, without a bound, and with no age at all: answered as before.
+    for data, bound in (
+        (make_dicom(small, PatientAge="017Y"), 17),
+        (adult, None),
+        (make_dicom(small), 17),
+    ):
+        _gray, pixels = screen_and_prepare(data, config, max_age_years=bound)
+        assert pixels.shape == (32, 32, 1)

@@ -1,0 +1,76 @@
+"""The intended-use check: is this a pediatric frontal chest X-ray, an adult one, a lateral
+view, or a radiograph of another body part?
+
+A linear (multinomial logistic) head over the model's pooled features, fitted by evaluate on
+the training split's X-rays and on real radiographs from public repositories
+(`data/external/radiographs`, with their manifest). The export stage puts it into the graph
+(output `use_logits`), so the model version covers it; serving refuses by its answer:
+another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
+`outside_training_population`. A kind with no examples is never chosen (its bias is -1e4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+USE_KINDS = ("pediatric_chest", "adult_chest", "lateral_chest", "other_body_part")
+ANSWERED = "pediatric_chest"  # the one kind the model answers
+NEVER = -1.0e4  # the bias of a kind with no examples
+
+
+@dataclass(frozen=True)
+class UseHead:
+    """logits = ((features - mean) / scale) @ weights + bias, one column per USE_KINDS entry."""
+
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    weights: np.ndarray  # (F, K)
+    bias: np.ndarray  # (K,)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(N, K) logits for (N, F) features."""
+        standard = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        return standard @ self.weights + self.bias
+
+    def kinds(self, features: np.ndarray) -> list[str]:
+        """The kind of each image."""
+        return [USE_KINDS[index] for index in np.argmax(self.logits(features), axis=1)]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What models/use_head.npz holds."""
+        return {"mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias}
+
+
+def kind_of(logits: np.ndarray) -> str:
+    """The kind one row of the graph's `use_logits` names."""
+    return USE_KINDS[int(np.argmax(logits))]
+
+
+def fit_use_head(features: dict[str, np.ndarray], strength: float = 0.05) -> UseHead:
+    """The head from each kind's (N_k, F) features; kinds missing or empty are never chosen.
+
+    Standardised features, balanced class weights, L2 penalty 1/strength: a few dozen
+    external radiographs against thousands of training X-rays, so the fit stays simple.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    present = [kind for kind in USE_KINDS if kind in features and len(features[kind])]
+    if ANSWERED not in present or len(present) < 2:
+        raise ValueError(f"the head needs {ANSWERED} and another kind, got {present}")
+    x = np.concatenate([features[kind] for kind in present]).astype(np.float64)
+    y = np.concatenate([np.full(len(features[kind]), index) for index, kind in enumerate(present)])
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    classifier = LogisticRegression(C=strength, class_weight="balanced", max_iter=2000)
+    classifier.fit((x - mean) / scale, y)
+    weights = np.zeros((x.shape[1], len(USE_KINDS)))
+    bias = np.full(len(USE_KINDS), NEVER)
+    coefficients, intercepts = classifier.coef_, classifier.intercept_
+    if len(present) == 2:  # sklearn's binary form: one row for the second class
+        coefficients = np.stack([-coefficients[0] / 2, coefficients[0] / 2])
+        intercepts = np.array([-intercepts[0] / 2, intercepts[0] / 2])
+    for row, kind in enumerate(present):
+        weights[:, USE_KINDS.index(kind)] = coefficients[row]
+        bias[USE_KINDS.index(kind)] = intercepts[row]
+    return UseHead(mean=mean, scale=scale, weights=weights, bias=bias)

@@ -1,0 +1,144 @@
+"""The intended-use head (`pneumonia.decision.use`) fitted, and measured as the endpoint
+would refuse: on the external radiographs (adults, lateral views, other body parts; real
+images from public repositories, `data/external/radiographs/manifest.csv`), by 5-fold
+cross-validation over those images, and on the held-out X-rays.
+
+Every external image is also used under the robustness and framing shifts (ALL_SHIFTS), as
+the training X-rays are for the gate: the head must not learn "shifted" as a kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from pneumonia import paths
+from pneumonia.decision.use import ANSWERED, USE_KINDS, UseHead, fit_use_head
+from pneumonia.evaluation.scoring import Scorer
+from pneumonia.evaluation.shifts import ALL_SHIFTS
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.formats import ImageError
+from pneumonia.images.prepare import prepare_image
+from pneumonia.images.screening import screen_and_prepare
+
+log = logging.getLogger("evaluate")
+
+# The manifest's kinds, as the head names them.
+HEAD_KIND = {
+    "frontal_adult": "adult_chest",
+    "lateral": "lateral_chest",
+    "other_body_part": "other_body_part",
+}
+FOLDS = 5
+
+
+@dataclass(frozen=True)
+class External:
+    """The external radiographs: each image's kind, whether the cheap checks (or the
+    decoder) refused it, and its features unchanged and under each shift."""
+
+    kinds: list[str]  # head kinds, one per image
+    refused_early: list[str | None]  # the reason of a refusal before the model, else None
+    features: list[np.ndarray]  # (1 + shifts, F) per image; empty when refused early
+
+
+def external_radiographs() -> list[tuple[str, bytes]]:
+    """(head kind, encoded bytes) of each external radiograph, in manifest order."""
+    with open(paths.EXTERNAL_MANIFEST, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [
+        (HEAD_KIND[row["kind"]], (paths.EXTERNAL_RADIOGRAPHS / row["file"]).read_bytes())
+        for row in rows
+    ]
+
+
+def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
+    """Every external radiograph through the endpoint's checks, then the model."""
+    kinds: list[str] = []
+    early: list[str | None] = []
+    features: list[np.ndarray] = []
+    for kind, data in tqdm(external_radiographs(), desc="external radiographs", unit="image"):
+        kinds.append(kind)
+        try:
+            gray, pixels = screen_and_prepare(data, config)
+        except ImageError as error:
+            early.append(error.reason)
+            features.append(np.zeros((0, 0)))
+            continue
+        early.append(None)
+        inputs = [pixels] + [prepare_image(shift(gray), config) for shift in ALL_SHIFTS.values()]
+        features.append(scorer.outputs(np.stack(inputs))[1])
+    return External(kinds, early, features)
+
+
+def _by_kind(external: External, chosen: list[int], pediatric: np.ndarray) -> dict:
+    grouped: dict[str, list[np.ndarray]] = {ANSWERED: [pediatric]}
+    for index in chosen:
+        grouped.setdefault(external.kinds[index], []).append(external.features[index])
+    return {kind: np.concatenate(rows) for kind, rows in grouped.items()}
+
+
+def fit_and_measure(
+    external: External,
+    pediatric: np.ndarray,
+    gate_distance: Callable[[np.ndarray], np.ndarray],
+    gate_threshold: float,
+    seed: int,
+) -> tuple[UseHead, dict]:
+    """The head fitted on everything, and the endpoint's outcome for each external image
+    when the head was fitted without it (FOLDS-fold cross-validation, stratified by kind).
+
+    `pediatric`: (N, F) features of training X-rays (with their shifted copies);
+    `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
+    outcome: dict[int, str] = {
+        i: f"refused before the model ({reason})"
+        for i, reason in enumerate(external.refused_early)
+        if reason is not None
+    }
+    labels = [external.kinds[i] for i in reached]
+    folds = min(FOLDS, min(labels.count(kind) for kind in set(labels)))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(np.zeros(len(reached)), labels):
+        head = fit_use_head(_by_kind(external, [reached[j] for j in train], pediatric))
+        for j in test:
+            index = reached[j]
+            unchanged = external.features[index][:1]
+            kind = head.kinds(unchanged)[0]
+            if kind != ANSWERED:
+                outcome[index] = f"refused as {kind}"
+            elif not gate_distance(unchanged)[0] <= gate_threshold:
+                outcome[index] = "refused by the gate"
+            else:
+                outcome[index] = "answered"
+    report: dict = {"folds": folds, "kinds": {}}
+    for kind in sorted(set(external.kinds)):
+        mine = [outcome[i] for i, k in enumerate(external.kinds) if k == kind]
+        report["kinds"][kind] = {
+            "images": len(mine),
+            "refused": float(np.mean([o != "answered" for o in mine])),
+            "outcomes": {name: mine.count(name) for name in sorted(set(mine))},
+        }
+    report["not_fitted"] = [k for k in USE_KINDS if k != ANSWERED and k not in external.kinds]
+    head = fit_use_head(_by_kind(external, reached, pediatric))
+    for kind, figures in report["kinds"].items():
+        log.info(
+            "intended use: %s refused %.1f%% of %d (cross-validated)",
+            kind,
+            100 * figures["refused"],
+            figures["images"],
+        )
+    return head, report
+
+
+def held_out_refusals(head: UseHead, features: np.ndarray) -> float:
+    """The share of real held-out X-rays the head would refuse."""
+    return float(np.mean([kind != ANSWERED for kind in head.kinds(features)]))

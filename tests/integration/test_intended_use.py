@@ -1,0 +1,142 @@
+"""The intended-use head in the served graph: the endpoint refuses an image by the kind a
+numpy head computed from Keras' own features names (an oracle independent of the graph)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import GATE_MARGIN, IMAGE_SIZE
+
+pytestmark = pytest.mark.integration
+
+EXTERNAL = REPO_ROOT / "data" / "external" / "radiographs"
+REASONS = {
+    "adult_chest": "outside_training_population",
+    "lateral_chest": "lateral_view",
+    "other_body_part": "not_a_chest_xray",
+}
+
+
+def external(kind_folder: str, count: int) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((EXTERNAL / kind_folder).glob("*.png"))[:count]]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, keras_model, sample_data):
+    """(Classifier with a head in its graph, the numpy head, Keras features of each image)."""
+    from pneumonia.decision.calibration import Calibration
+    from pneumonia.decision.contract import ModelMetadata
+    from pneumonia.decision.gate import FeatureGate, fit_feature_model
+    from pneumonia.decision.use import fit_use_head
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.formats import ImageError
+    from pneumonia.images.screening import screen_and_prepare
+    from pneumonia.model.network import with_explanations
+    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
+    from pneumonia.serving.classifier import Classifier
+
+    config = PreprocessConfig(
+        image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+    images = {
+        "pediatric_chest": [p.read_bytes() for p in sorted(sample_data.rglob("*.jpeg"))],
+        "adult_chest": external("frontal_adult", 32),
+        "other_body_part": external("other_body_part", 50),
+    }
+    features = {}
+    for kind, datas in images.items():
+        passing = []  # what reaches the model (the cheap checks refuse some, e.g. by aspect)
+        for data in datas:
+            try:
+                passing.append((data, screen_and_prepare(data, config)[1]))
+            except ImageError:
+                continue
+        images[kind] = [data for data, _ in passing]
+        pixels = np.stack([prepared for _, prepared in passing])
+        features[kind] = with_explanations(keras_model).predict(
+            pixels.astype(np.float32), verbose=0
+        )[1]
+    head = fit_use_head(features)
+    fitted = fit_feature_model(np.concatenate(list(features.values())))
+    everything = np.concatenate(list(features.values()))
+    gate = FeatureGate(
+        fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(everything).max(), 0.02
+    )
+    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate, head)
+    folder = tmp_path_factory.mktemp("model-with-head")
+    (folder / "model.onnx").write_bytes(onnx_bytes)
+    metadata = ModelMetadata.for_graph(
+        onnx_bytes,
+        {
+            "threshold": 0.5,
+            "labels": ("NORMAL", "PNEUMONIA"),
+            "input_name": "image",
+            "outputs": {k: OUTPUTS[k] for k in SERVED},
+            "preprocessing": config,
+            "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
+            "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
+            "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
+            "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
+        },
+    )
+    (folder / "model.json").write_text(metadata.to_json())
+    assert json.loads((folder / "model.json").read_text())["outputs"]["use"] == "use_logits"
+    return Classifier.load(folder), head, images, features
+
+
+def test_the_graph_computes_the_heads_logits(served):
+    from pneumonia.images.screening import screen_and_prepare
+
+    classifier, head, images, features = served
+    for kind, datas in images.items():
+        pixels = np.stack(
+            [screen_and_prepare(data, classifier.metadata.preprocessing)[1] for data in datas]
+        )
+        graph = classifier.infer(pixels).uses
+        expected = head.logits(features[kind])
+        assert graph is not None and graph.shape == expected.shape == (len(datas), 4)
+        np.testing.assert_allclose(graph, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_the_endpoint_refuses_each_image_by_the_kind_the_numpy_head_names(served):
+    from pneumonia.serving.requests import ClientError
+
+    classifier, head, images, features = served
+    outcomes = {}
+    for kind, datas in images.items():
+        named = head.kinds(features[kind])
+        for data, expected in zip(datas, named, strict=True):
+            try:
+                classifier.classify(data)
+                got = "answered"
+            except ClientError as refused:
+                got = refused.reason
+            if expected == "pediatric_chest":
+                assert got in ("answered", "not_a_chest_xray"), got  # the gate may refuse
+            else:
+                assert got == REASONS[expected], (kind, expected, got)
+            outcomes.setdefault(kind, []).append(got)
+    # The head was fitted on these images: most of each kind are named as such.
+    for kind, got in outcomes.items():
+        wanted = REASONS.get(kind, "answered")
+        assert got.count(wanted) >= 0.8 * len(got), (kind, got)
+
+
+def test_a_batch_row_is_refused_as_the_single_request_is(served):
+    from pneumonia.serving.batch import Job, score_jobs
+    from pneumonia.serving.requests import ClientError
+
+    classifier, _, images, _ = served
+    datas = [images["adult_chest"][0], images["other_body_part"][0], images["pediatric_chest"][0]]
+    jobs = [Job(file=f"{i}.png", sha256=str(i), data=data) for i, data in enumerate(datas)]
+    for job, row in zip(jobs, score_jobs(jobs, classifier), strict=True):
+        try:
+            answer = classifier.classify(job.data)
+            assert row["status"] == "ok" and row["decision"] == answer.decision
+        except ClientError as refused:
+            assert row == {**row, "status": "error", "error": str(refused)}

@@ -1,0 +1,48 @@
+"""The intended-use head (pneumonia.decision.use) on features whose kinds are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, fit_use_head, kind_of
+
+
+def clusters(rng, kinds: dict[str, tuple[float, int]], dims: int = 12) -> dict[str, np.ndarray]:
+    """Gaussian features around a centre per kind: (offset on the first axis, count)."""
+    out = {}
+    for kind, (offset, count) in kinds.items():
+        centre = np.zeros(dims)
+        centre[USE_KINDS.index(kind) % dims] = offset
+        out[kind] = rng.normal(centre, 1.0, size=(count, dims))
+    return out
+
+
+def test_each_kind_is_named_and_a_kind_without_examples_never_is():
+    rng = np.random.default_rng(0)
+    train = clusters(rng, {ANSWERED: (0, 600), "adult_chest": (8, 40), "other_body_part": (-8, 40)})
+    head = fit_use_head(train)
+    test = clusters(rng, {ANSWERED: (0, 200), "adult_chest": (8, 30), "other_body_part": (-8, 30)})
+    for kind, features in test.items():
+        named = head.kinds(features)
+        assert np.mean([n == kind for n in named]) >= 0.95, kind
+    assert head.bias[USE_KINDS.index("lateral_chest")] == NEVER
+    assert not np.any(head.weights[:, USE_KINDS.index("lateral_chest")])
+    assert "lateral_chest" not in head.kinds(rng.normal(0, 30, size=(500, 12)))
+
+
+def test_two_kinds_keep_their_columns():
+    rng = np.random.default_rng(1)
+    head = fit_use_head(clusters(rng, {ANSWERED: (0, 300), "other_body_part": (6, 60)}))
+    far = np.zeros((1, 12))
+    far[0, USE_KINDS.index("other_body_part")] = 6
+    assert head.kinds(far) == ["other_body_part"] and head.kinds(np.zeros((1, 12))) == [ANSWERED]
+    assert kind_of(head.logits(far)[0]) == "other_body_part"
+
+
+def test_the_head_needs_the_answered_kind_and_another():
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError):
+        fit_use_head(clusters(rng, {ANSWERED: (0, 50)}))
+    with pytest.raises(ValueError):
+        fit_use_head(clusters(rng, {"adult_chest": (0, 50), "other_body_part": (5, 50)}))
