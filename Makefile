@@ -9,11 +9,19 @@ export PATH := $(BIN):$(PATH)
 
 # .wheelhouse: the Lambda image's pinned wheels, fetched once here so that the tests build
 # the image's environment offline (tests/integration/test_lambda_image.py).
+# .wheelhouse-lambda/{x86_64,aarch64}: the same pins resolved for the image's Python 3.12 on
+# each Lambda architecture (tests/unit/test_architectures.py reads them offline).
 $(VENV)/.installed: pyproject.toml lambda/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip download --quiet --only-binary=:all: -r lambda/requirements.txt -d .wheelhouse
+	for arch in x86_64 aarch64; do \
+	  $(BIN)/pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_$$arch \
+	    --platform manylinux_2_17_$$arch --platform manylinux2014_$$arch \
+	    -r lambda/requirements.txt -d .wheelhouse-lambda/$$arch || exit 1; \
+	done
 	touch $@
 
 install: $(VENV)/.installed

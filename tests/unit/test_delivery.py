@@ -200,3 +200,26 @@ def test_backlog_scoring_is_wired_s3_to_sqs_to_the_second_handler_with_a_dead_le
     table = resources["IdempotencyTable"]["Properties"]
     assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
     assert table["TimeToLiveSpecification"]["AttributeName"] == "expiration"  # Powertools'
+
+
+def test_both_functions_take_the_architecture_parameter_and_the_deploy_follows_it(deploy):
+    spec = template()
+    parameter = spec["Parameters"]["Architecture"]
+    assert parameter["Default"] == "x86_64" and set(parameter["AllowedValues"]) == {
+        "x86_64",
+        "arm64",
+    }
+    functions = [
+        resource
+        for resource in spec["Resources"].values()
+        if resource["Type"] == "AWS::Serverless::Function"
+    ]
+    assert len(functions) == 2
+    for function in functions:
+        assert function["Properties"]["Architectures"] == ["Architecture"]  # !Ref Architecture
+    env = deploy["env"]
+    assert "vars.LAMBDA_ARCHITECTURE" in env["LAMBDA_ARCHITECTURE"]
+    scripts = "\n".join(step.get("run", "") for step in steps_of(deploy))
+    assert 'docker build --platform "$platform"' in scripts
+    assert scripts.count('--architectures "$LAMBDA_ARCHITECTURE"') == 2  # both functions
+    assert '--architectures "$PREVIOUS_ARCHITECTURE"' in scripts  # and the rollback
