@@ -103,7 +103,7 @@ class Classifier:
         metadata.check_describes(onnx_bytes)  # the served bytes are the ones hashed
         session = inference.session(onnx_bytes, threads)
         names = {output.name for output in session.get_outputs()}
-        missing = set(metadata.outputs.model_dump().values()) - names
+        missing = set(metadata.outputs.model_dump(exclude_none=True).values()) - names
         inputs = {i.name: i.shape for i in session.get_inputs()}
         if missing or metadata.input_name not in inputs:
             raise MetadataError(f"model.json names tensors the graph lacks: {sorted(missing)}")

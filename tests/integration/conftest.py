@@ -136,7 +136,7 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
             "threshold": 0.5,
             "labels": ("NORMAL", "PNEUMONIA"),
             "input_name": "image",
-            "outputs": {k: OUTPUTS[k] for k in SERVED},
+            "outputs": {k: OUTPUTS[k] for k in SERVED if k != "use"},  # no head here
             "preprocessing": config,
             "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
             "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
