@@ -660,3 +660,70 @@ def test_an_older_patient_is_refused_before_decoding_and_the_age_is_never_said(s
     ):
         _gray, pixels = screen_and_prepare(data, config, max_age_years=bound)
         assert pixels.shape == (32, 32, 1)
+
+
+# ---------------------------------------------------------------- branches, by hand
+
+
+def ramp16(rows: int = 8, columns: int = 16) -> np.ndarray:
+    """Stored values 0, 100, 200, ... row by row: a known input for the formulas below."""
+    return (np.arange(rows * columns, dtype=np.uint16) * 100).reshape(rows, columns)
+
+
+def test_linear_exact_window_is_the_standards_formula():
+    stored = np.arange(128, dtype=np.uint16).reshape(8, 16)
+    data = make_dicom(
+        stored, bits_stored=16, WindowCenter=64, WindowWidth=16, VOILUTFunction="LINEAR_EXACT"
+    )
+    # C.11.2.1.3.2: y = ((x - c) / w + 0.5) * 255, clipped. LINEAR would give 136 at x = 64.
+    expected = np.clip(((stored.astype(float) - 64) / 16 + 0.5) * 255, 0, 255)
+    decoded = decode_dicom(data)
+    assert np.abs(decoded.astype(float) - expected).max() <= 0.5 + 1e-3
+    assert decoded[4, 0] == 128  # x = 64: 127.5, rounded half to even in float32 -> 128
+
+
+def test_signed_pixels_are_read_as_signed():
+    signed = (np.arange(128, dtype=np.int16) * 40 - 2560).reshape(8, 16)  # -2560 .. 2520
+    ds = dataset(make_dicom(signed.view(np.uint16), bits_stored=16))
+    ds.PixelRepresentation = 1
+    ds.WindowCenter, ds.WindowWidth = 0, 5121
+    decoded = decode_dicom(save(ds))
+    # Read as unsigned, the negative half would be the brightest; signed, it is the darkest.
+    expected = np.clip(((signed.astype(float) + 0.5) / 5120 + 0.5) * 255, 0, 255)
+    np.testing.assert_array_equal(decoded, np.rint(expected).astype(np.uint8))
+    assert decoded[0, 0] == 0 and decoded[-1, -1] > 250
+
+
+def test_a_modality_lut_sequence_maps_stored_values_before_the_window():
+    stored = (np.arange(128, dtype=np.uint16) % 4).reshape(8, 16)  # values 0..3
+    ds = dataset(make_dicom(stored, bits_stored=16))
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 16]  # 4 entries from stored value 0, 16 bits each
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", [0, 1000, 3000, 4000])  # LUTData
+    ds.ModalityLUTSequence = Sequence([item])
+    ds.WindowCenter, ds.WindowWidth = 2000.5, 4001  # LINEAR: 0 -> 0, 4000 -> 255
+    decoded = decode_dicom(save(ds))
+    lut = np.array([0, 1000, 3000, 4000], dtype=float)[stored]
+    expected = np.clip(((lut - 2000) / 4000 + 0.5) * 255, 0, 255)
+    np.testing.assert_array_equal(decoded, np.rint(expected).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"RescaleSlope": 0},
+        {"BitsStored": 17},  # more than BitsAllocated (16)
+        {"BitsStored": 0},
+        {"PixelRepresentation": 2},
+    ],
+    ids=["rescale slope 0", "bits stored over allocated", "bits stored 0", "pixel repr 2"],
+)
+def test_unusable_pixel_descriptions_are_corrupt(edit):
+    ds = dataset(make_dicom(ramp16(), bits_stored=16))
+    for keyword, value in edit.items():
+        setattr(ds, keyword, value)
+    with pytest.raises(ImageError) as refused:
+        decode_dicom(save(ds))
+    assert refused.value.reason == "corrupt"
+    assert "SENTINEL" not in str(refused.value)
