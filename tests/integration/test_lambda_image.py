@@ -204,3 +204,65 @@ def test_batch_scoring_runs_with_the_images_pins_alone(
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["status"] for row in rows] == ["ok", "ok", "ok"]
+
+
+INVOKE = r"""
+import importlib, json, sys
+module, _, function = sys.argv[1].rpartition(".")
+lambda_handler = getattr(importlib.import_module(module), function)
+
+class Context:
+    function_name = "pneumonia-endpoint"; memory_limit_in_mb = 1769; aws_request_id = "req-2"
+    invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:pneumonia-endpoint"
+
+sys.stdout.write("PAYLOAD " + json.dumps(lambda_handler(json.load(sys.stdin), Context())) + "\n")
+"""
+
+
+class ImageLambda:
+    """lambda.invoke as the Lambda service answers it, each call the image's CMD in the
+    image's virtual environment and task root (what the runtime would run)."""
+
+    def __init__(self, python: Path, root: Path) -> None:
+        self.python, self.root, self.calls = python, root, []
+
+    def invoke(self, FunctionName: str, Qualifier: str, Payload: bytes) -> dict:
+        import io
+
+        self.calls.append((FunctionName, Qualifier))
+        command = re.search(r'^CMD \["([\w.]+)"\]$', dockerfile(), re.M).group(1)
+        result = subprocess.run(
+            [str(self.python), "-c", INVOKE, command],
+            input=Payload,
+            capture_output=True,
+            timeout=300,
+            cwd=self.root,
+            env={
+                "LAMBDA_TASK_ROOT": str(self.root),
+                "PYTHONPATH": str(self.root),
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "PATH": "/usr/bin:/bin",
+            },
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        payload = re.search(rb"^PAYLOAD (.*)$", result.stdout, re.M).group(1)
+        return {"StatusCode": 200, "Payload": io.BytesIO(payload)}
+
+
+def test_the_deploys_smoke_test_passes_against_the_real_handler_in_the_image(
+    lambda_venv, tmp_path, model_dir
+):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("smoke", REPO_ROOT / "lambda" / "smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    root = task_root_from_dockerfile(tmp_path / "task", model_dir)
+    version = json.loads((model_dir / "model.json").read_text())["model_version"]
+    client = ImageLambda(lambda_venv, root)
+    image = REPO_ROOT / "tests" / "events" / "smoke.jpeg"
+    send = smoke.invoking("pneumonia-endpoint", "7", client)
+    assert smoke.smoke(send, version, image) == []
+    assert client.calls and set(client.calls) == {("pneumonia-endpoint", "7")}
+    # And it fails when the version it expects is not the one that answers.
+    assert smoke.smoke(send, "sha256-000000000000", image) != []
