@@ -46,3 +46,24 @@ def test_the_head_needs_the_answered_kind_and_another():
         fit_use_head(clusters(rng, {ANSWERED: (0, 50)}))
     with pytest.raises(ValueError):
         fit_use_head(clusters(rng, {"adult_chest": (0, 50), "other_body_part": (5, 50)}))
+
+
+def test_the_margin_holds_the_answered_kinds_refusals_to_the_rate():
+    from pneumonia.decision.use import with_margin
+
+    rng = np.random.default_rng(3)
+    # Overlapping kinds: the plain argmax names many answered images another kind.
+    train = clusters(rng, {ANSWERED: (0, 400), "other_body_part": (1.5, 400)})
+    head = fit_use_head(train)
+    validation = clusters(rng, {ANSWERED: (0, 1000)})[ANSWERED]
+    plain = np.mean([kind != ANSWERED for kind in head.kinds(validation)])
+    assert plain > 0.1
+    held = with_margin(head, validation, 0.01)
+    fresh = clusters(rng, {ANSWERED: (0, 4000), "other_body_part": (1.5, 4000)})
+    refused = np.mean([kind != ANSWERED for kind in held.kinds(fresh[ANSWERED])])
+    assert refused <= 0.02
+    assert np.mean([k == "other_body_part" for k in held.kinds(fresh["other_body_part"])]) > 0
+    # Where the argmax already refuses fewer than the rate, the margin is not lowered.
+    easy = fit_use_head(clusters(rng, {ANSWERED: (0, 400), "other_body_part": (9, 400)}))
+    same = with_margin(easy, validation, 0.01)
+    np.testing.assert_array_equal(same.bias, easy.bias)
