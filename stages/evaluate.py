@@ -77,13 +77,17 @@ def main() -> None:
     band, results["decision"] = decision_report(
         pooled_val, scores, threshold, params.evaluate.indeterminate_error_rate
     )
+    rate = params.evaluate.ood_false_rejection_rate
     train_features = split_features(scorer, "train", config, every=4)
-    gate = fit_gate(scorer, config, params.evaluate.ood_false_rejection_rate, train_features)
+    val_features = split_features(scorer, "val", config)
+    gate = fit_gate(scorer, config, rate, train_features, val_features)
     head, results["intended_use"] = fit_and_measure(
         external_features(scorer, config),
         train_features,
+        val_features,
         gate.distance,
         gate.threshold,
+        rate,
         params.base.seed,
     )
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head)

@@ -43,6 +43,24 @@ class UseHead:
         return {"mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias}
 
 
+def with_margin(
+    head: UseHead, answered_features: np.ndarray, false_rejection_rate: float
+) -> UseHead:
+    """The head with the answered kind's bias raised just enough that at most
+    `false_rejection_rate` of `answered_features` (validation X-rays and their shifted
+    copies) are named another kind: the split-conformal quantile of (best other logit -
+    answered logit), never lowered below the plain argmax."""
+    from pneumonia.decision.band import conformal_quantile
+
+    logits = head.logits(answered_features)
+    answered = USE_KINDS.index(ANSWERED)
+    others = np.delete(logits, answered, axis=1).max(axis=1) - logits[:, answered]
+    margin = max(0.0, float(conformal_quantile(others, 1 - false_rejection_rate)))
+    bias = head.bias.copy()
+    bias[answered] += margin
+    return UseHead(head.mean, head.scale, head.weights, bias)
+
+
 def kind_of(logits: np.ndarray) -> str:
     """The kind one row of the graph's `use_logits` names."""
     return USE_KINDS[int(np.argmax(logits))]

@@ -46,14 +46,17 @@ def fit_gate(
     config: PreprocessConfig,
     false_rejection_rate: float,
     train_features: np.ndarray | None = None,
+    val_features: np.ndarray | None = None,
 ) -> FeatureGate:
     """The learned check: mean and covariance of the training split's features (a quarter
     of it also under each shift: `train_features` when given), threshold on validation and
-    its shifted copies."""
+    its shifted copies (`val_features` when given)."""
     if train_features is None:
         train_features = split_features(scorer, "train", config, every=4)
+    if val_features is None:
+        val_features = split_features(scorer, "val", config)
     gate = fit_feature_model(train_features)
-    val_distances = gate.distance(split_features(scorer, "val", config))
+    val_distances = gate.distance(val_features)
     gate = with_threshold(gate, val_distances, false_rejection_rate)
     log.info(
         "gate: distance threshold %.2f (%.1f%% of validation refused at most)",

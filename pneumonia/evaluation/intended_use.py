@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia import paths
-from pneumonia.decision.use import ANSWERED, USE_KINDS, UseHead, fit_use_head
+from pneumonia.decision.use import ANSWERED, USE_KINDS, UseHead, fit_use_head, with_margin
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS
 from pneumonia.images.config import PreprocessConfig
@@ -86,16 +86,25 @@ def _by_kind(external: External, chosen: list[int], pediatric: np.ndarray) -> di
 def fit_and_measure(
     external: External,
     pediatric: np.ndarray,
+    validation: np.ndarray,
     gate_distance: Callable[[np.ndarray], np.ndarray],
     gate_threshold: float,
+    false_rejection_rate: float,
     seed: int,
 ) -> tuple[UseHead, dict]:
     """The head fitted on everything, and the endpoint's outcome for each external image
     when the head was fitted without it (FOLDS-fold cross-validation, stratified by kind).
 
     `pediatric`: (N, F) features of training X-rays (with their shifted copies);
+    `validation`: the same of the validation split, on which each head's margin is set so
+    that it names at most `false_rejection_rate` of them another kind (`with_margin`);
     `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate.
     """
+
+    def fit(chosen: list[int]) -> UseHead:
+        head = fit_use_head(_by_kind(external, chosen, pediatric))
+        return with_margin(head, validation, false_rejection_rate)
+
     from sklearn.model_selection import StratifiedKFold
 
     reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
@@ -108,7 +117,7 @@ def fit_and_measure(
     folds = min(FOLDS, min(labels.count(kind) for kind in set(labels)))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(np.zeros(len(reached)), labels):
-        head = fit_use_head(_by_kind(external, [reached[j] for j in train], pediatric))
+        head = fit([reached[j] for j in train])
         for j in test:
             index = reached[j]
             unchanged = external.features[index][:1]
@@ -128,7 +137,8 @@ def fit_and_measure(
             "outcomes": {name: mine.count(name) for name in sorted(set(mine))},
         }
     report["not_fitted"] = [k for k in USE_KINDS if k != ANSWERED and k not in external.kinds]
-    head = fit_use_head(_by_kind(external, reached, pediatric))
+    head = fit(reached)
+    report["validation_refused"] = held_out_refusals(head, validation)
     for kind, figures in report["kinds"].items():
         log.info(
             "intended use: %s refused %.1f%% of %d (cross-validated)",

@@ -77,7 +77,21 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         robustness_rows=robustness_rows,
         **decision_fields(evaluation),
         **framing_fields(evaluation),
+        **use_fields(evaluation),
     )
+
+
+def use_fields(evaluation: dict) -> dict[str, str]:
+    """The intended-use check's figures on the external radiographs."""
+    kinds = evaluation.get("intended_use", {}).get("kinds", {})
+    rates = ", ".join(
+        f"{kind.replace('_', ' ')} {row['refused']:.0%} of {row['images']}"
+        for kind, row in kinds.items()
+    )
+    return {
+        "use_images": str(sum(row["images"] for row in kinds.values())),
+        "use_rates": rates or "not measured",
+    }
 
 
 def decision_fields(evaluation: dict) -> dict[str, str]:
