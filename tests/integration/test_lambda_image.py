@@ -109,6 +109,7 @@ def test_the_image_serves_real_images_without_tensorflow(
             for package in serving_packages
             for path in (REPO_ROOT / "pneumonia" / package).glob("*.py")
         ),
+        "pneumonia/serving/page.html",  # GET /: the page, read at the first request
     }
     command = re.search(r'^CMD \["([\w.]+)"\]$', dockerfile(), re.M).group(1)
     images = (
