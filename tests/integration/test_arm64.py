@@ -122,6 +122,8 @@ def answers(command: list[str], model_dir, files, emulated: bool) -> dict:
             [str(ARM64 / "site"), str(REPO_ROOT)] if emulated else [str(REPO_ROOT)]
         ),
     }
+    if emulated:
+        env["CHILD_PYTHON"] = str(REPO_ROOT / "tests" / "arm64" / "python-aarch64")
     if emulated:  # onnxruntime's cpuinfo needs an ARM /proc/cpuinfo (tests/arm64/README.md)
         privileged = [] if os.geteuid() == 0 else ["sudo", "-n", "-E"]  # a mount namespace
         script = [
