@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # dvc.yaml runs `python -m stages.<name>`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install data repro test test-fast lint
+.PHONY: install data repro test test-fast lint mutation
 
 # .wheelhouse: the Lambda image's pinned wheels, fetched once here so that the tests build
 # the image's environment offline (tests/integration/test_lambda_image.py).
@@ -51,3 +51,11 @@ test: lint
 # The unit tier alone (no dvc repro, no TensorFlow training, no servers): under a minute.
 test-fast: install
 	pytest -m "not integration"
+
+# Mutation testing of the decision, its contract, request parsing, the screening and the
+# image sanitiser against their unit tests ([tool.mutmut] in pyproject.toml); not part of
+# `make test`. Prints a score per module (docs/mutation.md).
+mutation: install
+	rm -rf mutants
+	mutmut run
+	python tests/mutation_score.py
