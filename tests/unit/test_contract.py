@@ -1,0 +1,145 @@
+"""model.json's contract (pneumonia.decision.contract) without a graph: its checks, the
+version formula computed here by hand, and what a version covers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from pneumonia.decision.contract import MetadataError, ModelMetadata, model_version
+
+GRAPH = b"stand-in bytes: the version hashes whatever model.onnx holds"
+
+
+def fields(**changes) -> dict:
+    base = {
+        "threshold": 0.6741,
+        "labels": ("NORMAL", "PNEUMONIA"),
+        "input_name": "image",
+        "outputs": {
+            "probability": "probability_calibrated",
+            "ood_distance": "ood_distance",
+            "cam": "cam",
+            "features": "features",
+        },
+        "preprocessing": {
+            "image_size": 128,
+            "intensity": "clahe",
+            "clahe_clip_limit": 2.0,
+            "clahe_tile_grid": 8,
+            "framing": "thorax",
+        },
+        "calibration": {"method": "platt", "scale": 1.243, "shift": 2.042},
+        "decision_band": {"low": 0.299, "high": 0.956, "error_rate": 0.02},
+        "ood_gate": {"threshold": 25.9, "false_rejection_rate": 0.01},
+        "training_data_sha256": "0" * 64,
+    }
+    return {**base, **changes}
+
+
+def test_the_version_is_sha256_of_the_bytes_a_newline_and_the_sorted_answering_json():
+    metadata = ModelMetadata.for_graph(GRAPH, fields(max_patient_age_years=17))
+    # docs/serving.md#model-version's list, written out: an oracle apart from ANSWERING.
+    answering = {
+        key: json.loads(metadata.to_json())[key]
+        for key in (
+            "labels",
+            "input_name",
+            "outputs",
+            "preprocessing",
+            "threshold",
+            "calibration",
+            "decision_band",
+            "ood_gate",
+            "max_patient_age_years",
+        )
+    }
+    answering["outputs"] = {k: v for k, v in answering["outputs"].items() if v is not None}
+    text = json.dumps(answering, sort_keys=True, separators=(",", ":"))
+    expected = "sha256-" + hashlib.sha256(GRAPH + b"\n" + text.encode()).hexdigest()[:12]
+    assert metadata.model_version == expected
+    assert model_version(GRAPH, metadata.answering()) == expected
+    metadata.check_describes(GRAPH)  # the bytes it was written for: no error
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"threshold": 0.7},
+        {"labels": ("NORMAL", "SICK")},
+        {"input_name": "x"},
+        {"decision_band": {"low": 0.3, "high": 0.956, "error_rate": 0.02}},
+        {"ood_gate": {"threshold": 26.0, "false_rejection_rate": 0.01}},
+        {"calibration": {"method": "platt", "scale": 1.0, "shift": 2.042}},
+        {"max_patient_age_years": 18},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_every_answering_field_is_in_the_version(change):
+    before = ModelMetadata.for_graph(GRAPH, fields(max_patient_age_years=17))
+    after = ModelMetadata.for_graph(GRAPH, fields(**{"max_patient_age_years": 17, **change}))
+    assert after.model_version != before.model_version
+    edited = ModelMetadata.from_json(json.dumps({**json.loads(before.to_json()), **change}))
+    with pytest.raises(MetadataError, match="edited after its export"):
+        edited.check_describes(GRAPH)
+
+
+def test_what_does_not_change_an_answer_is_not_in_the_version():
+    before = ModelMetadata.for_graph(GRAPH, fields())
+    after = ModelMetadata.for_graph(
+        GRAPH, fields(training_data_sha256="1" * 64, metrics={"test": {"auc": 0.9}})
+    )
+    assert after.model_version == before.model_version
+    with pytest.raises(MetadataError):
+        before.check_describes(GRAPH + b"another graph")
+
+
+def test_unset_optional_fields_keep_an_older_model_jsons_version():
+    metadata = ModelMetadata.for_graph(GRAPH, fields())
+    assert "max_patient_age_years" not in metadata.answering()
+    assert "use" not in metadata.answering()["outputs"]
+    older = {
+        k: v for k, v in json.loads(metadata.to_json()).items() if k != "max_patient_age_years"
+    }
+    older["outputs"].pop("use")
+    ModelMetadata.from_json(json.dumps(older)).check_describes(GRAPH)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"threshold": 0.99}, "does not contain the threshold"),
+        ({"threshold": 0.1}, "does not contain the threshold"),
+        ({"labels": ["SAME", "SAME"]}, "two distinct names"),
+        ({"labels": ["", "PNEUMONIA"]}, "two distinct names"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"calibration": {"method": "platt", "scale": 0.0, "shift": 0.0}}, "calibration.scale"),
+        ({"ood_gate": {"threshold": 25.9, "false_rejection_rate": 0.5}}, "false_rejection_rate"),
+        ({"max_patient_age_years": 0}, "max_patient_age_years"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_a_malformed_model_json_is_one_error_naming_the_field(change, where):
+    text = json.dumps({**fields(), "model_version": "sha256-" + "0" * 12, **change})
+    with pytest.raises(MetadataError, match=where):
+        ModelMetadata.from_json(text)
+
+
+def test_the_label_and_decision_rules():
+    metadata = ModelMetadata.for_graph(GRAPH, fields())
+    assert [metadata.label_for(p) for p in (0.6740, 0.6741, 0.99)] == [
+        "NORMAL",
+        "PNEUMONIA",
+        "PNEUMONIA",
+    ]
+    assert [metadata.decision_for(p) for p in (0.0, 0.2989, 0.299, 0.5, 0.9559, 0.956, 1.0)] == [
+        "NORMAL",
+        "NORMAL",
+        "INDETERMINATE",
+        "INDETERMINATE",
+        "INDETERMINATE",
+        "PNEUMONIA",
+        "PNEUMONIA",
+    ]
