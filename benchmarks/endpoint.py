@@ -76,7 +76,7 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         metadata = ModelMetadata.load(Path(model_dir) / "model.json")
         with np.load(Path(model_dir) / "gate.npz") as gate:
             mean, whitening = gate["mean"], gate["whitening"]
-            use = UseHead(*(gate[f"use_{k}"] for k in ("mean", "scale", "weights", "bias")))
+            use = UseHead.from_arrays(gate, prefix="use_")
 
         class KerasSession:
             """The served graph's outputs, from Keras and numpy."""
@@ -92,8 +92,9 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
                     ),
                     metadata.outputs.cam: cams,
                     metadata.outputs.features: features,
-                    "use_logits": use.logits(features),
                 }
+                if use is not None and metadata.outputs.use:
+                    outputs[metadata.outputs.use] = use.logits(features)
                 return [outputs[name] for name in output_names]
 
         app.MODEL = Classifier(KerasSession(), metadata)  # type: ignore[arg-type]

@@ -92,7 +92,7 @@ def main() -> None:
     )
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head)
     arrays = {"mean": gate.mean, "whitening": gate.whitening}
-    arrays |= {f"use_{name}": value for name, value in head.arrays().items()}
+    arrays |= head.arrays(prefix="use_")
     np.savez(paths.GATE, allow_pickle=False, **arrays)
     results["framing"], results["worst_framing"] = framing_report(
         scorer, gate, band, threshold, config, list(scores), head

@@ -11,6 +11,7 @@ another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,17 @@ class UseHead:
         """The kind of each image."""
         return [USE_KINDS[index] for index in np.argmax(self.logits(features), axis=1)]
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """What models/use_head.npz holds."""
-        return {"mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias}
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Its arrays by name; evaluate saves them in models/gate.npz under `use_`."""
+        named = {"mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias}
+        return {prefix + name: value for name, value in named.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> UseHead | None:
+        """The head saved by `arrays(prefix)`, or None when `arrays` hold none."""
+        if prefix + "weights" not in arrays:
+            return None
+        return cls(*(arrays[prefix + name] for name in ("mean", "scale", "weights", "bias")))
 
 
 def with_margin(

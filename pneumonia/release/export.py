@@ -221,8 +221,8 @@ def add_decision_outputs(
     ]
     if use_head is not None:
         constants |= {
-            f"use_{name}": np.asarray(value, dtype=np.float32)
-            for name, value in use_head.arrays().items()
+            name: np.asarray(value, dtype=np.float32)
+            for name, value in use_head.arrays(prefix="use_").items()
         }
         nodes += [
             helper.make_node("Sub", ["features", "use_mean"], ["use_centred"]),

@@ -47,14 +47,7 @@ def load_decision(evaluation: dict) -> Decision:
             threshold=evaluation["ood_gate"]["threshold"],
             false_rejection_rate=evaluation["ood_gate"]["false_rejection_rate"],
         )
-        use_head = None
-        if "use_weights" in arrays:
-            use_head = UseHead(
-                mean=arrays["use_mean"],
-                scale=arrays["use_scale"],
-                weights=arrays["use_weights"],
-                bias=arrays["use_bias"],
-            )
+        use_head = UseHead.from_arrays(arrays, prefix="use_")
     return Decision(
         calibration=Calibration(calibration["scale"], calibration["shift"]),
         threshold=float(evaluation["threshold"]),

@@ -15,7 +15,6 @@ from functools import cache
 from pathlib import Path
 
 PAGE = Path(__file__).with_name("page.html")
-MAX_BYTES = 100_000  # the budget for the page, everything included
 
 
 def _hash(text: str) -> str:

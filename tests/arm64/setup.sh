@@ -13,15 +13,16 @@ want="$(sha256sum lambda/requirements.txt tests/arm64/setup.sh | sha256sum | cut
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)  # debootstrap and apt need root
 if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
-  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends qemu-user-static debootstrap
 fi
 rm -rf "$dest"
 mkdir -p "$dest"
-debootstrap --foreign --variant=minbase --arch=arm64 \
+$SUDO debootstrap --foreign --variant=minbase --arch=arm64 \
   --include=python3.11,libstdc++6,libgomp1 bookworm "$dest/root" http://deb.debian.org/debian
+$SUDO chown -R "$(id -u):$(id -g)" "$dest/root"
 # The first stage unpacks the base only; the Python and its libraries are unpacked here
 # (nothing is configured: the tests run python3.11 directly).
 for deb in "$dest"/root/var/cache/apt/archives/*.deb; do

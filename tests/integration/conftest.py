@@ -109,13 +109,10 @@ def reexported(folder: Path, edit: Callable[[dict], None]) -> None:
 def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them: the served graph
     (calibration, gate distance, activation map) and its metadata."""
-    from pneumonia.decision.calibration import Calibration
-    from pneumonia.decision.contract import ModelMetadata
     from pneumonia.decision.gate import FeatureGate, fit_feature_model
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.prepare import prepare_image
     from pneumonia.model.network import with_explanations
-    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
 
     config = PreprocessConfig(
         image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
@@ -128,7 +125,17 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
         fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(features).max(), 0.02
     )
     folder = tmp_path_factory.mktemp("model")
-    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate)
+    return write_test_model(folder, keras_model, config, gate, max_patient_age_years=17)
+
+
+def write_test_model(folder: Path, keras_model, config, gate, head=None, **extra) -> Path:
+    """model.onnx (with the intended-use head when given) and its model.json in `folder`, as
+    export_onnx writes them: threshold 0.5, band [0.45, 0.55), identity calibration."""
+    from pneumonia.decision.calibration import Calibration
+    from pneumonia.decision.contract import ModelMetadata
+    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
+
+    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate, head)
     (folder / "model.onnx").write_bytes(onnx_bytes)
     metadata = ModelMetadata.for_graph(
         onnx_bytes,
@@ -136,13 +143,13 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
             "threshold": 0.5,
             "labels": ("NORMAL", "PNEUMONIA"),
             "input_name": "image",
-            "outputs": {k: OUTPUTS[k] for k in SERVED if k != "use"},  # no head here
+            "outputs": {k: OUTPUTS[k] for k in SERVED if k != "use" or head is not None},
             "preprocessing": config,
             "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
             "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
             "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
             "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
-            "max_patient_age_years": 17,
+            **extra,
         },
     )
     (folder / "model.json").write_text(metadata.to_json())

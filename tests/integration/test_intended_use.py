@@ -3,14 +3,13 @@ numpy head computed from Keras' own features names (an oracle independent of the
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import GATE_MARGIN, IMAGE_SIZE
+from tests.integration.conftest import GATE_MARGIN, IMAGE_SIZE, write_test_model
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +28,12 @@ def external(kind_folder: str, count: int) -> list[bytes]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, keras_model, sample_data):
     """(Classifier with a head in its graph, the numpy head, Keras features of each image)."""
-    from pneumonia.decision.calibration import Calibration
-    from pneumonia.decision.contract import ModelMetadata
     from pneumonia.decision.gate import FeatureGate, fit_feature_model
     from pneumonia.decision.use import fit_use_head
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.formats import ImageError
     from pneumonia.images.screening import screen_and_prepare
     from pneumonia.model.network import with_explanations
-    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
     from pneumonia.serving.classifier import Classifier
 
     config = PreprocessConfig(
@@ -67,24 +63,9 @@ def served(tmp_path_factory, keras_model, sample_data):
     gate = FeatureGate(
         fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(everything).max(), 0.02
     )
-    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate, head)
-    folder = tmp_path_factory.mktemp("model-with-head")
-    (folder / "model.onnx").write_bytes(onnx_bytes)
-    metadata = ModelMetadata.for_graph(
-        onnx_bytes,
-        {
-            "threshold": 0.5,
-            "labels": ("NORMAL", "PNEUMONIA"),
-            "input_name": "image",
-            "outputs": {k: OUTPUTS[k] for k in SERVED},
-            "preprocessing": config,
-            "calibration": {"method": "platt", "scale": 1.0, "shift": 0.0},
-            "decision_band": {"low": 0.45, "high": 0.55, "error_rate": 0.05},
-            "ood_gate": {"threshold": gate.threshold, "false_rejection_rate": 0.02},
-            "training_data_sha256": hashlib.sha256(b"test").hexdigest(),
-        },
+    folder = write_test_model(
+        tmp_path_factory.mktemp("model-with-head"), keras_model, config, gate, head
     )
-    (folder / "model.json").write_text(metadata.to_json())
     assert json.loads((folder / "model.json").read_text())["outputs"]["use"] == "use_logits"
     return Classifier.load(folder), head, images, features
 
