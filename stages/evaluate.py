@@ -65,7 +65,11 @@ def main() -> None:
     results: dict = {"calibration": calibrate(scorer)}
     threshold, thresholds, val, pooled_val = choose_on_validation(scorer, config, params.evaluate)
     held_out, scores = score_held_out(scorer, threshold, params.evaluate, params.base.seed)
-    results |= {"threshold": threshold, "threshold_policy": params.evaluate.threshold_policy}
+    results |= {
+        "threshold": threshold,
+        "threshold_policy": params.evaluate.threshold_policy,
+        "target_sensitivity": params.evaluate.target_sensitivity,
+    }
     results |= held_out
     results["worst_split"] = worst_of(results, list(scores))
     results["policies"] = policy_table(thresholds, scores)

@@ -15,9 +15,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pneumonia.decision.band import Band
+from pneumonia.decision.calibration import Calibration, logit
 from pneumonia.images.config import PreprocessConfig
 
 VERSION_PATTERN = r"^sha256-[0-9a-f]{12}$"
+SITE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # an MLflow tag value and a file-name-safe word
 
 
 class MetadataError(ValueError):
@@ -44,6 +46,14 @@ class CalibrationSpec(_Strict):
     method: Literal["platt"]
     scale: float = Field(gt=0, allow_inf_nan=False)
     shift: float = Field(allow_inf_nan=False)
+
+
+class ThresholdRule(_Strict):
+    """How the threshold was chosen (pneumonia.decision.rates.choose_threshold): the rule a
+    site's recalibration applies again on its own sample."""
+
+    policy: Literal["youden", "youden_shifted", "target_sensitivity", "fixed"]
+    target_sensitivity: float = Field(gt=0, le=1)
 
 
 class DecisionBand(_Strict):
@@ -76,6 +86,11 @@ class ModelMetadata(_Strict):
     training_data_sha256: str  # of data/manifest.csv: which images, labels and splits
     # A DICOM whose patient is older is refused (outside_training_population); None: no bound.
     max_patient_age_years: float | None = Field(default=None, gt=0)
+    # A site's Platt map on the logit of the graph's calibrated probability, fitted by
+    # `python -m pneumonia.recalibrate` on the site's labelled sample; None: served as is.
+    recalibration: CalibrationSpec | None = None
+    site: str | None = Field(default=None, pattern=SITE_PATTERN)  # whose sample fitted it
+    operating_point: ThresholdRule | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
 
@@ -90,6 +105,14 @@ class ModelMetadata(_Strict):
                 f"threshold {self.threshold}"
             )
         return self
+
+    def served(self, graph_probabilities: np.ndarray) -> np.ndarray:
+        """The probabilities the endpoint answers for the graph's calibrated ones: the same
+        without a site's recalibration, else its Platt map on their logit."""
+        if self.recalibration is None:
+            return graph_probabilities
+        site = Calibration(self.recalibration.scale, self.recalibration.shift)
+        return site.apply(logit(graph_probabilities))
 
     def label_for(self, probability_pneumonia: float) -> str:
         """The predicted label: the positive one at or above the threshold."""
@@ -161,6 +184,7 @@ ANSWERING = (
     "decision_band",
     "ood_gate",
     "max_patient_age_years",
+    "recalibration",
 )
 
 

@@ -7,10 +7,11 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
+from pneumonia.decision.rates import roc_auc
 from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.images.decode import decode_gray, to_uint8
@@ -93,7 +94,7 @@ def held_out_figure(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold:
     for split, (labels, probabilities) in scores.items():
         fpr, tpr, _ = roc_curve(labels, probabilities)
         at = binary_metrics(labels, probabilities, threshold)
-        auc = roc_auc_score(labels, probabilities)
+        auc = roc_auc(labels, probabilities)
         (line,) = axis.plot(fpr, tpr, label=f"{split} (AUC {auc:.3f}, n={len(labels)})")
         axis.plot(1 - at["specificity"], at["sensitivity"], "o", color=line.get_color())
     axis.plot([0, 1], [0, 1], ":", color="grey")

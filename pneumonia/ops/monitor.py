@@ -676,14 +676,8 @@ def _at_least_one(text: str) -> float:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line's options."""
-    parse = argparse.ArgumentParser(
-        prog="python -m pneumonia.monitor", description=__doc__.splitlines()[0]
-    )
-    parse.add_argument("--reference", type=Path, required=True, help="evaluate's reference.jsonl")
-    parse.add_argument("--current", type=Path, required=True, help="pneumonia.batch's output")
-    parse.add_argument("--window", type=_positive, help="the last N ok rows (default: all)")
+def add_test_options(parse: argparse.ArgumentParser) -> None:
+    """The tests' options, shared by every command that runs them (pneumonia.watch too)."""
     parse.add_argument(
         "--reference-prevalence",
         type=_fraction,
@@ -698,6 +692,17 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument("--permutations", type=_positive, default=PERMUTATIONS)
     parse.add_argument("--seed", type=int, default=0)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's options."""
+    parse = argparse.ArgumentParser(
+        prog="python -m pneumonia.monitor", description=__doc__.splitlines()[0]
+    )
+    parse.add_argument("--reference", type=Path, required=True, help="evaluate's reference.jsonl")
+    parse.add_argument("--current", type=Path, required=True, help="pneumonia.batch's output")
+    parse.add_argument("--window", type=_positive, help="the last N ok rows (default: all)")
+    add_test_options(parse)
     parse.add_argument("--report", type=Path, help="default: <current>.monitor.json beside it")
     parse.add_argument("--plot", type=Path, help="default: <current>.monitor.png beside it")
     return parse

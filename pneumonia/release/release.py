@@ -92,6 +92,10 @@ def describe_model(
             },
             training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
             max_patient_age_years=max_patient_age_years,
+            operating_point={
+                "policy": evaluation["threshold_policy"],
+                "target_sensitivity": evaluation["target_sensitivity"],
+            },
             metrics={
                 "test": evaluation["test"],
                 "test_ci95_low": evaluation["test_ci95_low"],

@@ -75,7 +75,7 @@ class Prediction:
 class GraphOutputs:
     """One run of the graph on N images."""
 
-    probabilities: np.ndarray  # (N,) calibrated P(PNEUMONIA)
+    probabilities: np.ndarray  # (N,) calibrated P(PNEUMONIA), a site's recalibration applied
     distances: np.ndarray  # (N,) the gate's feature distance
     uses: np.ndarray | None  # (N, K) the intended-use logits, when the graph has them
     cams: np.ndarray | None  # (N, h, w) class activation maps, when asked for
@@ -149,7 +149,7 @@ class Classifier:
         results = self.session.run(wanted, {self.metadata.input_name: batch.astype(np.float32)})
         named = dict(zip(wanted, results, strict=True))
         return GraphOutputs(
-            probabilities=np.clip(named[roles.probability].reshape(-1), 0.0, 1.0),
+            probabilities=self.metadata.served(np.clip(named[roles.probability].reshape(-1), 0, 1)),
             distances=named[roles.ood_distance].reshape(-1),
             uses=named.get(roles.use) if roles.use else None,
             cams=named.get(roles.cam),

@@ -182,6 +182,18 @@ def test_the_scoring_handler_loads_in_the_images_environment(lambda_venv, tmp_pa
     assert f"VERSION {version} True" in result.stdout
 
 
+def in_image_venv(python: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in the image's venv, from the repository, nothing else on PATH."""
+    return subprocess.run(
+        [str(python), "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
 def test_batch_scoring_runs_with_the_images_pins_alone(
     lambda_venv, tmp_path, model_dir, sample_data
 ):
@@ -192,20 +204,31 @@ def test_batch_scoring_runs_with_the_images_pins_alone(
     for path in sorted((sample_data / "train" / "NORMAL").iterdir())[:3]:
         shutil.copyfile(path, folder / path.name)
     output = tmp_path / "rows.jsonl"
-    result = subprocess.run(
-        [
-            *(str(lambda_venv), "-m", "pneumonia.batch", str(folder)),
-            *("--output", str(output), "--model-dir", str(model_dir), "--workers", "1"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    result = in_image_venv(
+        lambda_venv,
+        *("pneumonia.batch", str(folder), "--output", str(output)),
+        *("--model-dir", str(model_dir), "--workers", "1"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [row["status"] for row in rows] == ["ok", "ok", "ok"]
+
+
+def test_a_sites_recalibration_runs_with_the_images_pins_alone(
+    lambda_venv, tmp_path, repo, sample_data
+):
+    # python -m pneumonia.recalibrate in a venv of lambda/requirements.txt (no scikit-learn,
+    # no TensorFlow, no PyYAML): what a hospital's data team runs beside the endpoint.
+    output = tmp_path / "site"
+    result = in_image_venv(
+        lambda_venv,
+        *("pneumonia.recalibrate", str(sample_data / "train"), "--output", str(output)),
+        *("--model-dir", str(repo / "models"), "--site", "children-north", "--bootstrap", "100"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((output / "model.json").read_text())
+    assert written["site"] == "children-north" and written["recalibration"]["scale"] > 0
+    assert (output / "model.onnx").read_bytes() == (repo / "models/model.onnx").read_bytes()
 
 
 INVOKE = r"""

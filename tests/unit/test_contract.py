@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
+import numpy as np
 import pytest
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata, model_version
@@ -100,9 +102,8 @@ def test_unset_optional_fields_keep_an_older_model_jsons_version():
     metadata = ModelMetadata.for_graph(GRAPH, fields())
     assert "max_patient_age_years" not in metadata.answering()
     assert "use" not in metadata.answering()["outputs"]
-    older = {
-        k: v for k, v in json.loads(metadata.to_json()).items() if k != "max_patient_age_years"
-    }
+    later = ("max_patient_age_years", "recalibration", "site", "operating_point")
+    older = {k: v for k, v in json.loads(metadata.to_json()).items() if k not in later}
     older["outputs"].pop("use")
     ModelMetadata.from_json(json.dumps(older)).check_describes(GRAPH)
 
@@ -143,3 +144,44 @@ def test_the_label_and_decision_rules():
         "PNEUMONIA",
         "PNEUMONIA",
     ]
+
+
+SITE_MAP = {"method": "platt", "scale": 0.8, "shift": -0.6}
+
+
+def test_a_sites_recalibration_answers_and_so_is_a_new_version():
+    shipped = ModelMetadata.for_graph(GRAPH, fields())
+    site = ModelMetadata.for_graph(GRAPH, fields(recalibration=SITE_MAP, site="children-north"))
+    assert site.model_version != shipped.model_version
+    assert site.answering()["recalibration"] == SITE_MAP
+    other = ModelMetadata.for_graph(
+        GRAPH, fields(recalibration={**SITE_MAP, "shift": -0.5}, site="children-north")
+    )
+    assert other.model_version != site.model_version
+    # who fitted it and the rule it followed are records, not answers
+    renamed = ModelMetadata.for_graph(
+        GRAPH,
+        fields(
+            recalibration=SITE_MAP,
+            site="elsewhere",
+            operating_point={"policy": "youden", "target_sensitivity": 0.9},
+        ),
+    )
+    assert renamed.model_version == site.model_version
+
+
+def test_the_served_probability_is_the_sites_platt_map_on_the_graphs_logit():
+    site = ModelMetadata.for_graph(GRAPH, fields(recalibration=SITE_MAP))
+    graph = np.array([0.1, 0.5, 0.9, 1.0])
+    expected = [1 / (1 + math.exp(-(0.8 * math.log(p / (1 - p)) - 0.6))) for p in (0.1, 0.5, 0.9)]
+    served = site.served(graph)
+    assert served[:3] == pytest.approx(expected, rel=1e-12)
+    assert 0.999 < served[3] < 1.0  # a saturated graph output stays finite
+    shipped = ModelMetadata.for_graph(GRAPH, fields())
+    assert shipped.served(graph) is graph
+
+
+@pytest.mark.parametrize("site", ["North Site", "-north", "a/b", "x" * 64, ""])
+def test_a_site_name_is_a_lower_case_word(site):
+    with pytest.raises(Exception, match="site"):
+        ModelMetadata.for_graph(GRAPH, fields(site=site))

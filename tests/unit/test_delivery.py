@@ -92,7 +92,7 @@ def test_rollback_runs_on_failure_and_on_cancellation(deploy):
     assert "steps.previous.outputs.image" in code["env"]["PREVIOUS_IMAGE"]
 
 
-@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"])
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml", "monitor.yml", "retrain.yml"])
 def test_no_secret_is_passed_on_a_command_line(name):
     text = (WORKFLOWS / name).read_text()
     assert "--api-key" not in text and "x-api-key" not in text.lower()

@@ -8,8 +8,8 @@ from pneumonia.evaluation.metrics import (
     binary_metrics,
     bootstrap_intervals,
     calibration_metrics,
-    choose_threshold,
     policy_thresholds,
+    threshold_for,
     worst_of,
 )
 from pneumonia.evaluation.shifts import SHIFTS
@@ -35,18 +35,18 @@ SCORES = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
 
 def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity():
     # At 0.7: sensitivity 3/4, specificity 4/4 -> J = 0.75, the best available.
-    assert choose_threshold(LABELS, SCORES, policy("youden")) == pytest.approx(0.7)
+    assert threshold_for(LABELS, SCORES, policy("youden")) == pytest.approx(0.7)
 
 
 def test_target_sensitivity_picks_the_highest_threshold_reaching_it():
     # Sensitivity 1.0 needs the threshold down at 0.4.
-    assert choose_threshold(LABELS, SCORES, policy("target_sensitivity")) == pytest.approx(0.4)
+    assert threshold_for(LABELS, SCORES, policy("target_sensitivity")) == pytest.approx(0.4)
     relaxed = policy("target_sensitivity", target_sensitivity=0.75)
-    assert choose_threshold(LABELS, SCORES, relaxed) == pytest.approx(0.7)
+    assert threshold_for(LABELS, SCORES, relaxed) == pytest.approx(0.7)
 
 
 def test_fixed_policy_ignores_the_data():
-    assert choose_threshold(LABELS, SCORES, policy("fixed", fixed_threshold=0.35)) == 0.35
+    assert threshold_for(LABELS, SCORES, policy("fixed", fixed_threshold=0.35)) == 0.35
 
 
 def test_binary_metrics_at_a_threshold():

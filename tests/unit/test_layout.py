@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"release"},
     {"evaluation"},
     {"ops"},
-    {"batch", "monitor", "dataset", "review", "registry"},  # the command lines
+    {"batch", "monitor", "dataset", "review", "registry", "recalibrate", "watch"},  # the commands
 ]
 LAYER = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
 CONVENTIONS = {"main", "log", "logger", "metrics", "lambda_handler"}  # the same on purpose
@@ -182,7 +182,9 @@ def test_the_image_copies_what_its_handlers_import_and_no_tensorflow():
     assert heavy == set()
 
 
-@pytest.mark.parametrize("command", ["batch", "monitor", "dataset", "review", "registry"])
+@pytest.mark.parametrize(
+    "command", ["batch", "monitor", "dataset", "review", "registry", "recalibrate", "watch"]
+)
 def test_documented_commands_run_the_main_of_their_module(command: str):
     shim = ROOT / "pneumonia" / f"{command}.py"
     (target,) = [name for name in imported_names(ROOT, shim) if name.endswith(".main")]
