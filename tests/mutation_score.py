@@ -1,14 +1,16 @@
 """Mutation scores per module from mutmut's results (`make mutation` runs it after mutmut).
 
-    python tests/mutation_score.py
+    python tests/mutation_score.py [--min 85]
 
 Prints `mutation score MODULE: K/N killed (P%)` for each mutated module, then the total.
 A mutant counts as killed when a test failed or timed out on it; "no tests" (no selected
-test reaches the mutated function) and survivors count against the score.
+test reaches the mutated function) and survivors count against the score. With `--min`,
+exits 1 when any module scores under that percentage (the total alone does not count).
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -38,7 +40,21 @@ def scores(results: str) -> dict[str, Counter]:
     return by_module
 
 
-def main() -> int:
+def below(by_module: dict[str, Counter], minimum: float) -> list[str]:
+    """The modules whose share of killed mutants is under `minimum` percent."""
+    return [
+        module
+        for module, counts in sorted(by_module.items())
+        if 100 * counts["killed"] < minimum * counts["all"]
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--min", type=float, default=None, help="fail when a module scores under this percent"
+    )
+    args = parser.parse_args(argv)
     mutmut = Path(sys.executable).with_name("mutmut")
     results = subprocess.run(
         [str(mutmut), "results", "--all", "true"], capture_output=True, text=True, check=True
@@ -52,6 +68,17 @@ def main() -> int:
     if total["all"]:
         share = total["killed"] / total["all"]
         print(f"mutation score total: {total['killed']}/{total['all']} killed ({share:.0%})")
+    if args.min is not None:
+        if not by_module:
+            print("mutation score: no mutants in mutmut's results", file=sys.stderr)
+            return 1
+        failing = below(by_module, args.min)
+        for module in failing:
+            counts = by_module[module]
+            share = 100 * counts["killed"] / counts["all"]
+            print(f"mutation score {module}: {share:.1f}% is under {args.min:g}%", file=sys.stderr)
+        if failing:
+            return 1
     return 0
 
 

@@ -5,6 +5,7 @@ a threshold set on validation at a chosen false-rejection rate."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +43,20 @@ def fit_feature_model(train_features: np.ndarray) -> FeatureGate:
 
 
 def with_threshold(
-    gate: FeatureGate, val_distances: np.ndarray, false_rejection_rate: float
+    gate: FeatureGate,
+    val_distances: np.ndarray,
+    false_rejection_rate: float,
+    groups: Sequence[np.ndarray] = (),
+    group_rate: float | None = None,
 ) -> FeatureGate:
-    """The gate refusing above the conformal (1 - rate) quantile of validation distances."""
-    threshold = conformal_quantile(val_distances, 1 - false_rejection_rate)
+    """The gate refusing above the conformal (1 - rate) quantile of validation distances,
+    raised where needed so that each of `groups` (validation under one framing: each must
+    hold, not only their pool) is refused at most `group_rate` (default: the rate) too."""
+    level = 1 - (false_rejection_rate if group_rate is None else group_rate)
+    threshold = max(
+        [
+            conformal_quantile(val_distances, 1 - false_rejection_rate),
+            *(conformal_quantile(d, level) for d in groups),
+        ]
+    )
     return FeatureGate(gate.mean, gate.whitening, threshold, false_rejection_rate)

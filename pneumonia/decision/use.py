@@ -11,7 +11,7 @@ another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,18 +53,29 @@ class UseHead:
 
 
 def with_margin(
-    head: UseHead, answered_features: np.ndarray, false_rejection_rate: float
+    head: UseHead,
+    answered_features: np.ndarray,
+    false_rejection_rate: float,
+    groups: Sequence[np.ndarray] = (),
+    group_rate: float | None = None,
 ) -> UseHead:
     """The head with the answered kind's bias raised just enough that at most
     `false_rejection_rate` of `answered_features` (validation X-rays and their shifted
-    copies) are named another kind: the split-conformal quantile of (best other logit -
-    answered logit), never lowered below the plain argmax."""
+    copies), and at most `group_rate` (default: the rate) of each of `groups` (validation
+    under one framing), are named another kind: the largest split-conformal quantile of
+    (best other logit - answered logit), never lowered below the plain argmax."""
     from pneumonia.decision.band import conformal_quantile
 
-    logits = head.logits(answered_features)
     answered = USE_KINDS.index(ANSWERED)
-    others = np.delete(logits, answered, axis=1).max(axis=1) - logits[:, answered]
-    margin = max(0.0, float(conformal_quantile(others, 1 - false_rejection_rate)))
+
+    def excess(features: np.ndarray) -> np.ndarray:
+        logits = head.logits(features)
+        return np.delete(logits, answered, axis=1).max(axis=1) - logits[:, answered]
+
+    level = 1 - (false_rejection_rate if group_rate is None else group_rate)
+    quantiles = [conformal_quantile(excess(answered_features), 1 - false_rejection_rate)]
+    quantiles += [conformal_quantile(excess(group), level) for group in groups]
+    margin = max(0.0, float(max(quantiles)))
     bias = head.bias.copy()
     bias[answered] += margin
     return UseHead(head.mean, head.scale, head.weights, bias)

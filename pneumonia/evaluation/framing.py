@@ -83,6 +83,10 @@ def framing_report(
             "share_indeterminate": decided["share_indeterminate"],
             "accuracy_decided": decided["accuracy_decided"],
             "refused": float(np.mean(cheap | off_use | ~(distances <= gate.threshold))),
+            # by the first check that refuses: cheap checks, intended-use head, learned gate
+            "refused_cheap": float(np.mean(cheap)),
+            "refused_use": float(np.mean(off_use & ~cheap)),
+            "refused_gate": float(np.mean(~(distances <= gate.threshold) & ~off_use & ~cheap)),
         }
     worst = worst_framing({name: row for name, row in report.items() if name != UNCHANGED})
     return report, {**worst, "images": len(labels)}

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.decision.use import ANSWERED, USE_KINDS, UseHead, fit_use_head, with_margin
+from pneumonia.evaluation.gate import FRAMING_REJECTION_RATE, framing_blocks
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS
 from pneumonia.images.config import PreprocessConfig
@@ -35,6 +36,7 @@ HEAD_KIND = {
     "other_body_part": "other_body_part",
 }
 FOLDS = 5
+USE_STRENGTH = 0.05  # the head's inverse L2 penalty (benchmarks/gate_framing.py compares)
 
 
 @dataclass(frozen=True)
@@ -91,19 +93,25 @@ def fit_and_measure(
     gate_threshold: float,
     false_rejection_rate: float,
     seed: int,
+    framing_rate: float | None = FRAMING_REJECTION_RATE,
+    strength: float = USE_STRENGTH,
 ) -> tuple[UseHead, dict]:
     """The head fitted on everything, and the endpoint's outcome for each external image
     when the head was fitted without it (FOLDS-fold cross-validation, stratified by kind).
 
     `pediatric`: (N, F) features of training X-rays (with their shifted copies);
     `validation`: the same of the validation split, on which each head's margin is set so
-    that it names at most `false_rejection_rate` of them another kind (`with_margin`);
+    that it names at most `false_rejection_rate` of them, and of each framing of them
+    (`framing_blocks`) at `framing_rate`, another kind (`with_margin`); `strength`: the
+    head's inverse L2 penalty (`fit_use_head`);
     `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate.
     """
 
+    groups = framing_blocks(validation) if framing_rate is not None else []
+
     def fit(chosen: list[int]) -> UseHead:
-        head = fit_use_head(_by_kind(external, chosen, pediatric))
-        return with_margin(head, validation, false_rejection_rate)
+        head = fit_use_head(_by_kind(external, chosen, pediatric), strength)
+        return with_margin(head, validation, false_rejection_rate, groups, framing_rate)
 
     from sklearn.model_selection import StratifiedKFold
 

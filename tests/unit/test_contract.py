@@ -185,3 +185,46 @@ def test_the_served_probability_is_the_sites_platt_map_on_the_graphs_logit():
 def test_a_site_name_is_a_lower_case_word(site):
     with pytest.raises(Exception, match="site"):
         ModelMetadata.for_graph(GRAPH, fields(site=site))
+
+
+def test_model_json_is_indented_json_ending_in_a_newline_and_loads_back(tmp_path):
+    metadata = ModelMetadata.for_graph(GRAPH, fields(max_patient_age_years=17))
+    text = metadata.to_json()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    assert text.startswith('{\n  "model_version": "sha256-')
+    assert '\n  "labels": [\n    "NORMAL",\n    "PNEUMONIA"\n  ],\n' in text
+    (tmp_path / "model.json").write_text(text)
+    assert ModelMetadata.load(tmp_path / "model.json") == metadata
+
+
+def test_every_problem_of_a_model_json_is_named_in_one_message():
+    text = json.dumps({**fields(threshold=2.0, input_name=""), "model_version": "sha256-x"})
+    with pytest.raises(MetadataError) as refused:
+        ModelMetadata.from_json(text)
+    message = str(refused.value)
+    assert message.startswith("model.json: model_version: String should match pattern")
+    assert message.count("; ") == 2 and "; threshold: " in message and "; input_name: " in message
+    whole = json.dumps({**fields(labels=["A", "A"]), "model_version": "sha256-" + "0" * 12})
+    with pytest.raises(MetadataError) as refused:
+        ModelMetadata.from_json(whole)
+    assert str(refused.value) == (
+        "model.json: model.json: Value error, labels ('A', 'A') are not two distinct names"
+    )
+
+
+def test_a_model_json_edited_after_export_is_refused_saying_so():
+    metadata = ModelMetadata.for_graph(GRAPH, fields())
+    edited = metadata.model_copy(update={"threshold": 0.7})
+    actual = edited.content_version(GRAPH)
+    with pytest.raises(MetadataError) as refused:
+        edited.check_describes(GRAPH)
+    assert str(refused.value) == (
+        f"model.json says {metadata.model_version}, but model.onnx with model.json's answering "
+        f"fields gives {actual}: the files come from different exports, or model.json was "
+        "edited after its export"
+    )
+
+
+def test_a_version_is_never_computed_over_nan():
+    with pytest.raises(ValueError):
+        model_version(GRAPH, {"threshold": float("nan")})

@@ -107,3 +107,23 @@ def test_the_band_is_clamped_to_contain_the_threshold_and_to_stay_a_probability(
     # AND a normal scored 1.0 (the quantile's next float is above 1) leaves high at 1.0
     band = conformal_band(labels, np.concatenate([np.ones(20), pneumonia]), 0.01, 0.5)
     assert band.high == 1.0 and band.low == 0.5
+
+
+def test_the_gate_threshold_holds_for_each_framing_not_only_their_pool():
+    gate = fit_feature_model(np.random.default_rng(5).normal(size=(500, 4)))
+    pooled = np.arange(1.0, 101.0)  # 100 distances: the 99% conformal quantile is the 100th
+    tight = np.full(10, 150.0)  # one framing whose images all sit farther out
+    assert with_threshold(gate, pooled, 0.01).threshold == 100.0
+    assert with_threshold(gate, pooled, 0.01, [pooled[:50], tight]).threshold == 150.0
+    # a group already inside the pooled threshold changes nothing
+    assert with_threshold(gate, pooled, 0.01, [pooled[:10]]).threshold == 100.0
+
+
+def test_each_framing_may_be_held_to_its_own_ceiling():
+    gate = fit_feature_model(np.random.default_rng(7).normal(size=(500, 4)))
+    pooled = np.arange(1.0, 101.0)
+    framing = np.arange(101.0, 201.0)  # 100 distances of one framing, all beyond the pool's
+    # at 5% a framing of 100 may lose its 5 farthest: ceil(0.95 * 101) = 96th smallest
+    held = with_threshold(gate, pooled, 0.01, [framing], group_rate=0.05)
+    assert held.threshold == 196.0
+    assert with_threshold(gate, pooled, 0.01, [framing]).threshold == 200.0  # at 1%: the 100th

@@ -145,3 +145,182 @@ def test_a_strip_is_refused_from_its_header_before_its_pixels_are_decoded(monkey
     with pytest.raises(NotAChestXray) as refused:
         screen_and_prepare(data, config)
     assert "aspect ratio is 2.69" in str(refused.value)
+
+
+# ---------------------------------------------------------------- each check at its edge
+
+
+def config():
+    from pneumonia.images.config import PreprocessConfig
+
+    return PreprocessConfig(
+        image_size=32, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8
+    )
+
+
+def two_tone(height: int, width: int) -> np.ndarray:
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[:, width // 2 :] = 200
+    return pixels
+
+
+@pytest.mark.parametrize(("width", "height"), [(60, 100), (167, 100), (100, 100)])
+def test_an_aspect_ratio_at_either_bound_passes(width, height):
+    from pneumonia.images.screening import aspect_refusal
+
+    assert aspect_refusal(width, height) is None
+    assert screen(two_tone(height, width), None) is None
+
+
+@pytest.mark.parametrize(("width", "height", "shown"), [(59, 100, "0.59"), (168, 100, "1.68")])
+def test_an_aspect_ratio_past_a_bound_is_refused_saying_both_bounds(width, height, shown):
+    assert screen(two_tone(height, width), None) == (
+        f"the image's aspect ratio is {shown} (width / height); "
+        "a chest radiograph's is between 0.6 and 1.67"
+    )
+
+
+def test_saturation_is_the_mean_hsv_saturation_as_a_share():
+    from pneumonia.images.screening import saturation
+
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    assert saturation(red) == 1.0
+    assert saturation(np.full((4, 4, 3), 90, np.uint8)) == 0.0
+    pink = np.zeros((4, 4, 3), np.uint8)
+    pink[...] = (255, 204, 204)  # saturation 51 / 255 = 0.2 exactly
+    assert saturation(pink) == 0.2
+
+
+def test_a_saturation_at_the_limit_passes_and_above_it_is_refused():
+    gray = two_tone(64, 64)
+    at_limit = np.zeros((8, 8, 3), np.uint8)
+    at_limit[...] = (255, 204, 204)
+    assert screen(gray, at_limit) is None
+    above = at_limit.copy()
+    above[...] = (255, 203, 203)  # saturation 52 / 255 = 0.20392
+    assert screen(gray, above) == (
+        "the image is in colour (mean saturation 0.20); an X-ray is grayscale"
+    )
+
+
+def test_the_dynamic_range_is_the_1st_to_99th_percentile_spread():
+    from pneumonia.images.screening import dynamic_range
+
+    assert dynamic_range(two_tone(64, 64)) == 200 / 255
+    # 0.5% of the pixels at 0, the rest from 100 up: the 1st percentile ignores the dark few
+    pixels = np.full((100, 100), 100, np.uint8)
+    pixels[:, 50:] = 180
+    pixels[0, :50] = 0
+    assert dynamic_range(pixels) == 80 / 255
+    # 16-bit gray is read on the 8-bit scale
+    assert dynamic_range(two_tone(64, 64).astype(np.uint16) * 257) == 200 / 255
+
+
+def test_a_large_image_is_sampled_with_a_stride_for_the_percentiles():
+    from pneumonia.images.screening import dynamic_range
+
+    stripes = np.zeros((5, 3277), np.uint8)  # 16,385 pixels: one over the sampling size
+    stripes[:, 1::2] = 255  # odd columns white: a stride of 2 sees only the black ones
+    assert dynamic_range(stripes) == 0.0
+    assert dynamic_range(stripes[:, :3276]) == 1.0  # 16,380 pixels: every one counted
+
+
+def test_a_nearly_uniform_image_is_refused_saying_how_much_it_spans():
+    pixels = np.full((64, 64), 100, np.uint8)
+    pixels[:, 32:] = 130  # 30 levels: 12% of the range
+    assert screen(pixels, None) == (
+        "the image is nearly uniform (its gray levels span 12% of the range); "
+        "a radiograph spans far more"
+    )
+    pixels[:, 32:] = 139  # 39 levels: 15.3%, just over the minimum
+    assert screen(pixels, None) is None
+
+
+def test_screen_and_prepare_gives_the_decoded_gray_and_the_model_input():
+    from pneumonia.images.prepare import prepare_image
+    from pneumonia.images.screening import screen_and_prepare
+
+    data = XRAYS[3].read_bytes()
+    gray, pixels = screen_and_prepare(data, config())
+    np.testing.assert_array_equal(gray, decode_gray(data, min_size=32))
+    np.testing.assert_array_equal(pixels, prepare_image(data, config()))
+    assert pixels.shape == (32, 32, 1)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "words"),
+    [
+        (np.full((64, 64), 128, np.uint8), "nearly uniform"),
+        (np.full((64, 300), 128, np.uint8), "aspect ratio is 4.69"),
+    ],
+)
+def test_screen_and_prepare_refuses_what_the_checks_refuse(pixels, words):
+    from pneumonia.images.screening import NOT_A_CHEST_XRAY, NotAChestXray, screen_and_prepare
+
+    with pytest.raises(NotAChestXray) as refused:
+        screen_and_prepare(encoded(pixels), config())
+    assert refused.value.reason == NOT_A_CHEST_XRAY
+    assert words in str(refused.value)
+
+
+def test_a_colour_picture_is_refused_after_decoding():
+    from pneumonia.images.screening import NOT_A_CHEST_XRAY, NotAChestXray, screen_and_prepare
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[:, :32] = (255, 0, 0)
+    rgb[:, 32:] = (0, 0, 255)
+    with pytest.raises(NotAChestXray) as refused:
+        screen_and_prepare(encoded(rgb), config())
+    assert refused.value.reason == NOT_A_CHEST_XRAY
+    assert str(refused.value) == (
+        "the image is in colour (mean saturation 1.00); an X-ray is grayscale"
+    )
+
+
+def dicom(pixels: np.ndarray, **attributes) -> bytes:
+    """A Part 10 DX file of 8-bit pixels."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    storage = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\x00" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = storage, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_dicom_patient_over_the_age_bound_is_refused_without_saying_the_age():
+    from pneumonia.images.formats import ImageError
+    from pneumonia.images.screening import OUTSIDE_TRAINING_POPULATION, screen_and_prepare
+
+    pixels = two_tone(64, 64)
+    with pytest.raises(ImageError) as refused:
+        screen_and_prepare(dicom(pixels, PatientAge="018Y"), config(), max_age_years=17.5)
+    assert refused.value.reason == OUTSIDE_TRAINING_POPULATION
+    assert str(refused.value) == (
+        "the patient's age in the DICOM header is outside the population the model was "
+        "trained on (pediatric, up to 17.5 years)"
+    )
+    for data, bound in (
+        (dicom(pixels, PatientAge="017Y"), 17),  # at the bound
+        (dicom(pixels, PatientAge="045Y"), None),  # no bound
+        (dicom(pixels), 17),  # no age
+    ):
+        gray, model_input = screen_and_prepare(data, config(), max_age_years=bound)
+        np.testing.assert_array_equal(gray, pixels)
+        assert model_input.shape == (32, 32, 1)
+    with pytest.raises(ImageError, match="nearly uniform"):  # a DICOM is screened as well
+        screen_and_prepare(dicom(np.full((64, 64), 9, np.uint8)), config(), max_age_years=17)

@@ -67,3 +67,19 @@ def test_the_margin_holds_the_answered_kinds_refusals_to_the_rate():
     easy = fit_use_head(clusters(rng, {ANSWERED: (0, 400), "other_body_part": (9, 400)}))
     same = with_margin(easy, validation, 0.01)
     np.testing.assert_array_equal(same.bias, easy.bias)
+
+
+def test_the_margin_holds_for_each_framing_not_only_their_pool():
+    from pneumonia.decision.use import with_margin
+
+    rng = np.random.default_rng(6)
+    head = fit_use_head(clusters(rng, {ANSWERED: (0, 400), "other_body_part": (3, 400)}))
+    validation = clusters(rng, {ANSWERED: (0, 2000)})[ANSWERED]
+    # one framing of validation drifts toward the other kind: pooled, it is 5% of the rows
+    drifted = clusters(rng, {"other_body_part": (1.5, 100)})["other_body_part"]
+    pooled = np.concatenate([validation, drifted])
+    loose = with_margin(head, pooled, 0.01)
+    assert np.mean([k != ANSWERED for k in loose.kinds(drifted)]) > 0.05
+    held = with_margin(head, pooled, 0.01, [validation, drifted])
+    assert np.mean([k != ANSWERED for k in held.kinds(drifted)]) <= 0.01
+    assert held.bias[USE_KINDS.index(ANSWERED)] > loose.bias[USE_KINDS.index(ANSWERED)]

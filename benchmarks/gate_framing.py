@@ -1,0 +1,166 @@
+"""The refusals' trade-off under framing: how the gate's threshold and the intended-use head's
+margin are set decides both how many real X-rays are refused under each framing and how many
+other images are let through.
+
+Needs `make repro` (models/model.keras, the prepared splits, data/raw). Features come through
+evaluate's own code (`Scorer`, `split_features`, `external_features`, `framed`), once; then
+for each way of setting the two (`--strengths` of the head's L2 penalty x `--framing-rates`,
+"pool" meaning the pooled validation rate alone, as before this ceiling existed):
+
+- real X-rays: the held-out splits (test, early, late) under each framing shift of the
+  evaluation, refused by the cheap checks, the head or the gate: the worst shift's share;
+- the out-of-distribution set (evaluate's), refused before or by the model;
+- the external radiographs, cross-validated as evaluate does (`fit_and_measure`): adults and
+  other body parts refused.
+
+    python -m benchmarks.gate_framing [--strengths 0.05 0.5] [--framing-rates pool 0.01 0.02]
+
+Prints a table and writes it to benchmarks/gate_framing.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Features:
+    """Everything measured, as the model's features, computed once."""
+
+    train: np.ndarray  # a quarter of train, and under every shift (the gate's fit)
+    val: np.ndarray  # validation, and under every shift (thresholds, margins)
+    external: Any  # intended_use.External: adults and other body parts
+    held: dict[str, tuple[np.ndarray, np.ndarray]]  # framing -> (features, cheap refusal)
+    ood: np.ndarray  # the out-of-distribution images that reach the model
+    ood_early: int  # those refused before it
+    images: int  # held-out images per framing
+
+
+def collect() -> Features:
+    """The features through evaluate's own code (Scorer, split_features, framed, ...)."""
+    import keras
+
+    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
+    from pneumonia import paths
+    from pneumonia.data.prepared import preprocessing
+    from pneumonia.evaluation.framing import framed, held_out_files
+    from pneumonia.evaluation.gate import split_features
+    from pneumonia.evaluation.intended_use import external_features
+    from pneumonia.evaluation.ood import out_of_distribution_images
+    from pneumonia.evaluation.scoring import Scorer
+    from pneumonia.evaluation.shifts import FRAMING
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.formats import ImageError
+    from pneumonia.images.screening import screen_and_prepare
+
+    prepared = preprocessing()
+    prepared.pop("labels")
+    config = PreprocessConfig.model_validate(prepared)
+    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
+    files, _ = held_out_files(["test", "early", "late"])
+    held = {}
+    for name, shift in {"unchanged": lambda gray: gray, **FRAMING}.items():
+        inputs, cheap = framed(files, shift, config)
+        held[name] = (scorer.outputs(inputs)[1], cheap)
+    reached, early = [], 0
+    for image in out_of_distribution_images():
+        try:
+            reached.append(screen_and_prepare(image.data, config)[1])
+        except ImageError:
+            early += 1
+    return Features(
+        train=split_features(scorer, "train", config, every=4),
+        val=split_features(scorer, "val", config),
+        external=external_features(scorer, config),
+        held=held,
+        ood=scorer.outputs(np.stack(reached))[1],
+        ood_early=early,
+        images=len(files),
+    )
+
+
+def refuses(head: Any, gate: Any, features: np.ndarray) -> np.ndarray:
+    """(N,) whether the head names another kind or the gate finds the features too far."""
+    from pneumonia.decision.use import ANSWERED
+
+    off = np.array([kind != ANSWERED for kind in head.kinds(features)], dtype=bool)
+    return off | ~(gate.distance(features) <= gate.threshold)
+
+
+def row(found: Features, rate: float, seed: int, strength: float, ceiling: str) -> str:
+    """One way of setting the gate and the head, measured."""
+    from pneumonia.decision.gate import fit_feature_model, with_threshold
+    from pneumonia.evaluation.gate import framing_blocks
+    from pneumonia.evaluation.intended_use import fit_and_measure
+
+    framing_rate = None if ceiling == "pool" else float(ceiling)
+    model = fit_feature_model(found.train)
+    groups = []
+    if framing_rate is not None:
+        groups = [model.distance(block) for block in framing_blocks(found.val)]
+    gate = with_threshold(model, model.distance(found.val), rate, groups, framing_rate)
+    head, report = fit_and_measure(
+        found.external,
+        found.train,
+        found.val,
+        gate.distance,
+        gate.threshold,
+        rate,
+        seed,
+        framing_rate,
+        strength,
+    )
+    refused = {
+        name: float(np.mean(cheap | refuses(head, gate, features)))
+        for name, (features, cheap) in found.held.items()
+    }
+    worst = max(refused, key=lambda name: refused[name])
+    caught = found.ood_early + int(np.sum(refuses(head, gate, found.ood)))
+    total = found.ood_early + len(found.ood)
+    adults, others = report["kinds"]["adult_chest"], report["kinds"]["other_body_part"]
+    return (
+        f"| {strength} | {ceiling} | {refused[worst]:.1%} | {worst} | {caught}/{total} "
+        f"| {adults['refused']:.0%} of {adults['images']} "
+        f"| {others['refused']:.0%} of {others['images']} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.5])
+    parser.add_argument("--framing-rates", nargs="+", default=["pool", "0.01", "0.02", "0.03"])
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumonia.config import load_params
+    from pneumonia.machine import describe
+
+    params = load_params(ROOT / "params.yaml")
+    rate = params.evaluate.ood_false_rejection_rate
+    found = collect()
+    lines = [
+        f"machine: {describe()}; models/model.keras of this checkout",
+        f"pooled validation rate {rate}; held-out splits pooled ({found.images} images)",
+        "",
+        "| head strength | per-framing ceiling | worst framing refused | (shift) "
+        "| OOD refused | adults refused (CV) | other body parts refused (CV) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for strength in args.strengths:
+        for ceiling in args.framing_rates:
+            lines.append(row(found, rate, params.base.seed, strength, ceiling))
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (ROOT / "benchmarks/gate_framing.txt").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
