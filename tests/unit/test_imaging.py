@@ -135,3 +135,39 @@ def test_oversized_header_is_rejected_before_decoding():
     with pytest.raises(ImageError) as error:
         read_header(data)
     assert error.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    "shape", [(4,), (2, 3, 2), (2, 3, 5), (1, 2, 3, 1)], ids=["1-D", "2 ch", "5 ch", "4-D"]
+)
+def test_an_array_that_is_no_image_shape_is_refused_as_bad_shape(shape):
+    from pneumonia.images.decode import array_to_gray
+    from pneumonia.images.formats import ImageError
+
+    with pytest.raises(ImageError) as refused:
+        array_to_gray(np.zeros(shape, dtype=np.uint8))
+    assert refused.value.reason == "bad_shape"
+    assert str(shape) in str(refused.value)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint32, np.bool_])
+def test_a_pixel_type_without_a_full_scale_is_refused_as_bad_dtype(dtype):
+    from pneumonia.images.decode import array_to_gray, to_uint8
+    from pneumonia.images.formats import ImageError
+
+    for convert in (array_to_gray, to_uint8):
+        with pytest.raises(ImageError) as refused:
+            convert(np.zeros((2, 2), dtype=dtype))
+        assert refused.value.reason == "bad_dtype"
+        assert np.dtype(dtype).name in str(refused.value)
+
+
+def test_uint16_and_float_arrays_keep_their_scale():
+    from pneumonia.images.decode import array_to_gray, to_float, to_uint8
+
+    deep = np.array([[0, 65535], [257, 32896]], dtype=np.uint16)
+    assert array_to_gray(deep) is not None and array_to_gray(deep).dtype == np.uint16
+    assert to_uint8(deep).tolist() == [[0, 255], [1, 128]]
+    assert to_float(deep)[0, 1] == 1.0
+    floats = np.array([[-0.5, 0.25], [1.0, 2.0]], dtype=np.float64)
+    assert array_to_gray(floats).tolist() == [[0.0, 0.25], [1.0, 1.0]]

@@ -83,3 +83,18 @@ def test_the_margin_holds_for_each_framing_not_only_their_pool():
     held = with_margin(head, pooled, 0.01, [validation, drifted])
     assert np.mean([k != ANSWERED for k in held.kinds(drifted)]) <= 0.01
     assert held.bias[USE_KINDS.index(ANSWERED)] > loose.bias[USE_KINDS.index(ANSWERED)]
+
+
+def test_each_framing_may_be_held_to_its_own_ceiling():
+    from pneumonia.decision.use import with_margin
+
+    rng = np.random.default_rng(8)
+    head = fit_use_head(clusters(rng, {ANSWERED: (0, 400), "other_body_part": (3, 400)}))
+    validation = clusters(rng, {ANSWERED: (0, 2000)})[ANSWERED]
+    drifted = clusters(rng, {"other_body_part": (1.5, 200)})["other_body_part"]
+    strict = with_margin(head, validation, 0.01, [drifted])
+    loose = with_margin(head, validation, 0.01, [drifted], group_rate=0.2)
+    refused = [np.mean([k != ANSWERED for k in h.kinds(drifted)]) for h in (strict, loose)]
+    assert refused[0] <= 0.01 < refused[1] <= 0.2
+    # the pooled rate still holds for the pool whatever the framing's ceiling
+    assert np.mean([k != ANSWERED for k in loose.kinds(validation)]) <= 0.01
