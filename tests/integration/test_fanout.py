@@ -75,20 +75,26 @@ def aws(s3_server):
 def fanout(aws, s3_server, model_dir):
     """pneumonia.serving.fanout imported as the Lambda runtime does (its clients and model are
     made at import), with the template's environment pointing at the loopback server."""
+    yield import_fanout(model_dir, s3_server, TABLE)
+    sys.modules.pop("pneumonia.serving.fanout", None)
+
+
+def import_fanout(model_dir, s3_server: str, table: str, **environment: str):
+    """pneumonia.serving.fanout freshly imported with the template's environment (and
+    `environment` on top) set for the import only: the module reads it once."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {
             "MODEL_DIR": str(model_dir),
             "AWS_ENDPOINT_URL": s3_server,
-            "IDEMPOTENCY_TABLE": TABLE,
+            "IDEMPOTENCY_TABLE": table,
             "INPUT_PREFIX": "incoming/",
             "OUTPUT_PREFIX": "predictions/",
             "POWERTOOLS_METRICS_NAMESPACE": "PneumoniaScoringTests",
+            **environment,
         }.items():
             patch.setenv(key, value)
         sys.modules.pop("pneumonia.serving.fanout", None)
-        module = importlib.import_module("pneumonia.serving.fanout")
-    yield module
-    sys.modules.pop("pneumonia.serving.fanout", None)
+        return importlib.import_module("pneumonia.serving.fanout")
 
 
 def lambda_record(message: dict, queue_arn: str) -> dict:

@@ -9,13 +9,12 @@ what Lambda's SQS event source does with them."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 
 import pytest
 
-from tests.integration.test_fanout import deliver, drain
+from tests.integration.test_fanout import deliver, drain, import_fanout
 
 pytestmark = pytest.mark.integration
 
@@ -61,20 +60,7 @@ def aws(s3_server):
 def fanout(aws, s3_server, model_dir):
     """pneumonia.serving.fanout imported as the Lambda runtime does, with OUTPUT_BUCKET set
     (the module reads its environment at import)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "MODEL_DIR": str(model_dir),
-            "AWS_ENDPOINT_URL": s3_server,
-            "IDEMPOTENCY_TABLE": TABLE,
-            "INPUT_PREFIX": "incoming/",
-            "OUTPUT_PREFIX": "predictions/",
-            "OUTPUT_BUCKET": OUTPUT,
-            "POWERTOOLS_METRICS_NAMESPACE": "PneumoniaScoringTests",
-        }.items():
-            patch.setenv(key, value)
-        sys.modules.pop("pneumonia.serving.fanout", None)
-        module = importlib.import_module("pneumonia.serving.fanout")
-    yield module
+    yield import_fanout(model_dir, s3_server, TABLE, OUTPUT_BUCKET=OUTPUT)
     sys.modules.pop("pneumonia.serving.fanout", None)
 
 
