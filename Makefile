@@ -48,9 +48,11 @@ lint: install
 test: lint
 	pytest
 
-# The unit tier alone (no dvc repro, no TensorFlow training, no servers): under a minute.
+# The unit tier alone (no dvc repro, no TensorFlow, no servers), on every core (pytest-xdist):
+# collecting tests/unit only skips the integration modules' imports; tests/conftest.py holds
+# the folders and the `integration` mark equal.
 test-fast: install
-	pytest -m "not integration"
+	pytest tests/unit -n auto
 
 # Mutation testing of the decision, its contract, request parsing, the screening, the
 # image sanitiser and batch rows against their unit tests ([tool.mutmut] in pyproject.toml);

@@ -23,3 +23,16 @@ def xray_jpeg() -> bytes:
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     return SAMPLE_DATA
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers are the folders: every test under tests/integration carries the
+    `integration` mark and none under tests/unit does, so `pytest tests/unit` (which imports
+    no integration module: TensorFlow, schemathesis) is exactly `pytest -m "not integration"`."""
+    misplaced = [
+        item.nodeid
+        for item in items
+        if ("tests/integration/" in item.nodeid) != bool(item.get_closest_marker("integration"))
+    ]
+    if misplaced:
+        raise pytest.UsageError(f"a test's tier mark does not match its folder: {misplaced}")

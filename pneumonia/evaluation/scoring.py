@@ -25,7 +25,6 @@ from pneumonia.evaluation.metrics import (
 )
 from pneumonia.evaluation.shifts import shifted_probabilities
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.model.network import with_explanations
 
 if TYPE_CHECKING:
     import keras
@@ -84,7 +83,10 @@ class Scorer:
 
     def __init__(self, model: keras.Model) -> None:
         """Wrap a trained model (see pneumonia.model.with_explanations)."""
+        # TensorFlow only here: the framing and metric helpers stay light to import.
         import tensorflow as tf
+
+        from pneumonia.model.network import with_explanations
 
         self.network = with_explanations(model)
         # One traced function for every call: Keras' predict() builds a data pipeline per

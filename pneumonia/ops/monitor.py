@@ -705,6 +705,12 @@ def parser() -> argparse.ArgumentParser:
     add_test_options(parse)
     parse.add_argument("--report", type=Path, help="default: <current>.monitor.json beside it")
     parse.add_argument("--plot", type=Path, help="default: <current>.monitor.png beside it")
+    parse.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="write the report alone (a check that reads only the exit status); the plot "
+        "takes most of a run's time",
+    )
     return parse
 
 
@@ -736,15 +742,17 @@ def run_monitor(args: argparse.Namespace) -> dict:
     stem = args.current.with_suffix("")
     report_path = args.report or stem.with_name(stem.name + ".monitor.json")
     plot_path = args.plot or stem.with_name(stem.name + ".monitor.png")
-    for path in (report_path, plot_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(written, indent=2) + "\n")
-    import matplotlib.pyplot as plt
+    written |= {"report": str(report_path), "plot": None}
+    if not getattr(args, "no_plot", False):
+        import matplotlib.pyplot as plt
 
-    drawn = figure(comparison)
-    drawn.savefig(plot_path)
-    plt.close(drawn)
-    written |= {"report": str(report_path), "plot": str(plot_path)}
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        drawn = figure(comparison)
+        drawn.savefig(plot_path)
+        plt.close(drawn)
+        written["plot"] = str(plot_path)
     return written
 
 

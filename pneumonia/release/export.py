@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from pneumonia.model.network import with_explanations
 from pneumonia.serving.inference import SERVED_PROBABILITY
 
 if TYPE_CHECKING:
@@ -265,6 +264,9 @@ def export_for_serving(
     """The served graph: the network with its map and features (`with_explanations`), the
     calibrated probability, the gate's distance and the intended-use logits; canonical
     bytes."""
+    # Keras (TensorFlow) only here: canonical() and the graph edits stay light to import.
+    from pneumonia.model.network import with_explanations
+
     proto = _from_keras(with_explanations(model), image_size, opset)
     served = add_decision_outputs(
         proto, calibration.scale, calibration.shift, gate.mean, gate.whitening, use_head

@@ -11,8 +11,6 @@ import numpy as np
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_split
-from pneumonia.model.faithfulness import gradcam
-from pneumonia.model.network import predict_probabilities, with_explanations
 from pneumonia.release.export import OUTPUTS
 from pneumonia.serving import inference
 
@@ -44,6 +42,10 @@ def check_parity(
     """Keras (and numpy for the calibration and the gate) against ONNX on the whole test
     split, and the ONNX map against TensorFlow Grad-CAM on 20 test images; written to
     metrics/export_onnx.json."""
+    # Keras (TensorFlow) only here: parity() stays light to import.
+    from pneumonia.model.faithfulness import gradcam
+    from pneumonia.model.network import predict_probabilities, with_explanations
+
     test_images, _ = load_split("test")
     _, features, cams = with_explanations(model).predict(
         test_images.astype(np.float32), batch_size=128, verbose=0

@@ -224,10 +224,12 @@ def files(tmp_path: Path):
     return reference_file, tmp_path / "predictions.jsonl", rng
 
 
-def run(reference_file: Path, current: Path, *extra: str) -> tuple[int, dict]:
-    report, plot = current.with_name("report.json"), current.with_name("plot.png")
+def run(reference_file: Path, current: Path, *extra: str, plot: bool = False) -> tuple[int, dict]:
+    """The CLI's status and report; without the plot (most of a run's time) unless asked."""
+    report, plot_file = current.with_name("report.json"), current.with_name("plot.png")
     paths = ["--reference", str(reference_file), "--current", str(current)]
-    status = main([*paths, "--report", str(report), "--plot", str(plot), *extra])
+    drawing = ["--plot", str(plot_file)] if plot else ["--no-plot"]
+    status = main([*paths, "--report", str(report), *drawing, *extra])
     return status, json.loads(report.read_text())
 
 
@@ -242,7 +244,7 @@ def test_the_reference_file_round_trips(files):
 def test_the_cli_reports_no_drift_with_exit_status_0(files, capsys):
     reference_file, current, rng = files
     write_current(current, window(rng))
-    status, report = run(reference_file, current)
+    status, report = run(reference_file, current, plot=True)
     assert status == 0
     assert report["drift"] is False and report["drifted_tests"] == []
     assert {name for name, test in report["tests"].items() if test["run"]} == {
@@ -274,6 +276,15 @@ def test_report_and_plot_default_beside_the_current_file(files):
     assert main(["--reference", str(reference_file), "--current", str(current)]) == 0
     assert json.loads((current.parent / "predictions.monitor.json").read_text())["drift"] is False
     assert (current.parent / "predictions.monitor.png").stat().st_size > 1000
+
+
+def test_no_plot_writes_the_report_alone(files, capsys):
+    reference_file, current, rng = files
+    write_current(current, window(rng))
+    assert main(["--reference", str(reference_file), "--current", str(current), "--no-plot"]) == 0
+    assert json.loads((current.parent / "predictions.monitor.json").read_text())["drift"] is False
+    assert not (current.parent / "predictions.monitor.png").exists()
+    assert json.loads(capsys.readouterr().out)["plot"] is None
 
 
 def test_without_features_the_mmd_test_is_not_run_and_the_others_are(files):
@@ -396,10 +407,13 @@ def test_reading_a_window_keeps_only_the_window_in_memory(tmp_path):
     # GIVEN 20,000 rows of 32 features each (about 12 MB of JSON)
     big = tmp_path / "big.jsonl"
     rng = np.random.default_rng(3)
+    features = [json.dumps(rng.normal(size=32).round(6).tolist()) for _ in range(97)]
     with big.open("w") as sink:
-        for index in range(20_000):
-            row = {"status": "ok", "probability_pneumonia": 0.5, "index": index}
-            sink.write(json.dumps(row | {"features": rng.normal(size=32).round(6).tolist()}) + "\n")
+        sink.writelines(
+            f'{{"status": "ok", "probability_pneumonia": 0.5, "index": {index}, '
+            f'"features": {features[index % 97]}}}\n'
+            for index in range(20_000)
+        )
     # WHEN the last 100 are read
     tracemalloc.start()
     window = read_window(big, 100)

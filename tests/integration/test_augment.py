@@ -1,0 +1,73 @@
+"""Training augmentation: shape, range, determinism and geometry, on TensorFlow (a hard
+dependency imported plainly: a broken install fails these tests, never skips them). In the
+integration tier because importing TensorFlow alone costs seconds; imported in each test, so
+that collecting the unit tier (`-m "not integration"` collects every file) never pays it."""
+
+import numpy as np
+import pytest
+
+from pneumonia.config import AugmentParams
+from pneumonia.model.training import augment_batch
+
+pytestmark = pytest.mark.integration
+
+AUGMENT = AugmentParams(
+    enabled=True,
+    crop_scale_min=0.7,
+    pad_max=0.2,
+    aspect=0.2,
+    horizontal_flip=True,
+    rotation_degrees=10,
+    brightness=0.1,
+    contrast=0.2,
+    gamma=0.2,
+    noise_std=0.02,
+    jpeg_quality_min=40,
+)
+
+
+def test_augmentation_keeps_shape_and_range_and_is_reproducible():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (4, 32, 32, 1)).astype("float32"))
+
+    def run(seed):
+        return augment_batch(images, tf.random.Generator.from_seed(seed), AUGMENT).numpy()
+
+    first = run(1)
+    assert first.shape == (4, 32, 32, 1)
+    assert first.min() >= 0.0 and first.max() <= 255.0
+    assert not np.allclose(first, images.numpy(), atol=1.0)  # it changed the images
+    np.testing.assert_array_equal(first, run(1))
+    assert not np.array_equal(first, run(2))
+
+
+def test_geometric_augmentation_crops_pads_and_mirrors():
+    import tensorflow as tf
+
+    # A bright left half: a mirror moves it right, a padded box adds black borders.
+    images = np.zeros((64, 32, 32, 1), dtype="float32")
+    images[:, :, :16] = 200.0
+    only_geometry = AUGMENT.model_copy(
+        update={
+            "rotation_degrees": 0,
+            "brightness": 0,
+            "contrast": 0,
+            "gamma": 0,
+            "noise_std": 0,
+            "jpeg_quality_min": 100,
+            "crop_scale_min": 1.0,
+            "aspect": 0.0,
+        }
+    )
+    out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), only_geometry)
+    out = out.numpy()
+    mirrored = out[:, 16, 28, 0] > 100  # the right side is bright only in a mirrored image
+    assert 10 < mirrored.sum() < 54
+    # Padding (box up to 1.2x the image) blacks out some border of the bright half.
+    corner = np.where(mirrored, out[:, 0, 31, 0], out[:, 0, 0, 0])
+    assert (corner < 100).sum() > 5
+    no_flip = only_geometry.model_copy(update={"horizontal_flip": False, "pad_max": 0.0})
+    same = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), no_flip)
+    np.testing.assert_allclose(same.numpy(), images, atol=1e-3)
