@@ -36,6 +36,7 @@ from pneumonia.evaluation.scoring import (
     calibrate,
     choose_on_validation,
     decision_report,
+    other_bands,
     score_held_out,
     uncalibrated,
 )
@@ -98,8 +99,15 @@ def main() -> None:
     arrays = {"mean": gate.mean, "whitening": gate.whitening}
     arrays |= head.arrays(prefix="use_")
     np.savez(paths.GATE, allow_pickle=False, **arrays)
-    results["framing"], results["worst_framing"] = framing_report(
-        scorer, gate, band, threshold, config, list(scores), head
+    results["framing"], results["worst_framing"], results["framing_band"] = framing_report(
+        scorer,
+        gate,
+        band,
+        threshold,
+        config,
+        list(scores),
+        head,
+        other_bands(pooled_val, threshold),
     )
 
     results["worst_shift"] = worst_shift(results)

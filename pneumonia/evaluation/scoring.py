@@ -143,7 +143,13 @@ def uncalibrated(scorer: Scorer, bins: int) -> dict[str, float]:
     return calibration_metrics(labels, sigmoid(scorer.outputs(images)[0]), bins)
 
 
-ERROR_RATES = (0.01, 0.02, 0.04, 0.08)  # compared in metrics.json's decision.error_rates
+# Compared in metrics.json's decision.error_rates and, under each framing, framing_band.
+ERROR_RATES = (0.01, 0.02, 0.03, 0.04, 0.08)
+
+
+def other_bands(pooled_val: tuple[np.ndarray, np.ndarray], threshold: float) -> dict[str, Band]:
+    """The band each of ERROR_RATES would give, keyed as metrics.json writes them."""
+    return {str(rate): conformal_band(*pooled_val, rate, threshold) for rate in ERROR_RATES}
 
 
 def decision_report(
@@ -157,7 +163,7 @@ def decision_report(
     for split, (labels, probabilities) in scores.items():
         report[split] = band_metrics(labels, probabilities, band)
     report["error_rates"] = {  # the evidence for the chosen rate: what others would give
-        str(rate): {
+        rate: {
             split: {
                 key: value
                 for key, value in band_metrics(*scored, other).items()
@@ -165,8 +171,7 @@ def decision_report(
             }
             for split, scored in scores.items()
         }
-        for rate in ERROR_RATES
-        for other in [conformal_band(*pooled_val, rate, threshold)]
+        for rate, other in other_bands(pooled_val, threshold).items()
     }
     log.info(
         "decision band [%.3f, %.3f): test %.1f%% indeterminate, accuracy %.3f on the decided",

@@ -116,6 +116,16 @@ def test_evaluate_writes_metrics_with_intervals_and_plots(repo):
     assert worst["specificity"] == min(row["specificity"] for row in shifted)
     assert worst["refused"] == max(row["refused"] for row in shifted)
     assert worst["images"] == sum(metrics[s]["images"] for s in ("test", "early", "late"))
+    # The band's evidence under the framings: each error rate's band, per shift; the
+    # committed rate's row is the band the report above used.
+    band = metrics["framing_band"]
+    rate = str(metrics["decision"]["error_rate"])
+    assert set(band["by_framing"]) == set(framing) and rate in band["worst"]
+    assert band["worst"][rate]["share_indeterminate"] == worst["share_indeterminate"]
+    assert (
+        band["by_framing"]["crop 8%"][rate]["accuracy_decided"]
+        == (framing["crop 8%"]["accuracy_decided"])
+    )
     assert (repo / "metrics/evaluate/plots/images/framing.png").stat().st_size > 5000
     assert json.loads((repo / "metrics/evaluate/plots/custom/framing.json").read_text())
     shown = json.loads(run(repo, "dvc", "metrics", "show", "--json").stdout)

@@ -164,3 +164,18 @@ def test_params_without_framing_mean_the_whole_image():
     assert config.framing == "full"
     with pytest.raises(ValueError):
         PreprocessConfig(**{**config.model_dump(), "framing": "lungs"})
+
+
+def test_the_band_evidence_takes_each_rates_worst_over_the_shifts_not_the_unchanged_images():
+    from pneumonia.evaluation.framing import worst_band
+
+    def rates(indeterminate: float, accuracy: float) -> dict:
+        return {"0.02": {"share_indeterminate": indeterminate, "accuracy_decided": accuracy}}
+
+    bands = {
+        "unchanged": rates(0.50, 0.10),  # the baseline, not a shift: never the worst
+        "crop 8%": rates(0.12, 0.97),
+        "crop 15%": rates(0.20, 0.96),
+        "border 10%": rates(0.10, 0.94),
+    }
+    assert worst_band(bands) == {"0.02": {"share_indeterminate": 0.20, "accuracy_decided": 0.94}}
