@@ -50,9 +50,10 @@ test: lint
 
 # The unit tier alone (no dvc repro, no TensorFlow, no servers), on every core (pytest-xdist):
 # collecting tests/unit only skips the integration modules' imports; tests/conftest.py holds
-# the folders and the `integration` mark equal.
+# the folders and the `integration` mark equal; the unit tests use no schemathesis (its plugin
+# costs each worker a second to import).
 test-fast: install
-	pytest tests/unit -n auto
+	pytest tests/unit -n auto -p no:schemathesis
 
 # Mutation testing of the decision, its contract, request parsing, the screening, the
 # image sanitiser and batch rows against their unit tests ([tool.mutmut] in pyproject.toml);

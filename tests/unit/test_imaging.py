@@ -1,5 +1,8 @@
 """prepare_image: every input mode and bit depth to (S, S, 1) uint8; bad bytes get a reason."""
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +12,10 @@ from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_gray, decode_image, read_header
 from pneumonia.images.formats import ImageError
 from pneumonia.images.prepare import prepare_image
+from tests.hostile import png_chunk
 from tests.images import encode, gradient
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 CONFIG = PreprocessConfig(image_size=32, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8)
 
@@ -129,9 +135,13 @@ def test_bad_bytes_raise_with_a_reason(data, reason):
 
 
 def test_oversized_header_is_rejected_before_decoding():
-    # A 1-bit PNG that declares 30000 x 30000 px: small on disk, 900 MP if decoded.
-    data = encode(Image.new("1", (30000, 30000)), "PNG")
-    assert len(data) < 200_000
+    # A 1-bit PNG whose header declares 30000 x 30000 px (900 MP if decoded), built chunk by
+    # chunk with one row of pixel data: refused from the header alone.
+    header = struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0)
+    row = zlib.compress(b"\x00" * (1 + 30000 // 8))
+    data = PNG_SIGNATURE + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", row)
+    data += png_chunk(b"IEND", b"")
+    assert len(data) < 200
     with pytest.raises(ImageError) as error:
         read_header(data)
     assert error.value.reason == "too_large"
