@@ -745,7 +745,7 @@ def run_monitor(args: argparse.Namespace) -> dict:
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(written, indent=2) + "\n")
     written |= {"report": str(report_path), "plot": None}
-    if not getattr(args, "no_plot", False):
+    if not args.no_plot:
         import matplotlib.pyplot as plt
 
         plot_path.parent.mkdir(parents=True, exist_ok=True)

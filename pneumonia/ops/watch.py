@@ -406,6 +406,7 @@ def monitor_args(args: argparse.Namespace, reference: Path, current: Path) -> ar
         seed=args.seed,
         report=args.output_dir / "report.json",
         plot=args.output_dir / "drift.png",
+        no_plot=False,  # the workflow uploads the plot with the report
     )
 
 
