@@ -15,8 +15,9 @@ Views:
   share and refusal rate, and the lowest accuracy on decided cases, over the same shifts;
 - `decision`: the threshold, and the three-way decision and the gate on the pooled
   held-out splits as they are;
-- `adult`, `body_part`: the share of the external adult chest X-rays and of the radiographs
-  of other body parts that the endpoint refuses (cross-validated), and how many there are.
+- `adult`, `body_part`, `lateral`: the share of the external adult chest X-rays, of the
+  radiographs of other body parts and of the lateral chest views that the endpoint refuses
+  (cross-validated), and how many there are.
 """
 
 from __future__ import annotations
@@ -34,9 +35,23 @@ DECISION_KEYS = (
     ("refused", "refused", True),
 )
 DIGITS = 4  # enough to see a change of one image in a few hundred; short columns
-VIEWS = ("test", "early", "late", "worst_split", "worst_shift", "decision", "adult", "body_part")
+VIEWS = (
+    "test",
+    "early",
+    "late",
+    "worst_split",
+    "worst_shift",
+    "decision",
+    "adult",
+    "body_part",
+    "lateral",
+)
 # The external radiographs' kinds by view (the intended-use check, cross-validated).
-EXTERNAL_VIEWS = {"adult": "adult_chest", "body_part": "other_body_part"}
+EXTERNAL_VIEWS = {
+    "adult": "adult_chest",
+    "body_part": "other_body_part",
+    "lateral": "lateral_chest",
+}
 
 
 def _rounded(value: float) -> float:

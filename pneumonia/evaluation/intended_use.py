@@ -78,6 +78,21 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
     return External(kinds, early, features)
 
 
+def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:
+    """A fold (0 .. folds-1) for each image: each kind's images, in a seeded shuffle, dealt
+    round the folds in turn. Every image is then measured by a head fitted without it, and a
+    kind with fewer images than folds (two lateral views) is still cross-validated, where a
+    stratified split would have cut every kind to that many folds."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(kinds), dtype=int)
+    start = 0  # where the next kind starts dealing: small kinds land in different folds
+    for kind in sorted(set(kinds)):
+        members = rng.permutation([i for i, k in enumerate(kinds) if k == kind])
+        fold_of[members] = (start + np.arange(len(members))) % folds
+        start = (start + len(members)) % folds
+    return fold_of
+
+
 def _by_kind(external: External, chosen: list[int], pediatric: np.ndarray) -> dict:
     grouped: dict[str, list[np.ndarray]] = {ANSWERED: [pediatric]}
     for index in chosen:
@@ -97,7 +112,7 @@ def fit_and_measure(
     strength: float = USE_STRENGTH,
 ) -> tuple[UseHead, dict]:
     """The head fitted on everything, and the endpoint's outcome for each external image
-    when the head was fitted without it (FOLDS-fold cross-validation, stratified by kind).
+    when the head was fitted without it (FOLDS-fold cross-validation, `kind_folds`).
 
     `pediatric`: (N, F) features of training X-rays (with their shifted copies);
     `validation`: the same of the validation split, on which each head's margin is set so
@@ -113,21 +128,16 @@ def fit_and_measure(
         head = fit_use_head(_by_kind(external, chosen, pediatric), strength)
         return with_margin(head, validation, false_rejection_rate, groups, framing_rate)
 
-    from sklearn.model_selection import StratifiedKFold
-
     reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
     outcome: dict[int, str] = {
         i: f"refused before the model ({reason})"
         for i, reason in enumerate(external.refused_early)
         if reason is not None
     }
-    labels = [external.kinds[i] for i in reached]
-    folds = min(FOLDS, min(labels.count(kind) for kind in set(labels)))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(np.zeros(len(reached)), labels):
-        head = fit([reached[j] for j in train])
-        for j in test:
-            index = reached[j]
+    fold_of = kind_folds([external.kinds[i] for i in reached], FOLDS, seed)
+    for fold in range(FOLDS):
+        head = fit([index for index, f in zip(reached, fold_of, strict=True) if f != fold])
+        for index in (index for index, f in zip(reached, fold_of, strict=True) if f == fold):
             unchanged = external.features[index][:1]
             kind = head.kinds(unchanged)[0]
             if kind != ANSWERED:
@@ -136,7 +146,7 @@ def fit_and_measure(
                 outcome[index] = "refused by the gate"
             else:
                 outcome[index] = "answered"
-    report: dict = {"folds": folds, "kinds": {}}
+    report: dict = {"folds": FOLDS, "kinds": {}}
     for kind in sorted(set(external.kinds)):
         mine = [outcome[i] for i, k in enumerate(external.kinds) if k == kind]
         report["kinds"][kind] = {

@@ -42,7 +42,7 @@ def served(tmp_path_factory, keras_model, sample_data):
     images = {
         "pediatric_chest": [p.read_bytes() for p in sorted(sample_data.rglob("*.jpeg"))],
         "adult_chest": external("frontal_adult", 32),
-        "other_body_part": external("other_body_part", 50),
+        "other_body_part": external("other_body_part", 60),
     }
     features = {}
     for kind, datas in images.items():

@@ -44,6 +44,7 @@ def results() -> dict:
             "kinds": {
                 "adult_chest": {"images": 32, "refused": 0.90625, "outcomes": {}},
                 "other_body_part": {"images": 50, "refused": 0.98, "outcomes": {}},
+                "lateral_chest": {"images": 2, "refused": 0.5, "outcomes": {}},
             }
         },
     }
@@ -57,6 +58,7 @@ def test_each_split_view_is_its_four_figures_rounded():
     assert views["worst_split"] == {"auc": 0.97, "acc": 0.93, "sens": 0.94, "spec": 0.88}
     assert views["adult"] == {"refused": 0.9062, "images": 32}
     assert views["body_part"] == {"refused": 0.98, "images": 50}
+    assert views["lateral"] == {"refused": 0.5, "images": 2}
     assert views["decision"] == {
         "threshold": 0.8653,
         "undecided": 0.05,

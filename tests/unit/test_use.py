@@ -98,3 +98,18 @@ def test_each_framing_may_be_held_to_its_own_ceiling():
     assert refused[0] <= 0.01 < refused[1] <= 0.2
     # the pooled rate still holds for the pool whatever the framing's ceiling
     assert np.mean([k != ANSWERED for k in loose.kinds(validation)]) <= 0.01
+
+
+def test_every_external_image_is_held_out_once_and_a_small_kind_still_is():
+    from pneumonia.evaluation.intended_use import kind_folds
+
+    kinds = ["adult_chest"] * 32 + ["lateral_chest"] * 2 + ["other_body_part"] * 50
+    fold_of = kind_folds(kinds, 5, seed=0)
+    assert fold_of.shape == (84,) and set(fold_of) == set(range(5))
+    for kind in set(kinds):
+        counts = np.bincount(fold_of[[k == kind for k in kinds]], minlength=5)
+        assert counts.max() - counts.min() <= 1, (kind, counts)  # dealt evenly
+    laterals = fold_of[32:34]
+    assert laterals[0] != laterals[1]  # each lateral is measured by a head fitted on the other
+    assert np.array_equal(fold_of, kind_folds(kinds, 5, seed=0))
+    assert not np.array_equal(fold_of, kind_folds(kinds, 5, seed=1))
