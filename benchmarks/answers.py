@@ -11,7 +11,11 @@ Needs the pipeline's outputs (models/model.onnx, model.json: `make repro`) and t
 - "explained request": a plain request with ?explain=true (map, heatmap and overlay PNGs);
 - "decode_dicom 2048x2048 16-bit": a windowed 12-bit-in-16 MONOCHROME2 image, uncompressed.
 
-    python -m benchmarks.answers [--requests 300]
+With --baseline DIR (a model directory with model.onnx and model.json, e.g. an earlier
+model's, fetched with `dvc get --rev`), a second table: the plain request of that model and
+of models/, interleaved round by round on the same images, and the ratio of their medians.
+
+    python -m benchmarks.answers [--requests 300] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--baseline", type=Path, help="a model directory to compare with")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
@@ -87,16 +92,6 @@ def main() -> None:
     def label_only(data: bytes) -> None:
         batch = prepare_image(data, meta.preprocessing)[np.newaxis].astype(np.float32)
         model.session.run([OUTPUTS["raw_probability"]], {meta.input_name: batch})
-
-    def refused_or_answered(function):
-        def run(data: bytes) -> None:
-            try:
-                function(data)
-            except Exception as error:  # a refused test image still costs its time
-                if type(error).__name__ != "ClientError":
-                    raise
-
-        return run
 
     rng = np.random.default_rng(0)
     big = (rng.random((2048, 2048)) * 4095).astype(np.uint16)
@@ -120,6 +115,37 @@ def main() -> None:
     plain = float(np.median(rows["plain request"]))
     explained = float(np.median(rows["explained request"]))
     print(f"explained / plain: {explained / plain:.2f}x")
+    if args.baseline:
+        compare(Classifier.load(args.baseline, threads=1), model, jpegs, args.requests)
+
+
+def compare(baseline, model, jpegs: list[bytes], count: int) -> None:
+    """The plain request of two models, interleaved in rounds of the same images."""
+    classifiers = {"baseline": baseline, "models/": model}
+    timings: dict[str, list[float]] = {name: [] for name in classifiers}
+    for _ in range(max(1, count // len(jpegs))):
+        for name, classifier in classifiers.items():
+            timings[name] += timed(refused_or_answered(classifier.classify), jpegs, len(jpegs))
+    base = float(np.median(timings["baseline"]))
+    print(f"\n| {'plain request':<32} | p50 ms | p99 ms | p50 vs baseline |")
+    print(f"|{'-' * 34}|-------:|-------:|----------------:|")
+    for name, values in timings.items():
+        p50, p99 = np.percentile(values, 50), np.percentile(values, 99)
+        label = f"{name} ({classifiers[name].metadata.model_version})"
+        print(f"| {label:<32} | {p50:6.2f} | {p99:6.2f} | {p50 / base:14.2f}x |")
+
+
+def refused_or_answered(function):
+    """`function` timed whether it answers or refuses (a refused image still costs its time)."""
+
+    def run(data: bytes) -> None:
+        try:
+            function(data)
+        except Exception as error:
+            if type(error).__name__ != "ClientError":
+                raise
+
+    return run
 
 
 if __name__ == "__main__":
