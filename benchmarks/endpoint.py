@@ -228,6 +228,9 @@ def load_run(images: list[Path], total: int, clients: int, env: dict) -> dict:
     )
     assert server.stdout is not None
     url = re.search(r"serving on (\S+)", server.stdout.readline()).group(1) + "/predict"
+    # the server's access log goes on to stdout: drain it, or the pipe fills and the server
+    # blocks mid-run on its log write (the load run then stalls)
+    threading.Thread(target=server.stdout.read, daemon=True).start()
     bodies = [p.read_bytes() for p in images]
     latencies: list[float] = []
     errors = 0
