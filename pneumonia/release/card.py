@@ -129,8 +129,9 @@ def decision_fields(evaluation: dict) -> dict[str, str]:
 
 
 def framing_fields(evaluation: dict) -> dict[str, str]:
-    """The model card's framing table and its worst case."""
+    """The model card's framing table, its worst case, and the worst held-out split."""
     framing, worst = evaluation["framing"], evaluation["worst_framing"]
+    split = evaluation["worst_split"]
     rows = "\n".join(
         f"| {name} | {row['roc_auc']:.3f} | {row['accuracy']:.3f} | {row['sensitivity']:.3f} | "
         f"{row['specificity']:.3f} | {row['share_indeterminate']:.1%} | "
@@ -147,4 +148,13 @@ def framing_fields(evaluation: dict) -> dict[str, str]:
         "worst_framing": summary,
         "worst_framing_specificity": f"{worst['specificity']:.3f} ({worst['specificity_shift']})",
         "worst_framing_sensitivity": f"{worst['sensitivity']:.3f} ({worst['sensitivity_shift']})",
+        "worst_split": ", ".join(
+            f"{name} {split[key]:.3f} ({split[f'{key}_split']})"
+            for name, key in (
+                ("AUC", "roc_auc"),
+                ("accuracy", "accuracy"),
+                ("sensitivity", "sensitivity"),
+                ("specificity", "specificity"),
+            )
+        ),
     }
