@@ -51,6 +51,9 @@ class AugmentParams(_Section):
     gamma: float = Field(ge=0, le=2)
     noise_std: float = Field(ge=0, le=1)
     jpeg_quality_min: int = Field(ge=1, le=100)
+    # The preprocessing's intensity step (CLAHE) after the random box, flip and rotation, as
+    # serving computes it on whatever field of view an image has; false: before them.
+    intensity_last: bool = False
 
 
 class TrainParams(_Section):

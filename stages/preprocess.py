@@ -2,7 +2,8 @@
 per split.
 
 Writes data/prepared/<split>.npz with `images` (N, S, S, 1) uint8, `labels` (N,)
-uint8 (index into base.labels) and `files` (N,) str, plus data/prepared/params.json:
+uint8 (index into base.labels) and `files` (N,) str (train also `before_intensity`: the
+images before the intensity step), plus data/prepared/params.json:
 the preprocessing config the arrays were made with, which train and export read.
 """
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from pneumonia import paths
 from pneumonia.config import load_params
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.images.prepare import prepare_image
+from pneumonia.images.prepare import apply_intensity, prepare_image
 
 log = logging.getLogger("preprocess")
 
@@ -31,10 +32,13 @@ def prepare_split(
     """Images, labels and file names of one split as arrays."""
     size = config.image_size
     images = np.empty((len(rows), size, size, 1), dtype=np.uint8)  # (N, S, S, 1)
+    before = np.empty_like(images)
     for index, file in enumerate(tqdm(rows["file"], desc="prepare", unit="img", leave=False)):
-        images[index] = prepare_image((raw_root / file).read_bytes(), config)
+        before[index] = prepare_image((raw_root / file).read_bytes(), config, intensity=False)
+        images[index, ..., 0] = apply_intensity(before[index, ..., 0], config)
     return {
         "images": images,
+        "before_intensity": before,
         "labels": np.array([labels.index(label) for label in rows["label"]], dtype=np.uint8),
         "files": rows["file"].to_numpy(dtype=str),
     }
@@ -54,12 +58,9 @@ def main() -> None:
         if rows.empty and split in paths.SPLITS:
             raise SystemExit(f"split {split!r} has no images; check {paths.INGEST_REPORT}")
         arrays = prepare_split(rows, paths.RAW, params.base.labels, config)
-        np.savez(
-            paths.prepared_split(split),
-            images=arrays["images"],
-            labels=arrays["labels"],
-            files=arrays["files"],
-        )
+        # the images before the intensity step too, for the split training augments
+        keys = ["images", "labels", "files"] + (["before_intensity"] if split == "train" else [])
+        np.savez(paths.prepared_split(split), **{key: arrays[key] for key in keys})  # type: ignore[arg-type]
         log.info("%s: %d images -> %s", split, len(rows), paths.prepared_split(split))
     paths.PREPARED_PARAMS.write_text(
         json.dumps({"labels": list(params.base.labels), **config.model_dump()}, indent=2) + "\n"

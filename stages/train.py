@@ -8,6 +8,7 @@ Writes models/model.keras and models/train_info.json; metrics/train.json (the fe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -15,7 +16,9 @@ import os
 
 from pneumonia import paths, tracking
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_split
+from pneumonia.data.prepared import load_before_intensity, load_split, preprocessing
+from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.prepare import apply_intensity
 from pneumonia.model.training import (
     average_statistics,
     compile_model,
@@ -54,7 +57,14 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     image_size = train[0].shape[1]
     log.info("train %d images, val %d images, %d px", len(train[1]), len(val[1]), image_size)
-    datasets = make_datasets(train, val, train_params, seed)
+    intensity = None
+    if train_params.augment.enabled and train_params.augment.intensity_last:
+        # the intensity step after the random box, as serving computes it on a tighter frame
+        config = PreprocessConfig(**{k: v for k, v in preprocessing().items() if k != "labels"})
+        train = (load_before_intensity("train"), train[1])
+        intensity = functools.partial(apply_intensity, config=config)
+        log.info("intensity (%s) applied after the random box", config.intensity)
+    datasets = make_datasets(train, val, train_params, seed, intensity)
     with strategy.scope():
         model = build_model(image_size, train_params)
         compile_model(model, train_params, math.ceil(len(train[1]) / train_params.batch_size))

@@ -15,6 +15,13 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         return arrays["images"], arrays["labels"]
 
 
+def load_before_intensity(split: str) -> np.ndarray:
+    """(N, S, S, 1) uint8 images of a split before the intensity step (train only: what
+    training augments and then gives the intensity step, as serving applies it)."""
+    with np.load(paths.prepared_split(split)) as arrays:
+        return arrays["before_intensity"]
+
+
 def load_files(split: str) -> np.ndarray:
     """(N,) the data/raw-relative file of each image of a split."""
     with np.load(paths.prepared_split(split)) as arrays:

@@ -23,11 +23,14 @@ def model_region(gray: np.ndarray, config: PreprocessConfig) -> Box:
     return Box(0, 0, *gray.shape)
 
 
-def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.ndarray:
+def prepare_image(
+    image: bytes | np.ndarray, config: PreprocessConfig, intensity: bool = True
+) -> np.ndarray:
     """Encoded bytes or a decoded array to the model input.
 
     Resizing works in the source's depth (8-bit stays 8-bit, so no float copies);
-    the result is rounded to 8 bits once, after the resize.
+    the result is rounded to 8 bits once, after the resize. `intensity=False` stops before
+    the intensity step (`apply_intensity`), for training that applies it after augmentation.
 
     Returns: (S, S, 1) uint8, S = config.image_size.
     """
@@ -41,12 +44,19 @@ def prepare_image(image: bytes | np.ndarray, config: PreprocessConfig) -> np.nda
     # INTER_AREA for shrinking (anti-aliased), cubic for the rare enlargement.
     interpolation = cv2.INTER_AREA if min(gray.shape) >= size else cv2.INTER_CUBIC
     pixels = to_uint8(cv2.resize(gray, (size, size), interpolation=interpolation))
+    return (apply_intensity(pixels, config) if intensity else pixels)[:, :, np.newaxis]
+
+
+def apply_intensity(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """The intensity step of `config` on an (S, S) uint8 image: none, histogram equalisation
+    or CLAHE. CLAHE's tiles are a fixed share of the image, so its result depends on the
+    field of view it is computed on."""
     if config.intensity == "equalize":
-        pixels = cv2.equalizeHist(pixels)
-    elif config.intensity == "clahe":
+        return cv2.equalizeHist(pixels)
+    if config.intensity == "clahe":
         clahe = cv2.createCLAHE(  # per call: a CLAHE object is not thread-safe
             clipLimit=config.clahe_clip_limit,
             tileGridSize=(config.clahe_tile_grid, config.clahe_tile_grid),
         )
-        pixels = clahe.apply(pixels)
-    return pixels[:, :, np.newaxis]
+        return clahe.apply(pixels)
+    return pixels

@@ -8,6 +8,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 log = logging.getLogger("train")
+
+IntensityStep = Callable[[np.ndarray], np.ndarray]  # (S, S) uint8 -> (S, S) uint8
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
@@ -125,13 +128,34 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
+def _intensity_after(images: tf.Tensor, intensity: IntensityStep) -> tf.Tensor:
+    """`intensity` on each (S, S) image of a (B, S, S, 1) float32 batch, rounded to uint8
+    first as `prepare_image` rounds before its intensity step."""
+    import tensorflow as tf
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        pixels = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
+        return np.stack([intensity(image[..., 0])[..., np.newaxis] for image in pixels]).astype(
+            np.float32
+        )
+
+    result = tf.numpy_function(run, [images], tf.float32, stateful=False)
+    result.set_shape(images.shape)
+    return result
+
+
 def augment_batch(
-    images: tf.Tensor, generator: tf.random.Generator, config: AugmentParams
+    images: tf.Tensor,
+    generator: tf.random.Generator,
+    config: AugmentParams,
+    intensity: IntensityStep | None = None,
 ) -> tf.Tensor:
     """Random resized box (crop or pad), flip, rotation, gamma, contrast, brightness, noise, JPEG.
 
     images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
-    tf.random.Generator, called in order, so runs are reproducible.
+    tf.random.Generator, called in order, so runs are reproducible. `intensity`: the
+    preprocessing's intensity step, applied after the box, flip and rotation (the images
+    then come before it), as serving computes it on the field of view an image has.
     """
     import tensorflow as tf
 
@@ -172,6 +196,9 @@ def augment_batch(
             fill_mode="REFLECT",
         )
 
+    if intensity is not None:
+        images = _intensity_after(images, intensity)
+
     pixels = images / 255.0
     shape = [batch, 1, 1, 1]
     if config.gamma > 0:
@@ -202,8 +229,10 @@ def make_datasets(
     val: tuple[np.ndarray, np.ndarray],
     params: TrainParams,
     seed: int,
+    intensity: IntensityStep | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """tf.data pipelines: shuffled, augmented, batched and prefetched."""
+    """tf.data pipelines: shuffled, augmented, batched and prefetched. With `intensity`,
+    the train images come before the intensity step and augmentation applies it."""
     import tensorflow as tf
 
     (train_images, train_labels), (val_images, val_labels) = train, val
@@ -221,7 +250,10 @@ def make_datasets(
     if params.augment.enabled:
         # Sequential map: the generator is called in the same order every run.
         train_ds = train_ds.map(
-            lambda images, labels: (augment_batch(images, generator, params.augment), labels)
+            lambda images, labels: (
+                augment_batch(images, generator, params.augment, intensity),
+                labels,
+            )
         )
     val_ds = (
         tf.data.Dataset.from_tensor_slices((val_images, val_labels))

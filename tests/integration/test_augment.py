@@ -24,6 +24,19 @@ AUGMENT = AugmentParams(
     noise_std=0.02,
     jpeg_quality_min=40,
 )
+# The box (from the whole image up to 1.2x, no stretch) and the mirror alone.
+ONLY_GEOMETRY = AUGMENT.model_copy(
+    update={
+        "rotation_degrees": 0,
+        "brightness": 0,
+        "contrast": 0,
+        "gamma": 0,
+        "noise_std": 0,
+        "jpeg_quality_min": 100,
+        "crop_scale_min": 1.0,
+        "aspect": 0.0,
+    }
+)
 
 
 def test_augmentation_keeps_shape_and_range_and_is_reproducible():
@@ -49,25 +62,40 @@ def test_geometric_augmentation_crops_pads_and_mirrors():
     # A bright left half: a mirror moves it right, a padded box adds black borders.
     images = np.zeros((64, 32, 32, 1), dtype="float32")
     images[:, :, :16] = 200.0
-    only_geometry = AUGMENT.model_copy(
-        update={
-            "rotation_degrees": 0,
-            "brightness": 0,
-            "contrast": 0,
-            "gamma": 0,
-            "noise_std": 0,
-            "jpeg_quality_min": 100,
-            "crop_scale_min": 1.0,
-            "aspect": 0.0,
-        }
-    )
-    out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), only_geometry)
+    out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), ONLY_GEOMETRY)
     out = out.numpy()
     mirrored = out[:, 16, 28, 0] > 100  # the right side is bright only in a mirrored image
     assert 10 < mirrored.sum() < 54
     # Padding (box up to 1.2x the image) blacks out some border of the bright half.
     corner = np.where(mirrored, out[:, 0, 31, 0], out[:, 0, 0, 0])
     assert (corner < 100).sum() > 5
-    no_flip = only_geometry.model_copy(update={"horizontal_flip": False, "pad_max": 0.0})
+    no_flip = ONLY_GEOMETRY.model_copy(update={"horizontal_flip": False, "pad_max": 0.0})
     same = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), no_flip)
     np.testing.assert_allclose(same.numpy(), images, atol=1e-3)
+
+
+def test_the_intensity_step_comes_after_the_random_box():
+    import tensorflow as tf
+
+    # A step that marks what it saw: each image's mean after the box, written everywhere.
+    # With the box at 1.0 (no crop, no pad) and nothing else, the output is that step's
+    # result on the input; with crops, its result on the cropped view, so the intensity
+    # step ran after the box and on the rounded uint8 image, as prepare_image runs it.
+    seen: list[int] = []
+
+    def mark(image: np.ndarray) -> np.ndarray:
+        assert image.dtype == np.uint8 and image.ndim == 2
+        seen.append(1)
+        return np.full_like(image, int(image.mean()))
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 1)).astype("float32")
+    images[:, :, :16] = 0.0  # a dark left half: a crop's mean differs from the whole's
+    plain = ONLY_GEOMETRY.model_copy(update={"pad_max": 0.0, "horizontal_flip": False})
+    out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), plain, mark)
+    expected = np.rint(images).astype(np.uint8).mean(axis=(1, 2, 3)).astype(int)
+    np.testing.assert_allclose(out.numpy()[:, 0, 0, 0], expected, atol=1e-3)
+    assert len(seen) == 8
+    cropped = plain.model_copy(update={"crop_scale_min": 0.5})
+    out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), cropped, mark)
+    assert not np.allclose(out.numpy()[:, 0, 0, 0], expected, atol=1.0)

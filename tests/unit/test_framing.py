@@ -10,7 +10,7 @@ import pytest
 from pneumonia.evaluation.shifts import FRAMING, MAX_ASPECT, _border, _thorax_crop
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.framing import Box, find_thorax
-from pneumonia.images.prepare import model_region, prepare_image
+from pneumonia.images.prepare import apply_intensity, model_region, prepare_image
 from tests.conftest import SAMPLE_DATA
 
 FILES = sorted(SAMPLE_DATA.glob("train/*/*.jpeg"))
@@ -179,3 +179,28 @@ def test_the_band_evidence_takes_each_rates_worst_over_the_shifts_not_the_unchan
         "border 10%": rates(0.10, 0.94),
     }
     assert worst_band(bands) == {"0.02": {"share_indeterminate": 0.20, "accuracy_decided": 0.94}}
+
+
+@pytest.mark.parametrize("intensity", ["none", "equalize", "clahe"])
+def test_the_intensity_step_split_off_gives_the_model_input_back(intensity):
+    # training stores the images before the intensity step and applies it after augmenting:
+    # the two halves must be exactly prepare_image, or training sees another input than serving
+    config = THORAX.model_copy(update={"intensity": intensity})
+    for path in FILES[:5]:
+        data = path.read_bytes()
+        before = prepare_image(data, config, intensity=False)
+        assert before.shape == (64, 64, 1) and before.dtype == np.uint8
+        np.testing.assert_array_equal(
+            apply_intensity(before[..., 0], config), prepare_image(data, config)[..., 0]
+        )
+
+
+def test_clahe_depends_on_the_field_of_view():
+    # why training applies it after the random box: CLAHE of a zoomed view is not the zoomed
+    # view of CLAHE (a tighter collimation reaches the model with other local contrast)
+    config = THORAX.model_copy(update={"intensity": "clahe", "image_size": 128})
+    before = prepare_image(gray(FILES[0]), config, intensity=False)[..., 0]
+    centre = before[16:112, 16:112]
+    zoom_first = apply_intensity(cv2.resize(centre, (128, 128)), config)
+    clahe_first = cv2.resize(apply_intensity(before, config)[16:112, 16:112], (128, 128))
+    assert np.abs(zoom_first.astype(int) - clahe_first.astype(int)).mean() > 3
