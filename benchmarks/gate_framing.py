@@ -50,20 +50,17 @@ def collect() -> Features:
 
     import pneumonia.model.network  # noqa: F401  (registers the custom layer)
     from pneumonia import paths
-    from pneumonia.data.prepared import preprocessing
+    from pneumonia.data.prepared import preprocess_config
     from pneumonia.evaluation.framing import framed, held_out_files
     from pneumonia.evaluation.gate import split_features
     from pneumonia.evaluation.intended_use import external_features
     from pneumonia.evaluation.ood import out_of_distribution_images
     from pneumonia.evaluation.scoring import Scorer
     from pneumonia.evaluation.shifts import FRAMING
-    from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.formats import ImageError
     from pneumonia.images.screening import screen_and_prepare
 
-    prepared = preprocessing()
-    prepared.pop("labels")
-    config = PreprocessConfig.model_validate(prepared)
+    config = preprocess_config()
     scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
     files, _ = held_out_files(["test", "early", "late"])
     held = {}

@@ -62,16 +62,13 @@ def compute_arrays() -> dict[str, np.ndarray]:
 
     import pneumonia.model.network  # noqa: F401  (registers the custom layer)
     from pneumonia import paths
-    from pneumonia.data.prepared import load_files, load_split, preprocessing
+    from pneumonia.data.prepared import load_files, load_split, preprocess_config
     from pneumonia.evaluation.scoring import Scorer, calibrate
     from pneumonia.evaluation.shifts import SHIFTS, shifted_inputs
-    from pneumonia.images.config import PreprocessConfig
 
     scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
     fitted = calibrate(scorer)  # Platt on validation, as evaluate fits it
-    prepared = preprocessing()
-    prepared.pop("labels")
-    config = PreprocessConfig.model_validate(prepared)
+    config = preprocess_config()
     arrays: dict[str, np.ndarray] = {
         "calibration": np.array([fitted["scale"], fitted["shift"]]),
     }

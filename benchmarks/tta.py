@@ -58,19 +58,16 @@ def measure(args: argparse.Namespace) -> None:
     import pneumonia.model.network  # noqa: F401  (registers the custom layer)
     from pneumonia import paths
     from pneumonia.config import load_params
-    from pneumonia.data.prepared import load_files, load_split, preprocessing
+    from pneumonia.data.prepared import load_files, load_split, preprocess_config
     from pneumonia.decision.rates import binary_metrics
     from pneumonia.evaluation.framing import framed, held_out_files
     from pneumonia.evaluation.metrics import threshold_for
     from pneumonia.evaluation.scoring import Scorer, calibrate
     from pneumonia.evaluation.shifts import FRAMING
-    from pneumonia.images.config import PreprocessConfig
     from pneumonia.machine import cpu, describe
 
     params = load_params(ROOT / "params.yaml")
-    prepared = preprocessing()
-    prepared.pop("labels")
-    config = PreprocessConfig.model_validate(prepared)
+    config = preprocess_config()
     scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
     calibrate(scorer)
 

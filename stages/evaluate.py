@@ -17,7 +17,7 @@ import numpy as np
 
 from pneumonia import paths
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_files, preprocessing
+from pneumonia.data.prepared import load_files, preprocess_config
 from pneumonia.evaluation.explanations import faithfulness_report
 from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
 from pneumonia.evaluation.framing import framing_report
@@ -41,7 +41,6 @@ from pneumonia.evaluation.scoring import (
     uncalibrated,
 )
 from pneumonia.evaluation.shifts import robustness, shifted_probabilities
-from pneumonia.images.config import PreprocessConfig
 
 log = logging.getLogger("evaluate")
 
@@ -59,9 +58,7 @@ def main() -> None:
     names = list(params.base.labels)
     model = keras.models.load_model(paths.KERAS_MODEL)
     scorer = Scorer(model)
-    prepared = preprocessing()
-    prepared.pop("labels")
-    config = PreprocessConfig.model_validate(prepared)
+    config = preprocess_config()
 
     results: dict = {"calibration": calibrate(scorer)}
     threshold, thresholds, val, pooled_val = choose_on_validation(scorer, config, params.evaluate)

@@ -16,8 +16,7 @@ import os
 
 from pneumonia import paths, tracking
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_before_intensity, load_split, preprocessing
-from pneumonia.images.config import PreprocessConfig
+from pneumonia.data.prepared import load_split, preprocess_config
 from pneumonia.images.prepare import apply_intensity
 from pneumonia.model.training import (
     average_statistics,
@@ -54,14 +53,16 @@ def main() -> None:
     strategy = distribution_strategy(train_params.distribution)  # before any other op
     device, cpu = set_up(seed)
 
-    train, val = load_split("train"), load_split("val")
+    # with intensity_last, the intensity step comes after the random box, as serving
+    # computes it on a tighter frame: train from the images before it
+    intensity_last = train_params.augment.enabled and train_params.augment.intensity_last
+    train = load_split("train", "before_intensity" if intensity_last else "images")
+    val = load_split("val")
     image_size = train[0].shape[1]
     log.info("train %d images, val %d images, %d px", len(train[1]), len(val[1]), image_size)
     intensity = None
-    if train_params.augment.enabled and train_params.augment.intensity_last:
-        # the intensity step after the random box, as serving computes it on a tighter frame
-        config = PreprocessConfig(**{k: v for k, v in preprocessing().items() if k != "labels"})
-        train = (load_before_intensity("train"), train[1])
+    if intensity_last:
+        config = preprocess_config()
         intensity = functools.partial(apply_intensity, config=config)
         log.info("intensity (%s) applied after the random box", config.intensity)
     datasets = make_datasets(train, val, train_params, seed, intensity)
