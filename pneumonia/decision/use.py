@@ -7,6 +7,7 @@ the training split's X-rays and on real radiographs from public repositories
 (output `use_logits`), so the model version covers it; serving refuses by its answer:
 another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
 `outside_training_population`. A kind with no examples is never chosen (its bias is -1e4).
+An image the learned gate refuses is refused as the head's runner-up kind (`refused_kind`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import numpy as np
 
 USE_KINDS = ("pediatric_chest", "adult_chest", "lateral_chest", "other_body_part")
 ANSWERED = "pediatric_chest"  # the one kind the model answers
+# The 422 reason the endpoint refuses each other kind with.
+REFUSAL_REASONS = {
+    "adult_chest": "outside_training_population",
+    "lateral_chest": "lateral_view",
+    "other_body_part": "not_a_chest_xray",
+}
 NEVER = -1.0e4  # the bias of a kind with no examples
 
 
@@ -84,6 +91,17 @@ def with_margin(
 def kind_of(logits: np.ndarray) -> str:
     """The kind one row of the graph's `use_logits` names."""
     return USE_KINDS[int(np.argmax(logits))]
+
+
+def refused_kind(logits: np.ndarray) -> str:
+    """What an image refused for another reason (the learned gate: too far from the
+    training X-rays) is most like among the kinds the model does not answer: the kind the
+    head names when it is one of them, else the head's runner-up. The head knows body parts
+    and adult chests, the gate only distance: so a chest X-ray the gate finds unlike the
+    training cohort is refused as outside it, not as "not a chest X-ray"."""
+    row = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
+    row[USE_KINDS.index(ANSWERED)] = -np.inf
+    return USE_KINDS[int(np.argmax(row))]
 
 
 def fit_use_head(features: dict[str, np.ndarray], strength: float = 0.05) -> UseHead:

@@ -115,6 +115,8 @@ def headline(results: dict) -> dict[str, dict]:
         if kind in kinds:
             views[view] = {
                 "refused": _rounded(kinds[kind]["refused"]),
+                # with the kind's own reason (a body part as not_a_chest_xray, ...)
+                "as_such": _rounded(kinds[kind]["refused_as_such"]),
                 "images": kinds[kind]["images"],
             }
     return views

@@ -18,7 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia import paths
-from pneumonia.decision.use import ANSWERED, USE_KINDS, UseHead, fit_use_head, with_margin
+from pneumonia.decision.use import (
+    ANSWERED,
+    REFUSAL_REASONS,
+    USE_KINDS,
+    UseHead,
+    fit_use_head,
+    refused_kind,
+    with_margin,
+)
 from pneumonia.evaluation.gate import FRAMING_REJECTION_RATE, framing_blocks
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS
@@ -76,6 +84,16 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
         inputs = [pixels] + [prepare_image(shift(gray), config) for shift in ALL_SHIFTS.values()]
         features.append(scorer.outputs(np.stack(inputs))[1])
     return External(kinds, early, features)
+
+
+def as_such(kind: str, outcome: str) -> bool:
+    """Whether an outcome refuses an image of `kind` with that kind's own reason: another
+    body part as one (by the cheap checks, `not_a_chest_xray`, too), an adult as an adult,
+    a lateral view as one (`REFUSAL_REASONS`)."""
+    if outcome.startswith("refused before the model"):
+        return f"({REFUSAL_REASONS[kind]})" in outcome
+    refused = outcome.removeprefix("refused by the gate as ").removeprefix("refused as ")
+    return outcome != "answered" and REFUSAL_REASONS[refused] == REFUSAL_REASONS[kind]
 
 
 def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:
@@ -143,7 +161,7 @@ def fit_and_measure(
             if kind != ANSWERED:
                 outcome[index] = f"refused as {kind}"
             elif not gate_distance(unchanged)[0] <= gate_threshold:
-                outcome[index] = "refused by the gate"
+                outcome[index] = f"refused by the gate as {refused_kind(head.logits(unchanged))}"
             else:
                 outcome[index] = "answered"
     report: dict = {"folds": FOLDS, "kinds": {}}
@@ -152,6 +170,7 @@ def fit_and_measure(
         report["kinds"][kind] = {
             "images": len(mine),
             "refused": float(np.mean([o != "answered" for o in mine])),
+            "refused_as_such": float(np.mean([as_such(kind, o) for o in mine])),
             "outcomes": {name: mine.count(name) for name in sorted(set(mine))},
         }
     report["not_fitted"] = [k for k in USE_KINDS if k != ANSWERED and k not in external.kinds]
@@ -159,10 +178,11 @@ def fit_and_measure(
     report["validation_refused"] = held_out_refusals(head, validation)
     for kind, figures in report["kinds"].items():
         log.info(
-            "intended use: %s refused %.1f%% of %d (cross-validated)",
+            "intended use: %s refused %.1f%% of %d, %.1f%% as such (cross-validated)",
             kind,
             100 * figures["refused"],
             figures["images"],
+            100 * figures["refused_as_such"],
         )
     return head, report
 

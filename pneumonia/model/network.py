@@ -10,6 +10,10 @@ from keras import layers, ops
 
 from pneumonia.config import TrainParams
 
+# The input's layout in the features: mean intensity per cell of this square grid (8: 64
+# values, 20 px cells at 160 px; benchmarks/gate_framing.py, docs/model-quality.md).
+LAYOUT_GRID = 8
+
 
 @keras.saving.register_keras_serializable(package="pneumonia")
 class PerImageStandardization(layers.Layer):
@@ -82,8 +86,12 @@ def with_explanations(model: keras.Model) -> keras.Model:
 
     - `probability_pneumonia` (N, 1): the model's own output, unchanged;
     - `features` (N, F): the spatial means of the last three stages' feature maps (the last
-      one is what the dense layer reads): the gate's input. Several depths see more than
-      the class evidence: texture and layout, where other pictures differ from radiographs;
+      one is what the dense layer reads), then the input's layout: its mean intensity in
+      each cell of a LAYOUT_GRID x LAYOUT_GRID grid, in [0, 1]. The gate's and the
+      intended-use head's input. Several depths see more than the class evidence: texture,
+      where other pictures differ from radiographs. The means over the whole map cannot
+      see where things are, which is what tells a knee or a shoulder from a thorax (two
+      dark lung fields either side of a bright mediastinum): the grid can;
     - `cam` (N, h, w): the class activation map of the pneumonia logit, the dense layer
       applied at each position of the last feature map. Global average pooling is linear,
       so the map's mean is the logit, and the map equals Grad-CAM of the logit before its
@@ -100,7 +108,12 @@ def with_explanations(model: keras.Model) -> keras.Model:
         layers.GlobalAveragePooling2D(name=f"features_{i}")(stage)
         for i, stage in enumerate(stages[-3:])
     ]
-    features = layers.Concatenate(name="features")(pooled)
+    size = int(model.inputs[0].shape[1])
+    cell = max(size // LAYOUT_GRID, 1)
+    scaled = layers.Rescaling(1 / 255, name="layout_scale")(model.inputs[0])
+    grid = layers.AveragePooling2D(pool_size=cell, strides=cell, name="layout_grid")(scaled)
+    layout = layers.Flatten(name="layout")(grid)
+    features = layers.Concatenate(name="features")([*pooled, layout])
     cam = layers.Reshape(tuple(feature_map.shape[1:3]), name="cam")(cam)
     return keras.Model(model.inputs, [model.output, features, cam], name=f"{model.name}_explained")
 

@@ -86,6 +86,11 @@ def use_fields(evaluation: dict) -> dict[str, str]:
     kinds = evaluation.get("intended_use", {}).get("kinds", {})
     rates = ", ".join(
         f"{kind.replace('_', ' ')} {row['refused']:.0%} of {row['images']}"
+        + (
+            f" ({row['refused_as_such']:.0%} with its own reason)"
+            if "refused_as_such" in row
+            else ""
+        )
         for kind, row in kinds.items()
     )
     return {

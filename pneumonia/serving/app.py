@@ -125,9 +125,11 @@ def error_response(status: HTTPStatus, message: str, reason: str) -> Response:
         415: documented("not JPEG, PNG or DICOM, or a DICOM transfer syntax we cannot decode"),
         422: documented(
             "not a frontal chest X-ray (reason not_a_chest_xray: colour, near-uniform, "
-            "odd aspect ratio, or unlike the training X-rays); a DICOM that is multi-frame, "
-            "colour, of another modality or a lateral view, or of a patient older than the "
-            "training population (outside_training_population); a JPEG or PNG whose "
+            "odd aspect ratio, or a radiograph of another body part); an adult chest X-ray, "
+            "or a DICOM of a patient older than the training population "
+            "(outside_training_population); a lateral view (lateral_view); a DICOM that is "
+            "multi-frame, colour or of another modality; an image unlike the training "
+            "X-rays, with the reason of the kind it is most like; a JPEG or PNG whose "
             "structure is over the caps"
         ),
         503: documented("the model did not load"),

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata
-from pneumonia.decision.use import ANSWERED, kind_of
+from pneumonia.decision.use import ANSWERED, REFUSAL_REASONS, kind_of, refused_kind
 from pneumonia.images import heatmap
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
@@ -49,15 +49,14 @@ STATUS_FOR_REASON = {
 
 # What the intended-use head's kinds are refused as: (reason, message).
 USE_REFUSALS = {
-    "adult_chest": (
-        OUTSIDE_TRAINING_POPULATION,
-        "the image looks like an adult chest X-ray; the model was trained on pediatric ones",
-    ),
-    "lateral_chest": ("lateral_view", "the image looks like a lateral view; send a frontal one"),
-    "other_body_part": (
-        NOT_A_CHEST_XRAY,
-        "the image looks like a radiograph of another body part, not a chest X-ray",
-    ),
+    kind: (REFUSAL_REASONS[kind], message)
+    for kind, message in {
+        "adult_chest": "the image looks like an adult chest X-ray; "
+        "the model was trained on pediatric ones",
+        "lateral_chest": "the image looks like a lateral view; send a frontal one",
+        "other_body_part": "the image looks like a radiograph of another body part, "
+        "not a chest X-ray",
+    }.items()
 }
 
 
@@ -161,18 +160,22 @@ class Classifier:
     ) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when the intended-use
         head names another kind than a pediatric frontal chest X-ray, or when its features
-        are too far from the training X-rays'."""
+        are too far from the training X-rays' (then as the kind the head ranks next,
+        `refused_kind`; `not_a_chest_xray` for a graph without a head)."""
         if use is not None and (kind := kind_of(use)) != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
             raise ClientError(status, USE_REFUSALS[kind][1], USE_REFUSALS[kind][0])
         gate = self.metadata.ood_gate
         if not distance <= gate.threshold:  # NaN is refused too
-            raise ClientError(
-                HTTPStatus.UNPROCESSABLE_ENTITY,
+            far = (
                 "the image is not like the chest X-rays the model was trained on "
-                f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})",
-                NOT_A_CHEST_XRAY,
+                f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})"
             )
+            if use is None:
+                raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, far, NOT_A_CHEST_XRAY)
+            # the gate knows only distance, the head the kinds: it names what the image is like
+            reason, message = USE_REFUSALS[refused_kind(use)]
+            raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{far}; {message}", reason)
         return Prediction(
             label=self.metadata.label_for(probability),
             probability=probability,

@@ -42,9 +42,24 @@ def results() -> dict:
         },
         "intended_use": {
             "kinds": {
-                "adult_chest": {"images": 32, "refused": 0.90625, "outcomes": {}},
-                "other_body_part": {"images": 50, "refused": 0.98, "outcomes": {}},
-                "lateral_chest": {"images": 2, "refused": 0.5, "outcomes": {}},
+                "adult_chest": {
+                    "images": 32,
+                    "refused": 0.90625,
+                    "refused_as_such": 0.875,
+                    "outcomes": {},
+                },
+                "other_body_part": {
+                    "images": 50,
+                    "refused": 0.98,
+                    "refused_as_such": 0.96,
+                    "outcomes": {},
+                },
+                "lateral_chest": {
+                    "images": 2,
+                    "refused": 0.5,
+                    "refused_as_such": 0.5,
+                    "outcomes": {},
+                },
             }
         },
     }
@@ -56,9 +71,9 @@ def test_each_split_view_is_its_four_figures_rounded():
     assert views["test"] == {"auc": 0.99, "acc": 0.96, "sens": 0.97, "spec": 0.95}
     assert views["late"] == {"auc": 0.97, "acc": 0.93, "sens": 0.99, "spec": 0.88}
     assert views["worst_split"] == {"auc": 0.97, "acc": 0.93, "sens": 0.94, "spec": 0.88}
-    assert views["adult"] == {"refused": 0.9062, "images": 32}
-    assert views["body_part"] == {"refused": 0.98, "images": 50}
-    assert views["lateral"] == {"refused": 0.5, "images": 2}
+    assert views["adult"] == {"refused": 0.9062, "as_such": 0.875, "images": 32}
+    assert views["body_part"] == {"refused": 0.98, "as_such": 0.96, "images": 50}
+    assert views["lateral"] == {"refused": 0.5, "as_such": 0.5, "images": 2}
     assert views["decision"] == {
         "threshold": 0.8653,
         "undecided": 0.05,

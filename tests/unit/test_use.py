@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, fit_use_head, kind_of
+from pneumonia.decision.use import (
+    ANSWERED,
+    NEVER,
+    USE_KINDS,
+    fit_use_head,
+    kind_of,
+    refused_kind,
+)
 
 
 def clusters(rng, kinds: dict[str, tuple[float, int]], dims: int = 12) -> dict[str, np.ndarray]:
@@ -113,3 +120,24 @@ def test_every_external_image_is_held_out_once_and_a_small_kind_still_is():
     assert laterals[0] != laterals[1]  # each lateral is measured by a head fitted on the other
     assert np.array_equal(fold_of, kind_folds(kinds, 5, seed=0))
     assert not np.array_equal(fold_of, kind_folds(kinds, 5, seed=1))
+
+
+def test_a_refusal_names_the_heads_kind_or_else_its_runner_up():
+    # USE_KINDS: pediatric_chest, adult_chest, lateral_chest, other_body_part
+    assert refused_kind(np.array([0.0, 1.0, -2.0, 3.0])) == "other_body_part"
+    assert refused_kind(np.array([5.0, 1.0, -2.0, 0.5])) == "adult_chest"  # answered: next
+    assert refused_kind(np.array([[5.0, NEVER, 2.0, 0.5]])) == "lateral_chest"
+
+
+def test_refused_as_such_needs_the_kinds_own_reason():
+    from pneumonia.evaluation.intended_use import as_such
+
+    assert as_such("other_body_part", "refused before the model (not_a_chest_xray)")
+    assert not as_such("other_body_part", "refused before the model (lateral_view)")
+    assert as_such("other_body_part", "refused by the gate as other_body_part")
+    assert not as_such("other_body_part", "refused as adult_chest")
+    assert as_such("adult_chest", "refused as adult_chest")
+    assert as_such("adult_chest", "refused by the gate as adult_chest")
+    assert not as_such("adult_chest", "refused by the gate as other_body_part")
+    assert not as_such("adult_chest", "answered")
+    assert as_such("lateral_chest", "refused as lateral_chest")
