@@ -8,17 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from pneumonia.decision.use import REFUSAL_REASONS as REASONS
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import GATE_MARGIN, IMAGE_SIZE, write_test_model
 
 pytestmark = pytest.mark.integration
 
 EXTERNAL = REPO_ROOT / "data" / "external" / "radiographs"
-REASONS = {
-    "adult_chest": "outside_training_population",
-    "lateral_chest": "lateral_view",
-    "other_body_part": "not_a_chest_xray",
-}
 
 
 def external(kind_folder: str, count: int) -> list[bytes]:
