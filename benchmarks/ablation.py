@@ -93,6 +93,10 @@ def measure(lever: str, seed: int, seconds: float) -> dict:
         "framing": evaluation.get("framing", {}),
         "worst_framing": evaluation.get("worst_framing"),
         "policies": evaluation.get("policies", {}),
+        # The intended-use check on the external radiographs, cross-validated, and the gate's
+        # out-of-distribution set: what a seed changes in the refusals.
+        "intended_use": (evaluation.get("intended_use") or {}).get("kinds", {}),
+        "ood_refused": (evaluation.get("ood_gate") or {}).get("ood_detection", {}).get("all"),
         "train_seconds": train.get("train_seconds"),
         "rerun_seconds": round(seconds, 1),
     }
@@ -141,6 +145,30 @@ def table(runs: list[dict]) -> str:
             cells = " | ".join(spread([row[metric] for row in present]) for metric in METRICS)
             name = split.replace("_", " ")
             lines.append(f"| {lever} | {name} | {len(present)} | {cells} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def use_table(runs: list[dict]) -> str:
+    """Markdown: per lever and kind of external radiograph, the share refused and the share
+    refused with the kind's own reason, mean [min, max] over the seeds that recorded them."""
+    lines = [
+        "| lever | kind | seeds | images | refused | with its own reason | OOD refused |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for lever in dict.fromkeys(run["lever"] for run in runs):
+        rows = [run for run in runs if run["lever"] == lever and run.get("intended_use")]
+        kinds = dict.fromkeys(kind for run in rows for kind in run["intended_use"])
+        for kind in kinds:
+            mine = [run["intended_use"][kind] for run in rows if kind in run["intended_use"]]
+            ood = [run["ood_refused"] for run in rows if run.get("ood_refused") is not None]
+            cells = [
+                str(len(mine)),
+                str(mine[0]["images"]),
+                spread([row["refused"] for row in mine]),
+                spread([row["refused_as_such"] for row in mine]),
+                spread(ood) if ood else "",
+            ]
+            lines.append(f"| {lever} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -207,7 +235,7 @@ def main() -> None:
         runs = [json.loads(line) for line in args.record.read_text().splitlines() if line]
         if args.policy:
             runs = [at_policy(run, args.policy) for run in runs]
-        print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}")
+        print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}\n\n{use_table(runs)}")
         if args.spread:
             args.spread.write_text(
                 json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n"
@@ -236,7 +264,7 @@ def main() -> None:
                 "the committed outputs are not in this cache: run `dvc pull` or `dvc repro`",
                 file=sys.stderr,
             )
-    print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}")
+    print(f"{describe()}\n\n{table(runs)}\n\n{policy_table(runs)}\n\n{use_table(runs)}")
     if args.spread:
         args.spread.write_text(json.dumps(seed_spread(runs, args.spread_lever), indent=2) + "\n")
 

@@ -31,7 +31,7 @@ SPLIT_KEYS = {"roc_auc": "auc", "accuracy": "acc", "sensitivity": "sens", "speci
 # For the decision band and the gate: (key in the details, headline key, worse is higher).
 DECISION_KEYS = (
     ("share_indeterminate", "undecided", True),
-    ("accuracy_decided", "decided_acc", False),
+    ("accuracy_decided", "dec_acc", False),  # accuracy on the decided cases
     ("refused", "refused", True),
 )
 DIGITS = 4  # enough to see a change of one image in a few hundred; short columns
@@ -117,7 +117,7 @@ def headline(results: dict) -> dict[str, dict]:
                 "refused": _rounded(kinds[kind]["refused"]),
                 # with the kind's own reason (a body part as not_a_chest_xray, ...)
                 "as_such": _rounded(kinds[kind]["refused_as_such"]),
-                "images": kinds[kind]["images"],
+                "n": kinds[kind]["images"],  # how many images (short: one table's width)
             }
     return views
 

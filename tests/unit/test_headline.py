@@ -71,13 +71,13 @@ def test_each_split_view_is_its_four_figures_rounded():
     assert views["test"] == {"auc": 0.99, "acc": 0.96, "sens": 0.97, "spec": 0.95}
     assert views["late"] == {"auc": 0.97, "acc": 0.93, "sens": 0.99, "spec": 0.88}
     assert views["worst_split"] == {"auc": 0.97, "acc": 0.93, "sens": 0.94, "spec": 0.88}
-    assert views["adult"] == {"refused": 0.9062, "as_such": 0.875, "images": 32}
-    assert views["body_part"] == {"refused": 0.98, "as_such": 0.96, "images": 50}
-    assert views["lateral"] == {"refused": 0.5, "as_such": 0.5, "images": 2}
+    assert views["adult"] == {"refused": 0.9062, "as_such": 0.875, "n": 32}
+    assert views["body_part"] == {"refused": 0.98, "as_such": 0.96, "n": 50}
+    assert views["lateral"] == {"refused": 0.5, "as_such": 0.5, "n": 2}
     assert views["decision"] == {
         "threshold": 0.8653,
         "undecided": 0.05,
-        "decided_acc": 0.97,
+        "dec_acc": 0.97,
         "refused": 0.3,
     }
 
@@ -90,7 +90,7 @@ def test_the_worst_shift_takes_each_figure_from_its_own_worst_shift_never_the_un
         "sens": 0.85,  # darker
         "spec": 0.31,  # border 20%
         "undecided": 0.45,  # border 20%
-        "decided_acc": 0.86,  # border 20%
+        "dec_acc": 0.86,  # border 20%
         "refused": 0.08,  # the gate on darker test images, over crop 15%'s 0.06
     }
     named = worst_shift(results())
