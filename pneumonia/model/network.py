@@ -110,9 +110,13 @@ def with_explanations(model: keras.Model) -> keras.Model:
     ]
     size = int(model.inputs[0].shape[1])
     cell = max(size // LAYOUT_GRID, 1)
-    scaled = layers.Rescaling(1 / 255, name="layout_scale")(model.inputs[0])
-    grid = layers.AveragePooling2D(pool_size=cell, strides=cell, name="layout_grid")(scaled)
-    layout = layers.Flatten(name="layout")(grid)
+    # Pooled first, scaled after: the same values, but scaling the whole input first cost
+    # onnxruntime 0.1-0.4 ms a request (a full-size Mul ahead of the convolutions).
+    grid = layers.AveragePooling2D(pool_size=cell, strides=cell, name="layout_grid")(
+        model.inputs[0]
+    )
+    scaled = layers.Rescaling(1 / 255, name="layout_scale")(grid)
+    layout = layers.Flatten(name="layout")(scaled)
     features = layers.Concatenate(name="features")([*pooled, layout])
     cam = layers.Reshape(tuple(feature_map.shape[1:3]), name="cam")(cam)
     return keras.Model(model.inputs, [model.output, features, cam], name=f"{model.name}_explained")
