@@ -208,7 +208,13 @@ MODES = {  # mode: (encode the real X-ray in it, content type, lossless)
     "L": (lambda xray: encode(xray, "PNG"), "image/png", False),  # it is the original
     "RGB": (lambda xray: encode(xray.convert("RGB"), "JPEG"), "image/jpeg", False),
     "RGBA": (lambda xray: encode(xray.convert("RGBA"), "PNG"), "image/png", True),
-    "P": (lambda xray: encode(xray.convert("RGB").convert("P"), "PNG"), "image/png", False),
+    "P": (  # an adaptive palette: the default web palette has six grays
+        lambda xray: encode(
+            xray.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), "PNG"
+        ),
+        "image/png",
+        False,
+    ),
     "I;16": (
         lambda xray: encode(Image.fromarray(np.asarray(xray).astype(np.uint16) * 257), "PNG"),
         "image/png",
