@@ -69,6 +69,10 @@ LEVERS: dict[str, list[str]] = {
     # default since it was measured), and before it, as the networks were trained until then.
     "intensity-last": ["train.augment.intensity_last=true"],
     "intensity-first": ["train.augment.intensity_last=false"],
+    # Regularisers against a shift the held-out blocks show (the late block's specificity):
+    # the weights' moving average over about one epoch's steps, and mixup.
+    "ema-0.99": ["train.ema_momentum=0.99"],
+    "mixup-0.2": ["train.augment.mixup_alpha=0.2"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

@@ -54,6 +54,10 @@ class AugmentParams(_Section):
     # The preprocessing's intensity step (CLAHE) after the random box, flip and rotation, as
     # serving computes it on whatever field of view an image has; false: before them.
     intensity_last: bool = False
+    # Mixup: each image blended with another of its batch, lambda ~ Beta(a, a) folded to
+    # [0.5, 1] (the image keeps the larger share), its label and class weight blended alike.
+    # 0 turns it off.
+    mixup_alpha: float = Field(default=0.0, ge=0, le=1)
 
 
 class TrainParams(_Section):
@@ -71,6 +75,9 @@ class TrainParams(_Section):
     label_smoothing: float = Field(ge=0, lt=0.5)
     class_weight: Literal["balanced", "none"]
     early_stopping_patience: int = Field(ge=1)
+    # An exponential moving average of the weights (Keras's optimizer EMA), used for
+    # validation, early stopping and the saved model; None turns it off.
+    ema_momentum: float | None = Field(default=None, gt=0, lt=1)
     distribution: Literal["auto", "default", "mirrored", "multi_worker_mirrored"]
     augment: AugmentParams
 

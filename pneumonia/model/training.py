@@ -224,6 +224,39 @@ def augment_batch(
     return pixels * 255.0
 
 
+def mixup_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    generator: tf.random.Generator,
+    alpha: float,
+    weights: dict[int, float] | None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al. 2018): each image blended with its batch's reversed order.
+
+    lambda ~ Beta(alpha, alpha) per image, folded to [0.5, 1] so each image keeps the larger
+    share; the labels and the class weights (`weights`, by class id; None: 1) are blended by
+    the same lambda. Returns (images, labels, sample weights) for `model.fit`.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    seeds = generator.make_seeds(2)
+    first = tf.random.stateless_gamma([batch], seed=seeds[:, 0], alpha=alpha)
+    second = tf.random.stateless_gamma([batch], seed=seeds[:, 1], alpha=alpha)
+    lam = first / tf.maximum(first + second, 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    per_class = tf.constant(
+        [weights.get(0, 1.0), weights.get(1, 1.0)] if weights else [1.0, 1.0], tf.float32
+    )
+    sample_weights = tf.gather(per_class, tf.cast(tf.round(labels[:, 0]), tf.int32))
+    partner = tf.reverse(tf.range(batch), axis=[0])
+    mix = lam[:, None, None, None]
+    images = mix * images + (1 - mix) * tf.gather(images, partner)
+    labels = lam[:, None] * labels + (1 - lam[:, None]) * tf.gather(labels, partner)
+    sample_weights = lam * sample_weights + (1 - lam) * tf.gather(sample_weights, partner)
+    return images, labels, sample_weights
+
+
 def make_datasets(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -232,7 +265,8 @@ def make_datasets(
     intensity: IntensityStep | None = None,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """tf.data pipelines: shuffled, augmented, batched and prefetched. With `intensity`,
-    the train images come before the intensity step and augmentation applies it."""
+    the train images come before the intensity step and augmentation applies it. With
+    mixup, the train batches carry their sample weights (the class weights, blended)."""
     import tensorflow as tf
 
     (train_images, train_labels), (val_images, val_labels) = train, val
@@ -255,6 +289,13 @@ def make_datasets(
                 labels,
             )
         )
+        if params.augment.mixup_alpha > 0:
+            weights = class_weights(train_labels, params.class_weight)
+            train_ds = train_ds.map(
+                lambda images, labels: mixup_batch(
+                    images, labels, generator, params.augment.mixup_alpha, weights
+                )
+            )
     val_ds = (
         tf.data.Dataset.from_tensor_slices((val_images, val_labels))
         .batch(params.batch_size)
@@ -278,7 +319,12 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
         alpha=0.01,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=params.weight_decay),
+        optimizer=keras.optimizers.AdamW(
+            schedule,
+            weight_decay=params.weight_decay,
+            use_ema=params.ema_momentum is not None,
+            ema_momentum=params.ema_momentum or 0.99,
+        ),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=params.label_smoothing),
         metrics=[
             keras.metrics.AUC(name="auc"),
@@ -327,6 +373,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train with early stopping on val AUC (best weights restored); the run's summary.
 
+    With `ema_momentum`, validation, early stopping and the restored weights are the
+    moving average's (SwapEMAWeights swaps them in before EarlyStopping reads them).
+
     `live` is the dvclive run, None on a worker that is not the chief (it records nothing).
     """
     import keras
@@ -340,13 +389,16 @@ def fit(
         restore_best_weights=True,
         verbose=1,
     )
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if params.ema_momentum else []
+    mixup = params.augment.enabled and params.augment.mixup_alpha > 0
     started = time.perf_counter()
     history = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=params.epochs,
-        class_weight=class_weights(train_labels, params.class_weight),
-        callbacks=[early_stopping]
+        # with mixup the batches carry blended class weights
+        class_weight=None if mixup else class_weights(train_labels, params.class_weight),
+        callbacks=[*swap, early_stopping]
         + ([DVCLiveCallback(live=live), tracking.keras_epoch_logger()] if live else []),
         verbose=1 if sys.stdout.isatty() else 2,
     )
