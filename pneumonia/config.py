@@ -51,6 +51,9 @@ class AugmentParams(_Section):
     gamma: float = Field(ge=0, le=2)
     noise_std: float = Field(ge=0, le=1)
     jpeg_quality_min: int = Field(ge=1, le=100)
+    # Sharpness, as detectors and their post-processing differ: an unsharp mask of random
+    # strength in [-s, s] (below 0 it blurs), before the intensity step. 0 turns it off.
+    sharpness: float = Field(default=0.0, ge=0, le=1)
     # The preprocessing's intensity step (CLAHE) after the random box, flip and rotation, as
     # serving computes it on whatever field of view an image has; false: before them.
     intensity_last: bool = False

@@ -144,13 +144,65 @@ def _intensity_after(images: tf.Tensor, intensity: IntensityStep) -> tf.Tensor:
     return result
 
 
+SHARPNESS_SIGMA = 0.01  # of the image side: the unsharp mask's Gaussian (1.6 px at 160 px)
+
+
+def _unsharp(images: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:
+    """images + amount * (images - blurred), per image, clipped to [0, 255]: above 0 it
+    sharpens, below 0 it blurs (-1: the Gaussian-blurred image itself)."""
+    import tensorflow as tf
+
+    sigma = max(0.5, SHARPNESS_SIGMA * int(images.shape[1]))
+    radius = math.ceil(3 * sigma)
+    taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
+    taps /= tf.reduce_sum(taps)
+    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "SYMMETRIC")
+    blurred = tf.nn.conv2d(padded, tf.reshape(taps, [-1, 1, 1, 1]), 1, "VALID")
+    blurred = tf.nn.conv2d(blurred, tf.reshape(taps, [1, -1, 1, 1]), 1, "VALID")
+    sharpened = images + amount[:, None, None, None] * (images - blurred)
+    return tf.clip_by_value(sharpened, 0.0, 255.0)
+
+
+def _photometric(
+    images: tf.Tensor, generator: tf.random.Generator, config: AugmentParams
+) -> tf.Tensor:
+    """Gamma, contrast, brightness, noise and JPEG re-compression, in that order."""
+    import tensorflow as tf
+
+    pixels = images / 255.0
+    batch = tf.shape(images)[0]
+    shape = [batch, 1, 1, 1]
+    if config.gamma > 0:
+        log_gamma = generator.uniform(shape, -math.log1p(config.gamma), math.log1p(config.gamma))
+        pixels = tf.pow(tf.clip_by_value(pixels, 1e-6, 1.0), tf.exp(log_gamma))
+    if config.contrast > 0:
+        factor = generator.uniform(shape, 1 - config.contrast, 1 + config.contrast)
+        mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
+        pixels = mean + (pixels - mean) * factor
+    if config.brightness > 0:
+        pixels += generator.uniform(shape, -config.brightness, config.brightness)
+    if config.noise_std > 0:
+        pixels += generator.normal(tf.shape(pixels)) * config.noise_std
+    pixels = tf.clip_by_value(pixels, 0.0, 1.0)
+
+    if config.jpeg_quality_min < 100:
+        quality = generator.uniform([batch], config.jpeg_quality_min, 101, dtype=tf.int32)
+        pixels = tf.map_fn(
+            lambda item: tf.image.adjust_jpeg_quality(item[0], item[1]),
+            (pixels, quality),
+            fn_output_signature=tf.float32,
+        )
+    return pixels * 255.0
+
+
 def augment_batch(
     images: tf.Tensor,
     generator: tf.random.Generator,
     config: AugmentParams,
     intensity: IntensityStep | None = None,
 ) -> tf.Tensor:
-    """Random resized box (crop or pad), flip, rotation, gamma, contrast, brightness, noise, JPEG.
+    """Random resized box (crop or pad), flip, rotation, sharpness, gamma, contrast,
+    brightness, noise, JPEG.
 
     images: (B, S, S, 1) float32 in [0, 255]. Randomness comes from one seeded
     tf.random.Generator, called in order, so runs are reproducible. `intensity`: the
@@ -196,32 +248,13 @@ def augment_batch(
             fill_mode="REFLECT",
         )
 
+    if config.sharpness > 0:
+        images = _unsharp(images, uniform(-config.sharpness, config.sharpness))
+
     if intensity is not None:
         images = _intensity_after(images, intensity)
 
-    pixels = images / 255.0
-    shape = [batch, 1, 1, 1]
-    if config.gamma > 0:
-        log_gamma = generator.uniform(shape, -math.log1p(config.gamma), math.log1p(config.gamma))
-        pixels = tf.pow(tf.clip_by_value(pixels, 1e-6, 1.0), tf.exp(log_gamma))
-    if config.contrast > 0:
-        factor = generator.uniform(shape, 1 - config.contrast, 1 + config.contrast)
-        mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-        pixels = mean + (pixels - mean) * factor
-    if config.brightness > 0:
-        pixels += generator.uniform(shape, -config.brightness, config.brightness)
-    if config.noise_std > 0:
-        pixels += generator.normal(tf.shape(pixels)) * config.noise_std
-    pixels = tf.clip_by_value(pixels, 0.0, 1.0)
-
-    if config.jpeg_quality_min < 100:
-        quality = generator.uniform([batch], config.jpeg_quality_min, 101, dtype=tf.int32)
-        pixels = tf.map_fn(
-            lambda item: tf.image.adjust_jpeg_quality(item[0], item[1]),
-            (pixels, quality),
-            fn_output_signature=tf.float32,
-        )
-    return pixels * 255.0
+    return _photometric(images, generator, config)
 
 
 def mixup_batch(

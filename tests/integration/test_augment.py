@@ -99,3 +99,35 @@ def test_the_intensity_step_comes_after_the_random_box():
     cropped = plain.model_copy(update={"crop_scale_min": 0.5})
     out = augment_batch(tf.constant(images), tf.random.Generator.from_seed(0), cropped, mark)
     assert not np.allclose(out.numpy()[:, 0, 0, 0], expected, atol=1.0)
+
+
+def test_sharpness_sharpens_or_blurs_an_edge_and_is_off_at_zero():
+    import tensorflow as tf
+
+    from pneumonia.model.training import _unsharp
+
+    # A vertical step edge, 60 -> 180, in a 64 px image (a Gaussian of 0.64 px).
+    images = np.full((3, 64, 64, 1), 60.0, dtype="float32")
+    images[:, :, 32:] = 180.0
+    out = _unsharp(tf.constant(images), tf.constant([0.0, 1.0, -1.0])).numpy()[:, 32, :, 0]
+    np.testing.assert_allclose(out[0], images[0, 32, :, 0], atol=1e-4)  # amount 0: as is
+    assert out[1].min() < 55 and out[1].max() > 185  # sharpened: it over- and undershoots
+    assert 60 < out[2][31] < out[2][32] < 180  # blurred: a ramp across the edge
+    assert np.all(np.diff(out[2]) >= -1e-4)
+    np.testing.assert_allclose(out[:, :20], 60, atol=1e-3)  # flat regions are untouched
+
+    # In augment_batch: off at 0 (the same stream of randomness as before the option),
+    # reproducible and changing the images when on.
+    rng = np.random.default_rng(0)
+    batch = tf.constant(rng.integers(0, 256, (4, 32, 32, 1)).astype("float32"))
+    off = augment_batch(batch, tf.random.Generator.from_seed(1), AUGMENT)
+    zero = AUGMENT.model_copy(update={"sharpness": 0.0})
+    np.testing.assert_array_equal(
+        off.numpy(), augment_batch(batch, tf.random.Generator.from_seed(1), zero).numpy()
+    )
+    sharp = AUGMENT.model_copy(update={"sharpness": 0.8})
+    first = augment_batch(batch, tf.random.Generator.from_seed(1), sharp).numpy()
+    np.testing.assert_array_equal(
+        first, augment_batch(batch, tf.random.Generator.from_seed(1), sharp).numpy()
+    )
+    assert not np.allclose(first, off.numpy(), atol=1.0)
