@@ -255,7 +255,7 @@ def main() -> None:
         for name in args.only:
             for seed in args.seeds:
                 print(f"running {name}, seed {seed} ...", file=sys.stderr, flush=True)
-                sh("git", "checkout", "--", "params.yaml")
+                sh("git", "checkout", "HEAD", "--", "params.yaml")
                 started = time.perf_counter()
                 changes = [f"base.seed={seed}", *LEVERS[name]]
                 settings = [arg for item in changes for arg in ("--set-param", item)]
@@ -264,7 +264,9 @@ def main() -> None:
                 with args.record.open("a") as record:
                     record.write(json.dumps(runs[-1]) + "\n")
     finally:
-        sh("git", "checkout", "--", *TRACKED_OUTPUTS)
+        # from HEAD, not the index: `dvc exp run` stages params.yaml and dvc.lock, and an
+        # interrupted run leaves them staged
+        sh("git", "checkout", "HEAD", "--", *TRACKED_OUTPUTS)
         restored = subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, capture_output=True)
         if restored.returncode != 0:
             print(

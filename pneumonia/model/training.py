@@ -147,12 +147,13 @@ def _intensity_after(images: tf.Tensor, intensity: IntensityStep) -> tf.Tensor:
 SHARPNESS_SIGMA = 0.01  # of the image side: the unsharp mask's Gaussian (1.6 px at 160 px)
 
 
-def _unsharp(images: tf.Tensor, amount: tf.Tensor) -> tf.Tensor:
+def _unsharp(images: tf.Tensor, amount: tf.Tensor, side: int) -> tf.Tensor:
     """images + amount * (images - blurred), per image, clipped to [0, 255]: above 0 it
-    sharpens, below 0 it blurs (-1: the Gaussian-blurred image itself)."""
+    sharpens, below 0 it blurs (-1: the Gaussian-blurred image itself). `side`: the
+    images' side in px (a static int: a graph's resized batch has no static shape)."""
     import tensorflow as tf
 
-    sigma = max(0.5, SHARPNESS_SIGMA * int(images.shape[1]))
+    sigma = max(0.5, SHARPNESS_SIGMA * side)
     radius = math.ceil(3 * sigma)
     taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
     taps /= tf.reduce_sum(taps)
@@ -213,6 +214,7 @@ def augment_batch(
 
     batch = tf.shape(images)[0]
     size = tf.shape(images)[1:3]
+    side = images.shape[2]  # static here; the resized batch below has none
 
     def uniform(low: float, high: float) -> tf.Tensor:
         return generator.uniform([batch], low, high)
@@ -249,7 +251,7 @@ def augment_batch(
         )
 
     if config.sharpness > 0:
-        images = _unsharp(images, uniform(-config.sharpness, config.sharpness))
+        images = _unsharp(images, uniform(-config.sharpness, config.sharpness), int(side))
 
     if intensity is not None:
         images = _intensity_after(images, intensity)

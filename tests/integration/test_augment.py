@@ -109,7 +109,7 @@ def test_sharpness_sharpens_or_blurs_an_edge_and_is_off_at_zero():
     # A vertical step edge, 60 -> 180, in a 64 px image (a Gaussian of 0.64 px).
     images = np.full((3, 64, 64, 1), 60.0, dtype="float32")
     images[:, :, 32:] = 180.0
-    out = _unsharp(tf.constant(images), tf.constant([0.0, 1.0, -1.0])).numpy()[:, 32, :, 0]
+    out = _unsharp(tf.constant(images), tf.constant([0.0, 1.0, -1.0]), 64).numpy()[:, 32, :, 0]
     np.testing.assert_allclose(out[0], images[0, 32, :, 0], atol=1e-4)  # amount 0: as is
     assert out[1].min() < 55 and out[1].max() > 185  # sharpened: it over- and undershoots
     assert 60 < out[2][31] < out[2][32] < 180  # blurred: a ramp across the edge
@@ -131,3 +131,8 @@ def test_sharpness_sharpens_or_blurs_an_edge_and_is_off_at_zero():
         first, augment_batch(batch, tf.random.Generator.from_seed(1), sharp).numpy()
     )
     assert not np.allclose(first, off.numpy(), atol=1.0)
+    # and in a tf.data graph, as training runs it (the resized batch has no static shape)
+    generator = tf.random.Generator.from_seed(1)
+    graph = tf.data.Dataset.from_tensor_slices(batch).batch(4)
+    graph = graph.map(lambda images: augment_batch(images, generator, sharp))
+    assert next(iter(graph)).shape == (4, 32, 32, 1)
