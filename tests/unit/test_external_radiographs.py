@@ -21,6 +21,7 @@ REDISTRIBUTABLE = {
     "CC-BY-SA-3.0",
     "CC-BY-SA-4.0",
     "NIH-CC-unrestricted",  # NIH Clinical Center: no restrictions, attribution required
+    "Apache-2.0",  # a repository whose content, images included, is under it
 }
 # Kept aside for acceptance (the intended-use issue): never a source here.
 RESERVED = re.compile(
