@@ -96,6 +96,7 @@ def use_fields(evaluation: dict) -> dict[str, str]:
     return {
         "use_images": str(sum(row["images"] for row in kinds.values())),
         "use_rates": rates or "not measured",
+        "use_laterals": str(kinds.get("lateral_chest", {}).get("images", 0)),
     }
 
 
