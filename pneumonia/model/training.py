@@ -259,6 +259,11 @@ def augment_batch(
     return _photometric(images, generator, config)
 
 
+def uses_mixup(params: TrainParams) -> bool:
+    """Whether training blends batches (mixup), so that the batches carry the class weights."""
+    return params.augment.enabled and params.augment.mixup_alpha > 0
+
+
 def mixup_batch(
     images: tf.Tensor,
     labels: tf.Tensor,
@@ -324,7 +329,7 @@ def make_datasets(
                 labels,
             )
         )
-        if params.augment.mixup_alpha > 0:
+        if uses_mixup(params):
             weights = class_weights(train_labels, params.class_weight)
             train_ds = train_ds.map(
                 lambda images, labels: mixup_batch(
@@ -425,14 +430,14 @@ def fit(
         verbose=1,
     )
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if params.ema_momentum else []
-    mixup = params.augment.enabled and params.augment.mixup_alpha > 0
+    # with mixup the batches carry blended class weights
+    weights = None if uses_mixup(params) else class_weights(train_labels, params.class_weight)
     started = time.perf_counter()
     history = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=params.epochs,
-        # with mixup the batches carry blended class weights
-        class_weight=None if mixup else class_weights(train_labels, params.class_weight),
+        class_weight=weights,
         callbacks=[*swap, early_stopping]
         + ([DVCLiveCallback(live=live), tracking.keras_epoch_logger()] if live else []),
         verbose=1 if sys.stdout.isatty() else 2,

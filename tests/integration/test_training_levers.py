@@ -12,6 +12,7 @@ from pneumonia.model.training import (
     make_datasets,
     mixup_batch,
     set_up,
+    uses_mixup,
 )
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,16 @@ def test_mixup_trains_with_blended_sample_weights():
     _, summary, scores = _tiny_run({}, {"enabled": True, "mixup_alpha": 0.4})
     assert summary["epochs_run"] == 3
     assert scores["auc"] == pytest.approx(summary["best_val_auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("enabled", "alpha", "expected"), [(True, 0.2, True), (False, 0.2, False), (True, 0.0, False)]
+)
+def test_mixup_is_on_only_with_augmentation_and_a_positive_alpha(enabled, alpha, expected):
+    params = load_params().train
+    params = params.model_copy(
+        update={
+            "augment": params.augment.model_copy(update={"enabled": enabled, "mixup_alpha": alpha})
+        }
+    )
+    assert uses_mixup(params) is expected
