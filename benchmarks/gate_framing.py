@@ -14,15 +14,17 @@ for each way of setting the two (`--strengths` of the head's L2 penalty x `--fra
   other body parts refused.
 
     python -m benchmarks.gate_framing [--strengths 0.05 0.5] [--framing-rates pool 0.01 0.02]
-        [--also-without-layout]
+        [--asymmetry yes no] [--also-without-layout] [--save-features F | --features F]
+        [--seed N]
 
-Prints a table and writes it to benchmarks/gate_framing.txt.
+Prints a table and writes it to benchmarks/gate_framing.txt (`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,7 @@ def without_layout(found: Features) -> Features:
     gate and the head read before the layout was added."""
     from dataclasses import replace
 
-    from pneumonia.model.network import LAYOUT_GRID
+    from pneumonia.images.layout import LAYOUT_GRID
 
     keep = slice(0, -(LAYOUT_GRID**2))
     external = replace(
@@ -114,7 +116,9 @@ def without_layout(found: Features) -> Features:
     )
 
 
-def row(found: Features, rate: float, seed: int, strength: float, ceiling: str) -> str:
+def row(
+    found: Features, rate: float, seed: int, strength: float, ceiling: str, asymmetry: bool
+) -> str:
     """One way of setting the gate and the head, measured."""
     from pneumonia.decision.gate import fit_feature_model, with_threshold
     from pneumonia.evaluation.gate import framing_blocks
@@ -136,6 +140,7 @@ def row(found: Features, rate: float, seed: int, strength: float, ceiling: str) 
         seed,
         framing_rate,
         strength,
+        asymmetry,
     )
     refused = {
         name: float(np.mean(cheap | refuses(head, gate, features)))
@@ -145,13 +150,17 @@ def row(found: Features, rate: float, seed: int, strength: float, ceiling: str) 
     caught = found.ood_early + int(np.sum(refuses(head, gate, found.ood)))
     total = found.ood_early + len(found.ood)
     adults, others = report["kinds"]["adult_chest"], report["kinds"]["other_body_part"]
+    laterals = report["kinds"]["lateral_chest"]
+    as_lateral = round(laterals["refused_as_such"] * laterals["images"])
     not_a_chest = sum(
         count for outcome, count in adults["outcomes"].items() if "other_body_part" in outcome
     )
     return (
-        f"| {strength} | {ceiling} | {refused[worst]:.1%} | {worst} | {caught}/{total} "
-        f"| {adults['refused']:.0%} of {adults['images']} | {not_a_chest} "
-        f"| {others['refused']:.0%} of {others['images']} | {others['refused_as_such']:.1%} |"
+        f"| {'yes' if asymmetry else 'no'} | {strength} | {ceiling} | {refused[worst]:.1%} "
+        f"| {worst} | {caught}/{total} | {adults['refused']:.1%} of {adults['images']} "
+        f"| {adults['refused_as_such']:.1%} | {not_a_chest} "
+        f"| {as_lateral} of {laterals['images']} "
+        f"| {others['refused']:.1%} of {others['images']} | {others['refused_as_such']:.1%} |"
     )
 
 
@@ -159,6 +168,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.5])
     parser.add_argument("--framing-rates", nargs="+", default=["pool", "0.01", "0.02", "0.03"])
+    parser.add_argument(
+        "--asymmetry",
+        nargs="+",
+        choices=["yes", "no"],
+        default=["yes"],
+        help="whether the head reads the layout's left-right asymmetry (evaluate: yes)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        help="a features file to read (written by an earlier run with --save-features)",
+    )
+    parser.add_argument("--save-features", type=Path, help="write the features collected here")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/gate_framing.txt")
+    parser.add_argument(
+        "--seed", type=int, help="the folds' seed (default: base.seed of params.yaml)"
+    )
     parser.add_argument(
         "--also-without-layout",
         action="store_true",
@@ -171,12 +197,26 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     rate = params.evaluate.ood_false_rejection_rate
-    found = collect()
+    if args.features:
+        with args.features.open("rb") as handle:
+            found = pickle.load(handle)  # a file this script wrote
+    else:
+        found = collect()
+    if args.save_features:
+        with args.save_features.open("wb") as handle:
+            pickle.dump(found, handle)
+    seed = params.base.seed if args.seed is None else args.seed
     variants = {"with the layout": found}
     if args.also_without_layout:
         variants["without the layout"] = without_layout(found)
     lines = [
-        f"machine: {describe()}; models/model.keras of this checkout",
+        f"machine: {describe()}; "
+        + (
+            "features from " + str(args.features)
+            if args.features
+            else "models/model.keras of this checkout"
+        )
+        + f"; folds seed {seed}",
         f"pooled validation rate {rate}; held-out splits pooled ({found.images} images)",
     ]
     for name, features in variants.items():
@@ -184,18 +224,20 @@ def main() -> None:
             "",
             f"features {name}:",
             "",
-            "| head strength | per-framing ceiling | worst framing refused | (shift) "
-            "| OOD refused | adults refused (CV) | adults as not a chest X-ray "
+            "| asymmetry | head strength | per-framing ceiling | worst framing refused "
+            "| (shift) | OOD refused | adults refused (CV) | as adults "
+            "| adults as not a chest X-ray | laterals as lateral_view "
             "| other body parts refused (CV) | as not_a_chest_xray |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for strength in args.strengths:
-            for ceiling in args.framing_rates:
-                lines.append(row(features, rate, params.base.seed, strength, ceiling))
-                print(lines[-1], flush=True)
+        for asymmetry in args.asymmetry:
+            for strength in args.strengths:
+                for ceiling in args.framing_rates:
+                    lines.append(row(features, rate, seed, strength, ceiling, asymmetry == "yes"))
+                    print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
-    (ROOT / "benchmarks/gate_framing.txt").write_text(text)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":

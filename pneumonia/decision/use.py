@@ -8,6 +8,11 @@ the training split's X-rays and on real radiographs from public repositories
 another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
 `outside_training_population`. A kind with no examples is never chosen (its bias is -1e4).
 An image the learned gate refuses is refused as the head's runner-up kind (`refused_kind`).
+
+With `layout_asymmetry`, the head also reads how far the input's layout (the last features:
+its mean intensity per cell of a grid) is from its mirror image (`layout_asymmetry`): a
+frontal chest X-ray has a lung field either side of the spine, a lateral view has the spine
+at one side and the sternum at the other. A linear head cannot compute that from the layout.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from pneumonia.images.layout import LAYOUT_GRID  # the last LAYOUT_GRID^2 features
 
 USE_KINDS = ("pediatric_chest", "adult_chest", "lateral_chest", "other_body_part")
 ANSWERED = "pediatric_chest"  # the one kind the model answers
@@ -28,18 +35,35 @@ REFUSAL_REASONS = {
 NEVER = -1.0e4  # the bias of a kind with no examples
 
 
+def layout_asymmetry(features: np.ndarray) -> np.ndarray:
+    """(N, LAYOUT_GRID^2 / 2): |cell - its mirror cell| for each cell of the layout's left
+    half, row by row; zero for an image that is its own mirror image."""
+    values = np.asarray(features, dtype=np.float64)
+    grid = values[:, -(LAYOUT_GRID**2) :].reshape(len(values), LAYOUT_GRID, LAYOUT_GRID)
+    half = LAYOUT_GRID // 2
+    return np.abs(grid[:, :, :half] - grid[:, :, : half - 1 : -1]).reshape(len(values), -1)
+
+
+def head_inputs(features: np.ndarray, asymmetry: bool) -> np.ndarray:
+    """What the head reads: the features, then with `asymmetry` the layout's asymmetry."""
+    values = np.asarray(features, dtype=np.float64)
+    return np.concatenate([values, layout_asymmetry(values)], axis=1) if asymmetry else values
+
+
 @dataclass(frozen=True)
 class UseHead:
-    """logits = ((features - mean) / scale) @ weights + bias, one column per USE_KINDS entry."""
+    """logits = ((inputs - mean) / scale) @ weights + bias, one column per USE_KINDS entry;
+    inputs = the features, then with `layout_asymmetry` their layout's asymmetry."""
 
-    mean: np.ndarray  # (F,)
-    scale: np.ndarray  # (F,)
-    weights: np.ndarray  # (F, K)
+    mean: np.ndarray  # (I,)
+    scale: np.ndarray  # (I,)
+    weights: np.ndarray  # (I, K)
     bias: np.ndarray  # (K,)
+    layout_asymmetry: bool = False
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, K) logits for (N, F) features."""
-        standard = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        standard = (head_inputs(features, self.layout_asymmetry) - self.mean) / self.scale
         return standard @ self.weights + self.bias
 
     def kinds(self, features: np.ndarray) -> list[str]:
@@ -49,6 +73,7 @@ class UseHead:
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Its arrays by name; evaluate saves them in models/gate.npz under `use_`."""
         named = {"mean": self.mean, "scale": self.scale, "weights": self.weights, "bias": self.bias}
+        named["layout_asymmetry"] = np.array(self.layout_asymmetry)
         return {prefix + name: value for name, value in named.items()}
 
     @classmethod
@@ -56,7 +81,14 @@ class UseHead:
         """The head saved by `arrays(prefix)`, or None when `arrays` hold none."""
         if prefix + "weights" not in arrays:
             return None
-        return cls(*(arrays[prefix + name] for name in ("mean", "scale", "weights", "bias")))
+        flag = prefix + "layout_asymmetry"
+        return cls(
+            mean=arrays[prefix + "mean"],
+            scale=arrays[prefix + "scale"],
+            weights=arrays[prefix + "weights"],
+            bias=arrays[prefix + "bias"],
+            layout_asymmetry=flag in arrays and bool(arrays[flag]),
+        )
 
 
 def with_margin(
@@ -85,7 +117,7 @@ def with_margin(
     margin = max(0.0, float(max(quantiles)))
     bias = head.bias.copy()
     bias[answered] += margin
-    return UseHead(head.mean, head.scale, head.weights, bias)
+    return UseHead(head.mean, head.scale, head.weights, bias, head.layout_asymmetry)
 
 
 def kind_of(logits: np.ndarray) -> str:
@@ -104,18 +136,20 @@ def refused_kind(logits: np.ndarray) -> str:
     return USE_KINDS[int(np.argmax(row))]
 
 
-def fit_use_head(features: dict[str, np.ndarray], strength: float = 0.05) -> UseHead:
+def fit_use_head(
+    features: dict[str, np.ndarray], strength: float = 0.05, layout_asymmetry: bool = False
+) -> UseHead:
     """The head from each kind's (N_k, F) features; kinds missing or empty are never chosen.
 
-    Standardised features, balanced class weights, L2 penalty 1/strength: a few dozen
-    external radiographs against thousands of training X-rays, so the fit stays simple.
+    Standardised inputs (`head_inputs`), balanced class weights, L2 penalty 1/strength: a few
+    dozen external radiographs against thousands of training X-rays, so the fit stays simple.
     """
     from sklearn.linear_model import LogisticRegression
 
     present = [kind for kind in USE_KINDS if kind in features and len(features[kind])]
     if ANSWERED not in present or len(present) < 2:
         raise ValueError(f"the head needs {ANSWERED} and another kind, got {present}")
-    x = np.concatenate([features[kind] for kind in present]).astype(np.float64)
+    x = head_inputs(np.concatenate([features[kind] for kind in present]), layout_asymmetry)
     y = np.concatenate([np.full(len(features[kind]), index) for index, kind in enumerate(present)])
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     classifier = LogisticRegression(C=strength, class_weight="balanced", max_iter=2000)
@@ -129,4 +163,4 @@ def fit_use_head(features: dict[str, np.ndarray], strength: float = 0.05) -> Use
     for row, kind in enumerate(present):
         weights[:, USE_KINDS.index(kind)] = coefficients[row]
         bias[USE_KINDS.index(kind)] = intercepts[row]
-    return UseHead(mean=mean, scale=scale, weights=weights, bias=bias)
+    return UseHead(mean, scale, weights, bias, layout_asymmetry)

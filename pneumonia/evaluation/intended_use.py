@@ -45,6 +45,10 @@ HEAD_KIND = {
 }
 FOLDS = 5
 USE_STRENGTH = 0.05  # the head's inverse L2 penalty (benchmarks/gate_framing.py compares)
+# Whether the head also reads the layout's left-right asymmetry (`pneumonia.decision.use`: a
+# lateral view is not its own mirror image). Off: over three networks it named 4 of 9
+# laterals as such against 5 (benchmarks/asymmetry_seeds.txt, docs/model-quality.md).
+USE_LAYOUT_ASYMMETRY = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ def fit_and_measure(
     seed: int,
     framing_rate: float | None = FRAMING_REJECTION_RATE,
     strength: float = USE_STRENGTH,
+    layout_asymmetry: bool = USE_LAYOUT_ASYMMETRY,
 ) -> tuple[UseHead, dict]:
     """The head fitted on everything, and the endpoint's outcome for each external image
     when the head was fitted without it (FOLDS-fold cross-validation, `kind_folds`).
@@ -136,14 +141,15 @@ def fit_and_measure(
     `validation`: the same of the validation split, on which each head's margin is set so
     that it names at most `false_rejection_rate` of them, and of each framing of them
     (`framing_blocks`) at `framing_rate`, another kind (`with_margin`); `strength`: the
-    head's inverse L2 penalty (`fit_use_head`);
+    head's inverse L2 penalty and `layout_asymmetry` whether it reads the layout's
+    asymmetry (`fit_use_head`);
     `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate.
     """
 
     groups = framing_blocks(validation) if framing_rate is not None else []
 
     def fit(chosen: list[int]) -> UseHead:
-        head = fit_use_head(_by_kind(external, chosen, pediatric), strength)
+        head = fit_use_head(_by_kind(external, chosen, pediatric), strength, layout_asymmetry)
         return with_margin(head, validation, false_rejection_rate, groups, framing_rate)
 
     reached = [i for i, reason in enumerate(external.refused_early) if reason is None]

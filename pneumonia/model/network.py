@@ -9,10 +9,7 @@ import numpy as np
 from keras import layers, ops
 
 from pneumonia.config import TrainParams
-
-# The input's layout in the features: mean intensity per cell of this square grid (8: 64
-# values, 20 px cells at 160 px; benchmarks/gate_framing.py, docs/model-quality.md).
-LAYOUT_GRID = 8
+from pneumonia.images.layout import LAYOUT_GRID
 
 
 @keras.saving.register_keras_serializable(package="pneumonia")

@@ -190,7 +190,8 @@ def add_decision_outputs(
     From the `cam` and `features` outputs of `pneumonia.model.with_explanations`:
     probability_calibrated = sigmoid(scale * mean(cam) + shift) (the map's mean is the
     logit), ood_distance = sqrt(sum(((features - mean) @ whitening)^2)),
-    use_logits = ((features - use_mean) / use_scale) @ use_weights + use_bias. In the graph,
+    use_logits = ((inputs - use_mean) / use_scale) @ use_weights + use_bias, the inputs being
+    the features and, for a head with `layout_asymmetry`, their layout's. In the graph,
     so the version hash covers them and serving needs no second file.
     """
     import numpy as np
@@ -218,13 +219,19 @@ def add_decision_outputs(
         helper.make_node("ReduceSumSquare", ["whitened"], ["squared"], axes=[1], keepdims=0),
         helper.make_node("Sqrt", ["squared"], [OUTPUTS["ood_distance"]]),
     ]
+    integers: dict[str, np.ndarray] = {}
     if use_head is not None:
         constants |= {
-            name: np.asarray(value, dtype=np.float32)
-            for name, value in use_head.arrays(prefix="use_").items()
+            f"use_{name}": np.asarray(getattr(use_head, name), dtype=np.float32)
+            for name in ("mean", "scale", "weights", "bias")
         }
+        inputs = "features"
+        if use_head.layout_asymmetry:
+            integers, layout_nodes = _layout_asymmetry_nodes(len(use_head.mean))
+            nodes += layout_nodes
+            inputs = "use_inputs"
         nodes += [
-            helper.make_node("Sub", ["features", "use_mean"], ["use_centred"]),
+            helper.make_node("Sub", [inputs, "use_mean"], ["use_centred"]),
             helper.make_node("Div", ["use_centred", "use_scale"], ["use_standard"]),
             helper.make_node("MatMul", ["use_standard", "use_weights"], ["use_product"]),
             helper.make_node("Add", ["use_product", "use_bias"], [OUTPUTS["use"]]),
@@ -233,7 +240,7 @@ def add_decision_outputs(
     result.CopyFrom(model)
     result.graph.node.extend(nodes)
     result.graph.initializer.extend(
-        numpy_helper.from_array(value, name) for name, value in constants.items()
+        numpy_helper.from_array(value, name) for name, value in (constants | integers).items()
     )
     kept = [
         o for o in result.graph.output if o.name in (OUTPUTS["raw_probability"], "cam", "features")
@@ -251,6 +258,62 @@ def add_decision_outputs(
         )
     onnx.checker.check_model(result)
     return result
+
+
+def _layout_asymmetry_nodes(inputs: int) -> tuple[dict[str, np.ndarray], list]:
+    """The int64 constants and nodes that turn `features` (N, F) into `use_inputs`, the
+    head's `inputs` columns: the features, then `pneumonia.decision.use.layout_asymmetry`
+    (|cell - mirror cell| over the layout grid's left half, row by row)."""
+    import numpy as np
+    from onnx import helper
+
+    from pneumonia.images.layout import LAYOUT_GRID
+
+    grid, half = LAYOUT_GRID, LAYOUT_GRID // 2
+    features = inputs - grid * half  # the head's inputs: the features and one value per pair
+    integers = {
+        name: np.array(value, dtype=np.int64)
+        for name, value in {
+            "layout_start": [features - grid * grid],
+            "layout_end": [features],
+            "layout_axis": [1],
+            "layout_grid": [-1, grid, grid],
+            "layout_left_start": [0],
+            "layout_half": [half],
+            "layout_mirror_start": [grid - 1],
+            "layout_mirror_end": [half - 1],
+            "layout_columns": [2],
+            "layout_backwards": [-1],
+            "layout_pairs": [-1, grid * half],
+        }.items()
+    }
+    nodes = [
+        helper.make_node(
+            "Slice", ["features", "layout_start", "layout_end", "layout_axis"], ["layout_flat"]
+        ),
+        helper.make_node("Reshape", ["layout_flat", "layout_grid"], ["layout_cells"]),
+        helper.make_node(
+            "Slice",
+            ["layout_cells", "layout_left_start", "layout_half", "layout_columns"],
+            ["layout_left"],
+        ),
+        helper.make_node(
+            "Slice",
+            [
+                "layout_cells",
+                "layout_mirror_start",
+                "layout_mirror_end",
+                "layout_columns",
+                "layout_backwards",
+            ],
+            ["layout_mirrored"],
+        ),
+        helper.make_node("Sub", ["layout_left", "layout_mirrored"], ["layout_difference"]),
+        helper.make_node("Abs", ["layout_difference"], ["layout_distance"]),
+        helper.make_node("Reshape", ["layout_distance", "layout_pairs"], ["layout_asymmetry"]),
+        helper.make_node("Concat", ["features", "layout_asymmetry"], ["use_inputs"], axis=1),
+    ]
+    return integers, nodes
 
 
 def export_for_serving(

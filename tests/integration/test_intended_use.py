@@ -53,7 +53,7 @@ def served(tmp_path_factory, keras_model, sample_data):
         features[kind] = with_explanations(keras_model).predict(
             pixels.astype(np.float32), verbose=0
         )[1]
-    head = fit_use_head(features)
+    head = fit_use_head(features, layout_asymmetry=True)  # as evaluate fits it
     fitted = fit_feature_model(np.concatenate(list(features.values())))
     everything = np.concatenate(list(features.values()))
     gate = FeatureGate(
@@ -123,7 +123,8 @@ def test_a_batch_row_is_refused_as_the_single_request_is(served):
 def test_the_features_end_with_the_inputs_layout(keras_model):
     """The last LAYOUT_GRID^2 features are the input's mean intensity per grid cell, in
     [0, 1], row by row: where things lie, which the pooled feature maps cannot see."""
-    from pneumonia.model.network import LAYOUT_GRID, with_explanations
+    from pneumonia.images.layout import LAYOUT_GRID
+    from pneumonia.model.network import with_explanations
 
     cell = IMAGE_SIZE // LAYOUT_GRID
     image = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)

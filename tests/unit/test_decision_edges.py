@@ -89,13 +89,24 @@ def head() -> UseHead:
 
 def test_the_head_saves_and_loads_its_arrays_by_name():
     arrays = head().arrays("use_")
-    assert sorted(arrays) == ["use_bias", "use_mean", "use_scale", "use_weights"]
+    assert sorted(arrays) == [
+        "use_bias",
+        "use_layout_asymmetry",
+        "use_mean",
+        "use_scale",
+        "use_weights",
+    ]
     np.testing.assert_array_equal(arrays["use_scale"], [2.0, 4.0])
     np.testing.assert_array_equal(arrays["use_bias"], [0.5, -1.0, NEVER, 0.0])
     loaded = UseHead.from_arrays({**arrays, "gate_mean": np.zeros(2)}, "use_")
     for name in ("mean", "scale", "weights", "bias"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(head(), name))
-    assert sorted(head().arrays()) == ["bias", "mean", "scale", "weights"]
+    assert sorted(head().arrays()) == ["bias", "layout_asymmetry", "mean", "scale", "weights"]
+    assert not loaded.layout_asymmetry
+    tilted = UseHead(*(getattr(head(), n) for n in ("mean", "scale", "weights", "bias")), True)
+    assert UseHead.from_arrays(tilted.arrays("use_"), "use_").layout_asymmetry
+    legacy = {k: v for k, v in head().arrays().items() if k != "layout_asymmetry"}
+    assert not UseHead.from_arrays(legacy).layout_asymmetry  # saved before the flag
     assert UseHead.from_arrays(head().arrays(), "").bias[2] == NEVER
     assert UseHead.from_arrays({"gate_mean": np.zeros(2)}, "use_") is None
     assert UseHead.from_arrays(head().arrays(), "use_") is None  # saved without the prefix
@@ -106,6 +117,57 @@ def test_the_heads_logits_by_hand():
     logits = head().logits(np.array([[3.0, 6.0]], dtype=np.float32))
     np.testing.assert_array_equal(logits, [[4.5, 5.0, 8.0 + NEVER, 10.0]])
     assert head().kinds(np.array([[3.0, 6.0]])) == ["other_body_part"]
+
+
+def test_the_layouts_asymmetry_by_hand():
+    from pneumonia.decision.use import head_inputs, layout_asymmetry
+    from pneumonia.images.layout import LAYOUT_GRID
+
+    grid = np.zeros((LAYOUT_GRID, LAYOUT_GRID))
+    grid[0, 0], grid[2, 6], grid[5, 3], grid[5, 4] = 1.0, 0.5, 0.3, 0.1
+    features = np.concatenate([[7.0, 9.0], grid.reshape(-1)])[None, :]
+    expected = np.zeros((LAYOUT_GRID, LAYOUT_GRID // 2))
+    # pairs (column c, column 7 - c): (0, 7) in row 0, (1, 6) in row 2, (3, 4) in row 5
+    expected[0, 0], expected[2, 1], expected[5, 3] = 1.0, 0.5, 0.2
+    np.testing.assert_allclose(layout_asymmetry(features), expected.reshape(1, -1))
+    mirrored = np.concatenate([[7.0, 9.0], grid[:, ::-1].reshape(-1)])[None, :]
+    np.testing.assert_allclose(layout_asymmetry(mirrored), layout_asymmetry(features))
+    symmetric = np.concatenate([[7.0, 9.0], (grid + grid[:, ::-1]).reshape(-1)])[None, :]
+    assert not layout_asymmetry(symmetric).any()
+    np.testing.assert_array_equal(head_inputs(features, False), features)
+    np.testing.assert_allclose(
+        head_inputs(features, True), np.concatenate([features, expected.reshape(1, -1)], axis=1)
+    )
+
+
+def test_a_head_with_the_asymmetry_separates_what_only_the_mirror_tells_apart():
+    # Two kinds with the same layout values, mirrored: the plain linear head cannot tell a
+    # left-right symmetric image from a lopsided one whose cells average the same.
+    from pneumonia.images.layout import LAYOUT_GRID
+
+    rng = np.random.default_rng(5)
+    cells = LAYOUT_GRID**2
+
+    def images(count: int, lopsided: bool) -> np.ndarray:
+        base = rng.uniform(0.3, 0.7, size=(count, LAYOUT_GRID, LAYOUT_GRID // 2))
+        other = base if not lopsided else rng.uniform(0.0, 1.0, size=base.shape)
+        flip = rng.random(count) < 0.5
+        left = np.where(flip[:, None, None], other, base)
+        right = np.where(flip[:, None, None], base, other)[:, :, ::-1]
+        return np.concatenate([left, right], axis=2).reshape(count, cells)
+
+    features = {ANSWERED: images(400, False), "lateral_chest": images(100, True)}
+    test_symmetric, test_lopsided = images(200, False), images(200, True)
+    for asymmetry, least in ((True, 0.95), (False, None)):
+        fitted = fit_use_head(features, strength=1.0, layout_asymmetry=asymmetry)
+        right = np.mean(
+            [k == ANSWERED for k in fitted.kinds(test_symmetric)]
+            + [k == "lateral_chest" for k in fitted.kinds(test_lopsided)]
+        )
+        if least is not None:
+            assert right >= least
+        else:
+            assert right < 0.75
 
 
 def kinds(rng, counts: dict[str, int], dims: int = 5) -> dict[str, np.ndarray]:
