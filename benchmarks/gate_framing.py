@@ -165,6 +165,9 @@ def row(
 
 
 def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pneumonia.evaluation.intended_use import USE_LAYOUT_ASYMMETRY
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.05, 0.5])
     parser.add_argument("--framing-rates", nargs="+", default=["pool", "0.01", "0.02", "0.03"])
@@ -172,13 +175,14 @@ def main() -> None:
         "--asymmetry",
         nargs="+",
         choices=["yes", "no"],
-        default=["yes"],
-        help="whether the head reads the layout's left-right asymmetry (evaluate: yes)",
+        default=["yes" if USE_LAYOUT_ASYMMETRY else "no"],
+        help="whether the head reads the layout's left-right asymmetry (default: as evaluate)",
     )
     parser.add_argument(
         "--features",
         type=Path,
-        help="a features file to read (written by an earlier run with --save-features)",
+        help="a features file to read instead of the model's (a pickle: only one written "
+        "by an earlier run with --save-features)",
     )
     parser.add_argument("--save-features", type=Path, help="write the features collected here")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/gate_framing.txt")
@@ -191,7 +195,6 @@ def main() -> None:
         help="the same rows on the features less the input's layout (the checks before it)",
     )
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pneumonia.config import load_params
     from pneumonia.machine import describe
 
