@@ -54,10 +54,16 @@ def _residual_block(x: keras.KerasTensor, filters: int, strides: int) -> keras.K
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
-def build_model(image_size: int, params: TrainParams) -> keras.Model:
-    """Input (N, S, S, 1) float32 pixel values in [0, 255]; output (N, 1) P(PNEUMONIA)."""
+def build_model(image_size: int, params: TrainParams, imagenet: bool = True) -> keras.Model:
+    """Input (N, S, S, 1) float32 pixel values in [0, 255]; output (N, 1) P(PNEUMONIA).
+
+    `efficientnet_lite0` starts from ImageNet weights unless `imagenet` is false (tests);
+    `width` and `depth` apply to the others.
+    """
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
+    if params.architecture == "efficientnet_lite0":
+        return _pretrained_model(inputs, x, params, imagenet=imagenet)
     x = _conv_bn_relu(x, params.width, kernel=5, strides=2)  # stem: S/2
     for stage in range(params.depth):
         filters = params.width * 2 ** min(stage, 3)
@@ -70,6 +76,21 @@ def build_model(image_size: int, params: TrainParams) -> keras.Model:
     x = layers.Dropout(params.dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
     return keras.Model(inputs, outputs, name=f"pneumonia_{params.architecture}")
+
+
+def _pretrained_model(
+    inputs: keras.KerasTensor, x: keras.KerasTensor, params: TrainParams, imagenet: bool
+) -> keras.Model:
+    """EfficientNet-Lite0 on the standardised image, then the same pooled head."""
+    from pneumonia.model.pretrained import efficientnet_lite0, imagenet_state, set_weights
+
+    x, weights = efficientnet_lite0(x, imagenet_state() if imagenet else None)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(params.dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
+    model = keras.Model(inputs, outputs, name=f"pneumonia_{params.architecture}")
+    set_weights(model, weights)
+    return model
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
