@@ -53,7 +53,9 @@ def main() -> None:
     params = load_params().train
     rows = []
     for width, size in SIZES:
-        model = build_model(size, params.model_copy(update={"width": width}))
+        model = build_model(
+            size, params.model_copy(update={"architecture": "resnet", "width": width})
+        )
         batch = np.random.default_rng(0).integers(0, 256, (1, size, size, 1)).astype(np.float32)
         call = tf.function(lambda x, model=model: model(x, training=False), reduce_retracing=True)
         tf_ms = p50_ms(lambda call=call, batch=batch: call(batch).numpy(), args.calls)

@@ -17,7 +17,7 @@ from pneumonia import paths
 from pneumonia.config import load_params
 from pneumonia.data.prepared import preprocessing
 from pneumonia.images.config import PreprocessConfig
-from pneumonia.release.card import model_card
+from pneumonia.release.card import model_card, network_description
 from pneumonia.release.export import export_for_serving
 from pneumonia.release.parity import check_parity
 from pneumonia.release.release import describe_model, load_decision, track_and_register
@@ -60,7 +60,15 @@ def main() -> None:
     )
     paths.MODEL_METADATA.write_text(metadata.to_json())
     summary = json.loads(paths.INGEST_SUMMARY.read_text())
-    paths.MODEL_CARD.write_text(model_card(metadata, evaluation, summary, train_info))
+    paths.MODEL_CARD.write_text(
+        model_card(
+            metadata,
+            evaluation,
+            summary,
+            train_info,
+            network_description(model.name, model.count_params()),
+        )
+    )
     track_and_register(metadata, check, train_info)
     log.info(
         "%s written (%d bytes), version %s",

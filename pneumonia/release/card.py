@@ -13,7 +13,17 @@ MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Tem
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
-def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_info: dict) -> str:
+def network_description(name: str, parameters: int) -> str:
+    """The model card's words for the network, from the Keras model's name and size."""
+    size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}k"
+    if name.endswith("efficientnet_lite0"):
+        return f"EfficientNet-Lite0 ({size} parameters) fine-tuned from ImageNet weights"
+    return f"Keras CNN ({size} parameters) trained from scratch"
+
+
+def model_card(
+    metadata: ModelMetadata, evaluation: dict, report: dict, train_info: dict, network: str
+) -> str:
     """MODEL_CARD.md, written from the pipeline's own outputs."""
     test, low, high = (evaluation[k] for k in ("test", "test_ci95_low", "test_ci95_high"))
 
@@ -54,6 +64,7 @@ def model_card(metadata: ModelMetadata, evaluation: dict, report: dict, train_in
         duplicates_removed=report["duplicates_removed"],
         data_hash=metadata.training_data_sha256[:16],
         split_rows=split_rows,
+        network=network,
         device=train_info.get("device", "?"),
         cpu_model=cpu.get("model", "?"),
         cpu_isa=cpu.get("isa", "?"),

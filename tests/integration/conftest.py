@@ -47,6 +47,9 @@ def repo(tmp_path_factory, sample_data) -> Path:
             "ingest.val_fraction": 0.2,
             "ingest.test_fraction": 0.2,
             "preprocess.image_size": 64,
+            # The from-scratch network: a pipeline of EfficientNet-Lite0 costs the suite about
+            # 8 minutes more; tests/integration/test_pretrained.py covers that network.
+            "train.architecture": "resnet",
             "train.width": 16,
             "train.depth": 2,
             "train.batch_size": 16,
@@ -81,7 +84,7 @@ def keras_model():
 
     keras.utils.set_random_seed(0)
     params = load_params(REPO_ROOT / "params.yaml").train.model_copy(
-        update={"width": 8, "depth": 2}
+        update={"architecture": "resnet", "width": 8, "depth": 2}
     )
     return build_model(IMAGE_SIZE, params)
 

@@ -56,6 +56,7 @@ def _tiny_run(update: dict, augment: dict | None = None):
     params = load_params().train
     params = params.model_copy(
         update={
+            "architecture": "resnet",
             "width": 4,
             "depth": 1,
             "epochs": 3,
