@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -68,15 +69,16 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         from pneumonia.decision.calibration import sigmoid
+        from pneumonia.decision.gate import FeatureGate
         from pneumonia.decision.use import UseHead
         from pneumonia.model.network import with_explanations
 
         model = with_explanations(keras.models.load_model(f"{model_dir}/model.keras"))
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         metadata = ModelMetadata.load(Path(model_dir) / "model.json")
-        with np.load(Path(model_dir) / "gate.npz") as gate:
-            mean, whitening = gate["mean"], gate["whitening"]
-            use = UseHead.from_arrays(gate, prefix="use_")
+        with np.load(Path(model_dir) / "gate.npz") as arrays:
+            gate = FeatureGate.from_arrays(arrays, math.inf, 0.0)
+            use = UseHead.from_arrays(arrays, prefix="use_")
 
         class KerasSession:
             """The served graph's outputs, from Keras and numpy."""
@@ -87,9 +89,7 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
                 c = metadata.calibration
                 outputs = {
                     metadata.outputs.probability: sigmoid(c.scale * cams.mean((1, 2)) + c.shift),
-                    metadata.outputs.ood_distance: np.sqrt(
-                        (((features - mean) @ whitening) ** 2).sum(1)
-                    ),
+                    metadata.outputs.ood_distance: gate.distance(features),
                     metadata.outputs.cam: cams,
                     metadata.outputs.features: features,
                 }

@@ -95,6 +95,9 @@ class EvaluateParams(_Section):
     calibration_bins: int = Field(ge=2)
     indeterminate_error_rate: float = Field(gt=0, lt=0.5)
     ood_false_rejection_rate: float = Field(gt=0, lt=0.5)
+    # The gate's distance in this many leading principal components of the features, plus
+    # the rest as one residual; null: all of them (pneumonia.decision.gate).
+    gate_components: int | None = Field(default=None, ge=1)
 
 
 class ExportParams(_Section):

@@ -82,7 +82,14 @@ def main() -> None:
     rate = params.evaluate.ood_false_rejection_rate
     train_features = split_features(scorer, "train", config, every=4)
     val_features = split_features(scorer, "val", config)
-    gate = fit_gate(scorer, config, rate, train_features, val_features)
+    gate = fit_gate(
+        scorer,
+        config,
+        rate,
+        train_features,
+        val_features,
+        components=params.evaluate.gate_components,
+    )
     head, results["intended_use"] = fit_and_measure(
         external_features(scorer, config),
         train_features,
@@ -93,8 +100,7 @@ def main() -> None:
         params.base.seed,
     )
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head)
-    arrays = {"mean": gate.mean, "whitening": gate.whitening}
-    arrays |= head.arrays(prefix="use_")
+    arrays = gate.arrays() | head.arrays(prefix="use_")
     np.savez(paths.GATE, allow_pickle=False, **arrays)
     results["framing"], results["worst_framing"], results["framing_band"] = framing_report(
         scorer,

@@ -66,7 +66,7 @@ def main() -> None:
             evaluation,
             summary,
             train_info,
-            network_description(model.name, model.count_params()),
+            network_description(train_info["architecture"], model.count_params()),
         )
     )
     track_and_register(metadata, check, train_info)

@@ -107,6 +107,7 @@ def main() -> None:
             "cpu": cpu,
             "replicas": strategy.num_replicas_in_sync,
             "mlflow_run_id": run.info.run_id,
+            "architecture": train_params.architecture,  # the model card names the network
             **summary,
         }
         paths.TRAIN_INFO.write_text(json.dumps(info, indent=2) + "\n")

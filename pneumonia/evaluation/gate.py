@@ -73,16 +73,18 @@ def fit_gate(
     train_features: np.ndarray | None = None,
     val_features: np.ndarray | None = None,
     framing_rate: float | None = FRAMING_REJECTION_RATE,
+    components: int | None = None,
 ) -> FeatureGate:
     """The learned check: mean and covariance of the training split's features (a quarter
     of it also under each shift: `train_features` when given), threshold on validation and
     its shifted copies (`val_features` when given), and on each framing of it alone at
-    `framing_rate` (None: the pool only)."""
+    `framing_rate` (None: the pool only); the distance in `components` leading principal
+    components (None: all; pneumonia.decision.gate)."""
     if train_features is None:
         train_features = split_features(scorer, "train", config, every=4)
     if val_features is None:
         val_features = split_features(scorer, "val", config)
-    gate = fit_feature_model(train_features)
+    gate = fit_feature_model(train_features, components)
     val_distances = gate.distance(val_features)
     groups = []
     if framing_rate is not None:

@@ -54,16 +54,16 @@ def _residual_block(x: keras.KerasTensor, filters: int, strides: int) -> keras.K
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
 
-def build_model(image_size: int, params: TrainParams, imagenet: bool = True) -> keras.Model:
+def build_model(image_size: int, params: TrainParams) -> keras.Model:
     """Input (N, S, S, 1) float32 pixel values in [0, 255]; output (N, 1) P(PNEUMONIA).
 
-    `efficientnet_lite0` starts from ImageNet weights unless `imagenet` is false (tests);
-    `width` and `depth` apply to the others.
+    `efficientnet_lite0` starts from the pinned ImageNet weights (its architecture is read
+    from them); `width` and `depth` apply to the others.
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
     if params.architecture == "efficientnet_lite0":
-        return _pretrained_model(inputs, x, params, imagenet=imagenet)
+        return _pretrained_model(inputs, x, params)
     x = _conv_bn_relu(x, params.width, kernel=5, strides=2)  # stem: S/2
     for stage in range(params.depth):
         filters = params.width * 2 ** min(stage, 3)
@@ -79,12 +79,12 @@ def build_model(image_size: int, params: TrainParams, imagenet: bool = True) -> 
 
 
 def _pretrained_model(
-    inputs: keras.KerasTensor, x: keras.KerasTensor, params: TrainParams, imagenet: bool
+    inputs: keras.KerasTensor, x: keras.KerasTensor, params: TrainParams
 ) -> keras.Model:
     """EfficientNet-Lite0 on the standardised image, then the same pooled head."""
     from pneumonia.model.pretrained import efficientnet_lite0, imagenet_state, set_weights
 
-    x, weights = efficientnet_lite0(x, imagenet_state() if imagenet else None)
+    x, weights = efficientnet_lite0(x, imagenet_state())
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(params.dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)

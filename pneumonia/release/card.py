@@ -13,10 +13,11 @@ MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Tem
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
-def network_description(name: str, parameters: int) -> str:
-    """The model card's words for the network, from the Keras model's name and size."""
+def network_description(architecture: str, parameters: int) -> str:
+    """The model card's words for the network: `train.architecture` as train recorded it in
+    models/train_info.json, and the model's size."""
     size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}k"
-    if name.endswith("efficientnet_lite0"):
+    if architecture == "efficientnet_lite0":
         return f"EfficientNet-Lite0 ({size} parameters) fine-tuned from ImageNet weights"
     return f"Keras CNN ({size} parameters) trained from scratch"
 

@@ -176,12 +176,30 @@ OUTPUTS = {
 SERVED = ("probability", "ood_distance", "cam", "features", "use")  # the roles model.json names
 
 
+def _residual_nodes(centred: str, whitened: str, squared: str, output: str) -> list[onnx.NodeProto]:
+    """`output` = `squared` + gate_residual * max(|centred|^2 - |whitened * gate_spread|^2, 0):
+    the gate's distance (squared) with the part of the features outside its components."""
+    from onnx import helper
+
+    def square_sum(name: str, out: str) -> onnx.NodeProto:
+        return helper.make_node("ReduceSumSquare", [name], [out], axes=[1], keepdims=0)
+
+    return [
+        helper.make_node("Mul", [whitened, "gate_spread"], ["gate_projected"]),
+        square_sum("gate_projected", "gate_inside"),
+        square_sum(centred, "gate_total"),
+        helper.make_node("Sub", ["gate_total", "gate_inside"], ["gate_outside_raw"]),
+        helper.make_node("Relu", ["gate_outside_raw"], ["gate_outside"]),
+        helper.make_node("Mul", ["gate_outside", "gate_residual"], ["gate_outside_weighted"]),
+        helper.make_node("Add", [squared, "gate_outside_weighted"], [output]),
+    ]
+
+
 def add_decision_outputs(
     model: onnx.ModelProto,
     scale: float,
     shift: float,
-    mean: np.ndarray,
-    whitening: np.ndarray,
+    gate: FeatureGate,
     use_head: UseHead | None = None,
 ) -> onnx.ModelProto:
     """The exported graph plus the calibrated probability, the gate's distance and, with a
@@ -189,7 +207,8 @@ def add_decision_outputs(
 
     From the `cam` and `features` outputs of `pneumonia.model.with_explanations`:
     probability_calibrated = sigmoid(scale * mean(cam) + shift) (the map's mean is the
-    logit), ood_distance = sqrt(sum(((features - mean) @ whitening)^2)),
+    logit), ood_distance = `gate.distance(features)` (FeatureGate: the whitened sum of squares,
+    plus the residual outside its components when it has one),
     use_logits = ((inputs - use_mean) / use_scale) @ use_weights + use_bias, the inputs being
     the features and, for a head with `layout_asymmetry`, their layout's. In the graph,
     so the version hash covers them and serving needs no second file.
@@ -206,8 +225,8 @@ def add_decision_outputs(
     constants = {
         "decision_scale": np.array(scale, dtype=np.float32),
         "decision_shift": np.array(shift, dtype=np.float32),
-        "gate_mean": np.asarray(mean, dtype=np.float32),
-        "gate_whitening": np.asarray(whitening, dtype=np.float32),
+        "gate_mean": np.asarray(gate.mean, dtype=np.float32),
+        "gate_whitening": np.asarray(gate.whitening, dtype=np.float32),
     }
     nodes = [
         helper.make_node("ReduceMean", ["cam"], ["logit"], axes=[1, 2], keepdims=0),
@@ -217,8 +236,17 @@ def add_decision_outputs(
         helper.make_node("Sub", ["features", "gate_mean"], ["centred"]),
         helper.make_node("MatMul", ["centred", "gate_whitening"], ["whitened"]),
         helper.make_node("ReduceSumSquare", ["whitened"], ["squared"], axes=[1], keepdims=0),
-        helper.make_node("Sqrt", ["squared"], [OUTPUTS["ood_distance"]]),
     ]
+    if gate.spread is not None and gate.residual:
+        constants |= {
+            "gate_spread": np.asarray(gate.spread, dtype=np.float32),
+            "gate_residual": np.array(gate.residual, dtype=np.float32),
+        }
+        nodes += _residual_nodes("centred", "whitened", "squared", "gate_squared")
+        squared = "gate_squared"
+    else:
+        squared = "squared"
+    nodes.append(helper.make_node("Sqrt", [squared], [OUTPUTS["ood_distance"]]))
     integers: dict[str, np.ndarray] = {}
     if use_head is not None:
         constants |= {
@@ -331,7 +359,5 @@ def export_for_serving(
     from pneumonia.model.network import with_explanations
 
     proto = _from_keras(with_explanations(model), image_size, opset)
-    served = add_decision_outputs(
-        proto, calibration.scale, calibration.shift, gate.mean, gate.whitening, use_head
-    )
+    served = add_decision_outputs(proto, calibration.scale, calibration.shift, gate, use_head)
     return canonical(served).SerializeToString(deterministic=True)

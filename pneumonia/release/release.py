@@ -41,11 +41,10 @@ def load_decision(evaluation: dict) -> Decision:
     arrays, and the intended-use head's under `use_*`)."""
     calibration = evaluation["calibration"]
     with np.load(paths.GATE) as arrays:
-        gate = FeatureGate(
-            mean=arrays["mean"],
-            whitening=arrays["whitening"],
-            threshold=evaluation["ood_gate"]["threshold"],
-            false_rejection_rate=evaluation["ood_gate"]["false_rejection_rate"],
+        gate = FeatureGate.from_arrays(
+            arrays,
+            evaluation["ood_gate"]["threshold"],
+            evaluation["ood_gate"]["false_rejection_rate"],
         )
         use_head = UseHead.from_arrays(arrays, prefix="use_")
     return Decision(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -112,7 +113,7 @@ def reexported(folder: Path, edit: Callable[[dict], None]) -> None:
 def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them: the served graph
     (calibration, gate distance, activation map) and its metadata."""
-    from pneumonia.decision.gate import FeatureGate, fit_feature_model
+    from pneumonia.decision.gate import fit_feature_model
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.prepare import prepare_image
     from pneumonia.model.network import with_explanations
@@ -123,9 +124,11 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     files = sorted(sample_data.rglob("*.jpeg"))
     pixels = np.stack([prepare_image(path.read_bytes(), config) for path in files])
     _, features, _ = with_explanations(keras_model).predict(pixels.astype(np.float32), verbose=0)
-    fitted = fit_feature_model(features)
-    gate = FeatureGate(
-        fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(features).max(), 0.02
+    # In a quarter of the features' principal components plus the residual, as evaluate fits
+    # it (evaluate.gate_components), so that the served graph's residual nodes are exercised.
+    fitted = fit_feature_model(features, components=features.shape[1] // 4)
+    gate = dataclasses.replace(
+        fitted, threshold=GATE_MARGIN * fitted.distance(features).max(), false_rejection_rate=0.02
     )
     folder = tmp_path_factory.mktemp("model")
     return write_test_model(folder, keras_model, config, gate, max_patient_age_years=17)

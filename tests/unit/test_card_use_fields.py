@@ -22,10 +22,10 @@ def test_the_card_counts_the_laterals_the_check_was_fitted_on():
 def test_the_card_names_the_network_it_exports_and_how_it_was_trained():
     from pneumonia.release.card import network_description
 
-    assert network_description("pneumonia_efficientnet_lite0", 3_413_729) == (
+    assert network_description("efficientnet_lite0", 3_413_729) == (
         "EfficientNet-Lite0 (3.4M parameters) fine-tuned from ImageNet weights"
     )
-    assert network_description("pneumonia_resnet", 108_001) == (
+    assert network_description("resnet", 108_001) == (
         "Keras CNN (108k parameters) trained from scratch"
     )
-    assert network_description("pneumonia_simple", 2_500_000).endswith("trained from scratch")
+    assert network_description("simple", 2_500_000).endswith("trained from scratch")

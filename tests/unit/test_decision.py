@@ -127,3 +127,46 @@ def test_each_framing_may_be_held_to_its_own_ceiling():
     held = with_threshold(gate, pooled, 0.01, [framing], group_rate=0.05)
     assert held.threshold == 196.0
     assert with_threshold(gate, pooled, 0.01, [framing]).threshold == 200.0  # at 1%: the 100th
+
+
+def test_the_reduced_gate_is_the_mahalanobis_distance_of_probabilistic_pca():
+    # GIVEN 12 correlated features and a gate in their 4 leading principal components
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(11)
+    features = rng.normal(size=(600, 12)) @ rng.normal(size=(12, 12))
+    gate = fit_feature_model(features, components=4)
+    # THEN its distance is the Mahalanobis distance under the covariance that keeps the 4
+    # leading directions' variances and gives each other direction their mean variance
+    covariance = LedoitWolf().fit(features).covariance_
+    variances, vectors = np.linalg.eigh(covariance)
+    kept, rest = vectors[:, -4:], vectors[:, :-4]
+    model = kept @ np.diag(variances[-4:]) @ kept.T + variances[:-4].mean() * rest @ rest.T
+    queries = rng.normal(size=(30, 12)) * 4
+    centred = queries - features.mean(axis=0)
+    expected = np.sqrt(np.einsum("ni,ij,nj->n", centred, np.linalg.inv(model), centred))
+    np.testing.assert_allclose(gate.distance(queries), expected, rtol=1e-8)
+    assert gate.whitening.shape == (12, 4) and gate.residual > 0
+
+
+def test_the_gate_with_every_component_is_the_full_distance_and_round_trips():
+    from pneumonia.decision.gate import FeatureGate
+
+    rng = np.random.default_rng(12)
+    features = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    queries = rng.normal(size=(10, 6)) * 3
+    full = fit_feature_model(features)
+    np.testing.assert_allclose(
+        fit_feature_model(features, components=6).distance(queries), full.distance(queries)
+    )
+    reduced = fit_feature_model(features, components=2)
+    for gate in (full, reduced):
+        again = FeatureGate.from_arrays(gate.arrays(), 3.0, 0.01)
+        np.testing.assert_array_equal(again.distance(queries), gate.distance(queries))
+        assert (again.threshold, again.false_rejection_rate) == (3.0, 0.01)
+    # the residual carries what lies outside the components: without it the distance of a
+    # point off them shrinks
+    off = reduced.mean + 5 * np.linalg.svd(reduced.whitening)[0][:, -1]
+    assert reduced.distance(off[None])[0] > np.linalg.norm((off - reduced.mean) @ reduced.whitening)
+    with pytest.raises(ValueError, match="at least one component"):
+        fit_feature_model(features, components=0)
