@@ -120,12 +120,14 @@ def row(
     found: Features, rate: float, seed: int, strength: float, ceiling: str, asymmetry: bool
 ) -> str:
     """One way of setting the gate and the head, measured."""
+    from pneumonia.config import load_params
     from pneumonia.decision.gate import fit_feature_model, with_threshold
     from pneumonia.evaluation.gate import framing_blocks
     from pneumonia.evaluation.intended_use import fit_and_measure
 
     framing_rate = None if ceiling == "pool" else float(ceiling)
-    model = fit_feature_model(found.train)
+    # in as many principal components as evaluate takes (evaluate.gate_components)
+    model = fit_feature_model(found.train, load_params().evaluate.gate_components)
     groups = []
     if framing_rate is not None:
         groups = [model.distance(block) for block in framing_blocks(found.val)]
