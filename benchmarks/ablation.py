@@ -79,6 +79,9 @@ LEVERS: dict[str, list[str]] = {
     # A backbone that starts from ImageNet weights (EfficientNet-Lite0) against one trained
     # from scratch on 3,600 images: the late block's errors rank, they are not a threshold.
     "efficientnet-lite0": ["train.architecture=efficientnet_lite0"],
+    # The gate's full Mahalanobis distance, against the default 256 components
+    # (benchmarks/gate_components.jsonl, recorded as lever gate-256: the defaults).
+    "gate-full": ["evaluate.gate_components=null"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

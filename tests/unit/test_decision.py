@@ -149,7 +149,7 @@ def test_the_reduced_gate_is_the_mahalanobis_distance_of_probabilistic_pca():
     assert gate.whitening.shape == (12, 4) and gate.residual > 0
 
 
-def test_the_gate_with_every_component_is_the_full_distance_and_round_trips():
+def test_the_gate_with_every_component_is_the_full_distance_and_round_trips(tmp_path):
     from pneumonia.decision.gate import FeatureGate
 
     rng = np.random.default_rng(12)
@@ -160,8 +160,10 @@ def test_the_gate_with_every_component_is_the_full_distance_and_round_trips():
         fit_feature_model(features, components=6).distance(queries), full.distance(queries)
     )
     reduced = fit_feature_model(features, components=2)
-    for gate in (full, reduced):
-        again = FeatureGate.from_arrays(gate.arrays(), 3.0, 0.01)
+    for gate in (full, reduced):  # through models/gate.npz's format, as evaluate writes it
+        np.savez(tmp_path / "gate.npz", allow_pickle=False, **gate.arrays())
+        with np.load(tmp_path / "gate.npz") as arrays:
+            again = FeatureGate.from_arrays(arrays, 3.0, 0.01)
         np.testing.assert_array_equal(again.distance(queries), gate.distance(queries))
         assert (again.threshold, again.false_rejection_rate) == (3.0, 0.01)
     # the residual carries what lies outside the components: without it the distance of a
