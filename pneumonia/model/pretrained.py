@@ -29,8 +29,9 @@ import keras
 import numpy as np
 from keras import layers
 
-# The largest tensor the reader copies out (a stride-0 view of any size fits in a few bytes).
-MAX_TENSOR_ELEMENTS = 2**26  # Lite0's largest holds 1.28M
+# The most elements the reader copies out of one file, all tensors together (a stride-0 view
+# of any size fits in a few bytes, and a file may hold many).
+MAX_STATE_ELEMENTS = 2**26  # Lite0's state dict holds 4.7M
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 # Depthwise stride of each of the 16 blocks (seven stages: 1, 2, 2, 3, 3, 4, 1 blocks).
 BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1)
@@ -104,12 +105,13 @@ class _LegacyUnpickler(pickle.Unpickler):
             and len(pid) == 6
             and pid[0] == "storage"
             and isinstance(pid[1], _Storage)
+            and pid[1].name in _NUMPY_OF_STORAGE
             and isinstance(pid[2], str)
             and pid[5] is None
         ):
-            raise ValueError(
+            raise ValueError(  # the type only: a repr of what the file built may be huge
                 f"a weights file's persistent ids are ('storage', type, key, location, size, "
-                f"None), not {pid!r:.200}"
+                f"None), not this {type(pid).__name__}"
             )
         self.storages[pid[2]] = pid[1].name
         return pid[2]
@@ -137,12 +139,14 @@ def read_torch_legacy(path: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{path} holds no state dict and list of storage keys")
         storages = {key: _read_storage(file, end, key, unpickler.storages) for key in keys}
     state = {}
+    budget = MAX_STATE_ELEMENTS
     for name, tensor in tensors.items():
-        if not isinstance(tensor, _Tensor):
-            raise ValueError(f"state dict entry {name!r} is not a tensor")
+        if not isinstance(name, str) or not isinstance(tensor, _Tensor):
+            raise ValueError(f"a state dict entry is not a named tensor ({type(tensor).__name__})")
         if not isinstance(tensor.storage, str) or tensor.storage not in storages:
-            raise ValueError(f"tensor {name} names storage {tensor.storage}, not in the file")
-        values = _view(name, tensor, storages[tensor.storage])
+            raise ValueError(f"tensor {name} names a storage that is not in the file")
+        values = _view(name, tensor, storages[tensor.storage], budget)
+        budget -= values.size
         if tensor.size:  # a 0-d tensor is a counter (num_batches_tracked)
             state[name] = values
     return state
@@ -176,7 +180,7 @@ def _read(file: IO[bytes], size: int, what: str) -> bytes:
     return data
 
 
-def _view(name: str, tensor: _Tensor, storage: np.ndarray) -> np.ndarray:
+def _view(name: str, tensor: _Tensor, storage: np.ndarray, budget: int) -> np.ndarray:
     """A copy of the tensor's view of its storage, once the view is shown to lie inside it."""
     offset, size, stride = tensor.offset, tensor.size, tensor.stride
     if not (
@@ -185,16 +189,17 @@ def _view(name: str, tensor: _Tensor, storage: np.ndarray) -> np.ndarray:
         and len(size) == len(stride)
         and all(type(number) is int for number in (offset, *size, *stride))
     ):
-        raise ValueError(f"tensor {name} has a malformed view {offset!r}, {size!r}, {stride!r}")
+        raise ValueError(f"tensor {name} has a malformed view (offset, size and stride)")
     if offset < 0 or any(number < 0 for number in (*size, *stride)):
         raise ValueError(
             f"tensor {name} has a negative offset, size or stride: {offset}, {size}, {stride}"
         )
     if 0 in size:  # no elements: nothing to read
         return np.zeros(size, storage.dtype)
-    if math.prod(size) > MAX_TENSOR_ELEMENTS:  # a stride-0 view may ask for any size in a few bytes
+    if math.prod(size) > budget:  # a stride-0 view may ask for any size in a few bytes
         raise ValueError(
-            f"tensor {name} has {math.prod(size):,} elements, over {MAX_TENSOR_ELEMENTS:,}"
+            f"tensor {name} has {math.prod(size):,} elements, over the {budget:,} left of "
+            f"the file's {MAX_STATE_ELEMENTS:,}"
         )
     last = offset + sum((length - 1) * step for length, step in zip(size, stride, strict=True))
     if last >= len(storage):

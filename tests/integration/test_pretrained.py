@@ -211,7 +211,7 @@ HOSTILE = [  # (what the file gets wrong, the refusal)
             "storages": {"a": SIX, "b": SIX},
             "keys": ["a"],
         },
-        "tensor v names storage b, not in the file",
+        "tensor v names a storage that is not in the file",
         id="storage-not-in-file",
     ),
     pytest.param({"views": {"a": ("a", 0, 6)}}, "persistent ids are", id="pid-a-view-of-a-storage"),
@@ -227,7 +227,12 @@ HOSTILE = [  # (what the file gets wrong, the refusal)
     pytest.param(view(3, (2, 2), (2, 1)), "reaches element 6 of storage a", id="both-past"),
     pytest.param(view(0, (2, 3), (1,)), "tensor w has a malformed view", id="ranks-differ"),
     pytest.param(view(0.5, (2,), (1,)), "tensor w has a malformed view", id="offset-not-int"),
-    pytest.param(view(0, (2**14, 2**13), (0, 0)), "over 67,108,864", id="broadcast-huge"),
+    pytest.param(view(0, (2**14, 2**13), (0, 0)), "over the 67,108,864 left", id="broadcast-huge"),
+    pytest.param(  # each under the file's budget, together over it: five 2**24-element views
+        {"tensors": {f"w{i}": ("a", 0, (2**12, 2**12), (0, 0)) for i in range(5)}},
+        r"tensor w4 has 16,777,216 elements, over the 0 left of the file's 67,108,864",
+        id="broadcasts-many",
+    ),
 ]
 
 
