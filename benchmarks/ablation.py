@@ -82,6 +82,9 @@ LEVERS: dict[str, list[str]] = {
     # The gate's full Mahalanobis distance, against the default 256 components
     # (benchmarks/gate_components.jsonl, recorded as lever gate-256: the defaults).
     "gate-full": ["evaluate.gate_components=null"],
+    # The network served (and scored) in float32, against the default int8
+    # (benchmarks/quantize.jsonl, recorded as lever int8; gate-256 is float32).
+    "float32": ["export_onnx.quantize=none"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

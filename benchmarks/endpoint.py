@@ -10,11 +10,12 @@ On real 224x224 JPEGs of the default data, single thread, in fresh processes:
 - cold start: process spawn to the first response (median of --cold-runs);
 - decode + preprocess by input size, with and without libjpeg's DCT scaling;
 - peak RSS; the installed size of each path's Python dependencies;
-- a bounded load run against the local endpoint (pneumonia.serving.local) on loopback;
-- with --int8: onnxruntime static QDQ quantization calibrated on the validation
-  split, its latency and its AUC / accuracy on the test split against FP32.
+- a bounded load run against the local endpoint (pneumonia.serving.local) on loopback.
 
-    python benchmarks/endpoint.py [--requests 300] [--cold-runs 5] [--load-requests 2000] [--int8]
+The served network is in int8 when `export_onnx.quantize` says so (the pipeline quantizes it;
+`python -m benchmarks.answers --baseline DIR` times it against a float model).
+
+    python benchmarks/endpoint.py [--requests 300] [--cold-runs 5] [--load-requests 2000]
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.machine import describe
-from pneumonia.serving import inference
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "source" / "chest-xray-pneumonia" / "train"  # `make data`
@@ -48,7 +48,6 @@ def child(path: str, model_dir: str, count: int, image_paths: list[str]) -> None
     """In a fresh interpreter: cold start, then warm requests, then the peak RSS."""
     import base64
     import resource
-    import tempfile
 
     import cv2
 
@@ -321,116 +320,12 @@ def decode_report(images: list[Path], sides: tuple[int, ...] = (224, 1024, 2048)
         print(f"{side:<14} {scaled:>11.2f} {full:>12.2f}")
 
 
-def int8_report(args) -> None:
-    """Static QDQ quantization calibrated on val; latency and test metrics vs FP32."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    from sklearn.metrics import roc_auc_score
-
-    from pneumonia.decision.contract import ModelMetadata
-
-    os.chdir(ROOT)
-    from pneumonia.data.prepared import load_split
-
-    meta = ModelMetadata.load(ROOT / "models" / "model.json")
-    val_images, _ = load_split("val")
-    test_images, test_labels = load_split("test")
-
-    class ValReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(
-                [
-                    {meta.input_name: val_images[i : i + 32].astype(np.float32)}
-                    for i in range(0, len(val_images), 32)
-                ]
-            )
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    work = Path(tempfile.mkdtemp(prefix="int8-"))
-    prepared = work / "model.pre.onnx"
-    quant_pre_process(str(ROOT / "models" / "model.onnx"), str(prepared))
-    # (format, activations, per-channel weights, operators): QDQ per-channel is the
-    # recommended form for x86 CPUs; the others check that no variant does better here.
-    variants = {
-        "int8 qdq": (QuantFormat.QDQ, QuantType.QUInt8, True, None),
-        "int8 qoperator": (QuantFormat.QOperator, QuantType.QUInt8, True, None),
-        "int8 qdq conv-only": (QuantFormat.QDQ, QuantType.QUInt8, True, ["Conv"]),
-        "int8 qdq s8s8": (QuantFormat.QDQ, QuantType.QInt8, True, None),
-    }
-    quantized = {}
-    for name, (quant_format, activations, per_channel, operators) in variants.items():
-        quantized[name] = work / (name.replace(" ", "_") + ".onnx")
-        quantize_static(
-            str(prepared),
-            str(quantized[name]),
-            ValReader(),
-            quant_format=quant_format,
-            activation_type=activations,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            op_types_to_quantize=operators,
-        )
-
-    rows = []
-    for name, path in [("fp32", ROOT / "models" / "model.onnx"), *quantized.items()]:
-        sess = inference.session(path, threads=1)
-        probabilities = np.concatenate(
-            [
-                sess.run(None, {meta.input_name: test_images[i : i + 64].astype(np.float32)})[0]
-                for i in range(0, len(test_images), 64)
-            ]
-        ).reshape(-1)
-        single = test_images[:1].astype(np.float32)
-        for _ in range(20):
-            sess.run(None, {meta.input_name: single})
-        timings = []
-        for index in range(args.requests):
-            batch = test_images[index % len(test_images)][np.newaxis].astype(np.float32)
-            started = time.perf_counter()
-            sess.run(None, {meta.input_name: batch})
-            timings.append((time.perf_counter() - started) * 1000)
-        accuracy = float(np.mean((probabilities >= meta.threshold) == (test_labels == 1)))
-        rows.append(
-            (
-                name,
-                percentile(timings, 50),
-                percentile(timings, 99),
-                roc_auc_score(test_labels, probabilities),
-                accuracy,
-                path.stat().st_size / 2**20,
-            )
-        )
-    print("\nINT8 (inference only, single thread, test split of models/model.json's data)")
-    print(
-        f"{'model':<20} {'p50 ms':>7} {'p99 ms':>7} {'AUC':>7} {'accuracy':>9} {'MiB':>5} "
-        f"{'dAUC':>8} {'dacc pts':>9} {'speed-up':>8}"
-    )
-    fp32 = rows[0]
-    for name, p50, p99, auc, accuracy, size in rows:
-        print(
-            f"{name:<20} {p50:>7.2f} {p99:>7.2f} {auc:>7.4f} {accuracy:>9.4f} {size:>5.2f} "
-            f"{auc - fp32[3]:>+8.4f} {100 * (accuracy - fp32[4]):>+9.2f} {fp32[1] / p50:>7.2f}x"
-        )
-    print(
-        "the default stays FP32 unless a variant is faster at p50 and within 0.005 AUC "
-        "and 0.5 accuracy points"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--load-requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per path")
-    parser.add_argument("--int8", action="store_true")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -515,8 +410,6 @@ def main() -> None:
         f"p50 {load['p50_ms']:.1f} ms, "
         f"p99 {load['p99_ms']:.1f} ms, {load['per_s']:.0f} requests/s"
     )
-    if args.int8:
-        int8_report(args)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def collect() -> Features:
     from pneumonia.images.screening import screen_and_prepare
 
     config = preprocess_config()
-    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
+    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL), paths.ONNX_MODEL.read_bytes())
     files, _ = held_out_files(["test", "early", "late"])
     held = {}
     for name, shift in {"unchanged": lambda gray: gray, **FRAMING}.items():

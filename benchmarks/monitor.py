@@ -1,9 +1,10 @@
 """Drift monitoring (pneumonia.monitor) calibrated on this project's own data.
 
-Needs the prepared data (`make repro` up to preprocess) and models/model.keras. Probabilities
-and features come through the evaluate stage's own code: `Scorer` (the traced network with
-`with_explanations`' outputs), `calibrate` (Platt on validation: what evaluate writes into
-model.json and reference.jsonl) and `shifted_inputs` over `SHIFTS` (its robustness shifts).
+Needs the prepared data and the model (`make repro`). Probabilities and features come
+through the evaluate stage's own code: `Scorer` (the served graph, models/model.onnx: the
+network as evaluate scored it, in int8 by default), `calibrate` (Platt on validation: what
+evaluate writes into model.json and reference.jsonl) and `shifted_inputs` over `SHIFTS`
+(its robustness shifts).
 They are cached in /tmp (keyed by the model's and the arrays' bytes), so a rerun takes
 seconds.
 
@@ -49,7 +50,7 @@ CLEAN = "clean"
 def cache_key() -> str:
     """The bytes the arrays depend on: the model and the prepared splits."""
     digest = hashlib.sha256()
-    for path in ("models/model.keras", "data/prepared/val.npz", "data/prepared/test.npz"):
+    for path in ("models/model.onnx", "data/prepared/val.npz", "data/prepared/test.npz"):
         digest.update((ROOT / path).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -66,7 +67,7 @@ def compute_arrays() -> dict[str, np.ndarray]:
     from pneumonia.evaluation.scoring import Scorer, calibrate
     from pneumonia.evaluation.shifts import SHIFTS, shifted_inputs
 
-    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
+    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL), paths.ONNX_MODEL.read_bytes())
     fitted = calibrate(scorer)  # Platt on validation, as evaluate fits it
     config = preprocess_config()
     arrays: dict[str, np.ndarray] = {

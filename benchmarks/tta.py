@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace) -> None:
 
     params = load_params(ROOT / "params.yaml")
     config = preprocess_config()
-    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL))
+    scorer = Scorer(keras.models.load_model(paths.KERAS_MODEL), paths.ONNX_MODEL.read_bytes())
     calibrate(scorer)
 
     def tta(images: np.ndarray) -> np.ndarray:

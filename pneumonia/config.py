@@ -101,11 +101,17 @@ class EvaluateParams(_Section):
 
 
 class ExportParams(_Section):
-    """The `export_onnx` section: ONNX opset, the Keras/ONNX parity tolerance and the age
+    """The `export_onnx` section: ONNX opset, quantization, the parity tolerances and the age
     bound of the intended use that model.json carries."""
 
     opset: int = Field(ge=13)
     parity_tolerance: float = Field(gt=0)
+    # The served network in int8 (onnxruntime static quantization, activation ranges from
+    # `quantize_images` training images) or as tf2onnx writes it; evaluate scores this graph.
+    quantize: Literal["int8", "none"] = "none"
+    quantize_images: int = Field(default=256, ge=1)
+    # int8: the largest |p_keras - p_served| on test the quantization may cause.
+    quantization_tolerance: float = Field(default=0.25, gt=0)
     # Intended use, written to model.json: a DICOM of an older patient is refused.
     max_patient_age_years: float = Field(gt=0)
 

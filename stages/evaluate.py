@@ -1,6 +1,10 @@
 """Stage 4: evaluate the trained model on the held-out splits: test, early and late, as they
 are and under framing shifts (`pneumonia.evaluation.shifts.FRAMING`).
 
+It scores the network as export_onnx serves it: the tf2onnx graph, in int8 when
+`export_onnx.quantize` says so (`pneumonia.release.quantize`), run by onnxruntime; so the
+calibration, threshold, band, gate and every figure are the served network's own.
+
 The decision threshold is chosen on the validation split (and its shifted copies) by
 `evaluate.threshold_policy`, never on a held-out split. Writes the headline views
 (metrics/<view>.json, what `dvc metrics` lists), metrics/evaluate (dvclive: metrics.json with
@@ -17,7 +21,7 @@ import numpy as np
 
 from pneumonia import paths
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_files, preprocess_config
+from pneumonia.data.prepared import load_files, load_split, preprocess_config
 from pneumonia.evaluation.explanations import faithfulness_report
 from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
 from pneumonia.evaluation.framing import framing_report
@@ -41,6 +45,8 @@ from pneumonia.evaluation.scoring import (
     uncalibrated,
 )
 from pneumonia.evaluation.shifts import robustness, shifted_probabilities
+from pneumonia.release.export import served_network
+from pneumonia.release.quantize import calibration_images, network_sha256
 
 log = logging.getLogger("evaluate")
 
@@ -57,10 +63,22 @@ def main() -> None:
     params = load_params()
     names = list(params.base.labels)
     model = keras.models.load_model(paths.KERAS_MODEL)
-    scorer = Scorer(model)
     config = preprocess_config()
+    export = params.export_onnx
+    network = served_network(
+        model,
+        config.image_size,
+        export.opset,
+        export.quantize,
+        calibration_images(load_split("train")[0], export.quantize_images),
+    )
+    log.info("scoring the served network (%s, %d bytes)", export.quantize, len(network))
+    scorer = Scorer(model, network)
 
-    results: dict = {"calibration": calibrate(scorer)}
+    results: dict = {
+        "network": {"quantize": export.quantize, "sha256": network_sha256(network)},
+        "calibration": calibrate(scorer),
+    }
     threshold, thresholds, val, pooled_val = choose_on_validation(scorer, config, params.evaluate)
     held_out, scores = score_held_out(scorer, threshold, params.evaluate, params.base.seed)
     results |= {

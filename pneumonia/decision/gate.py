@@ -42,12 +42,22 @@ class FeatureGate:
     spread: np.ndarray | None = None  # (K,); None: whitening is a full-rank square root
     residual: float = 0.0
 
+    @property
+    def reduced(self) -> bool:
+        """Whether the distance has the residual term: fewer components than features."""
+        return self.spread is not None and self.residual > 0
+
+    @property
+    def components(self) -> int:
+        """K, the principal components the distance whitens (C when it is the full one)."""
+        return int(self.whitening.shape[1])
+
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N,) distances for (N, C) features."""
         centred = np.asarray(features, dtype=np.float64) - self.mean
         whitened = centred @ self.whitening
         squared = np.sum(whitened**2, axis=1)
-        if self.spread is not None and self.residual:
+        if self.reduced:
             outside = np.sum(centred**2, axis=1) - np.sum((whitened * self.spread) ** 2, axis=1)
             squared = squared + self.residual * np.maximum(outside, 0.0)
         return np.sqrt(squared)

@@ -140,7 +140,12 @@ def gate_report(
     """False rejections of real X-rays (held-out splits, and the robustness shifts of test)
     and detection of the out-of-distribution set, by kind, by the gate and the intended-use
     head together; plus the distances for the plot."""
-    report: dict = {"threshold": gate.threshold, "false_rejection_rate": gate.false_rejection_rate}
+    report: dict = {
+        "threshold": gate.threshold,
+        "false_rejection_rate": gate.false_rejection_rate,
+        "components": gate.components,
+        "features": len(gate.mean),
+    }
     distances: dict[str, np.ndarray] = {}
     rejected: dict[str, float] = {}
     for split in held_out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,19 +80,15 @@ def score_held_out(
 
 class Scorer:
     """The network's pneumonia logit, pooled features and activation map, and the
-    calibrated probability once `calibration` is set: one forward pass for all four."""
+    calibrated probability once `calibration` is set: one forward pass for all four.
 
-    def __init__(self, model: keras.Model) -> None:
-        """Wrap a trained model (see pneumonia.model.with_explanations)."""
-        # TensorFlow only here: the framing and metric helpers stay light to import.
-        import tensorflow as tf
+    With `network` (`pneumonia.release.export.served_network`'s bytes), onnxruntime runs
+    that graph, the network exactly as it is served (in int8 when quantized); without it,
+    TensorFlow runs the Keras model."""
 
-        from pneumonia.model.network import with_explanations
-
-        self.network = with_explanations(model)
-        # One traced function for every call: Keras' predict() builds a data pipeline per
-        # call, which costs more than the network on the many small arrays evaluate scores.
-        self.forward = tf.function(lambda x: self.network(x, training=False), reduce_retracing=True)
+    def __init__(self, model: keras.Model, network: bytes | None = None) -> None:
+        """Wrap a trained model (see pneumonia.model.with_explanations), or its served graph."""
+        self.forward = _onnx_forward(network) if network is not None else _keras_forward(model)
         self.calibration: Calibration | None = None
         self.seen: dict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -104,7 +101,7 @@ class Scorer:
         )
         if key not in self.seen:
             parts = [
-                [t.numpy() for t in self.forward(images[i : i + 128].astype(np.float32))[1:]]
+                self.forward(images[i : i + 128].astype(np.float32))
                 for i in range(0, max(len(images), 1), 128)  # an empty array: one empty run
             ]
             features = np.concatenate([part[0] for part in parts])
@@ -117,6 +114,28 @@ class Scorer:
         if self.calibration is None:
             raise RuntimeError("fit the calibration first")
         return self.calibration.apply(self.outputs(images)[0])
+
+
+def _keras_forward(model: keras.Model) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """(features, maps) of a batch through the Keras model's `with_explanations`."""
+    # TensorFlow only here: the framing and metric helpers stay light to import.
+    import tensorflow as tf
+
+    from pneumonia.model.network import with_explanations
+
+    network = with_explanations(model)
+    # One traced function for every call: Keras' predict() builds a data pipeline per call,
+    # which costs more than the network on the many small arrays evaluate scores.
+    forward = tf.function(lambda x: network(x, training=False), reduce_retracing=True)
+    return lambda batch: [t.numpy() for t in forward(batch)[1:]]
+
+
+def _onnx_forward(network: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """(features, maps) of a batch through the served network's graph, on every core."""
+    from pneumonia.serving import inference
+
+    session = inference.session(network, threads=0)
+    return lambda batch: session.run(["features", "cam"], {"image": batch})
 
 
 def calibrate(scorer: Scorer) -> dict:

@@ -72,10 +72,15 @@ def build_model(image_size: int, params: TrainParams) -> keras.Model:
         else:
             x = _conv_bn_relu(x, filters)
             x = layers.MaxPooling2D()(x) if stage > 0 else x
+    return keras.Model(inputs, _head(x, params), name=f"pneumonia_{params.architecture}")
+
+
+def _head(x: keras.KerasTensor, params: TrainParams) -> keras.KerasTensor:
+    """The pooled head every network ends with: global average pooling, dropout, and the
+    `probability_pneumonia` sigmoid unit that `with_explanations` reads the map from."""
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(params.dropout)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
-    return keras.Model(inputs, outputs, name=f"pneumonia_{params.architecture}")
+    return layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
 
 
 def _pretrained_model(
@@ -85,10 +90,7 @@ def _pretrained_model(
     from pneumonia.model.pretrained import efficientnet_lite0, imagenet_state, set_weights
 
     x, weights = efficientnet_lite0(x, imagenet_state())
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(params.dropout)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="probability_pneumonia")(x)
-    model = keras.Model(inputs, outputs, name=f"pneumonia_{params.architecture}")
+    model = keras.Model(inputs, _head(x, params), name=f"pneumonia_{params.architecture}")
     set_weights(model, weights)
     return model
 

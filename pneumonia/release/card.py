@@ -72,6 +72,7 @@ def model_card(
         best_val_auc=f"{train_info.get('best_val_auc', float('nan')):.4f}",
         best_epoch=train_info.get("best_epoch", "?"),
         opset=metadata.versions.get("opset"),
+        served_network=served_form(evaluation.get("network", {}).get("quantize")),
         image_size=metadata.preprocessing.image_size,
         intensity=metadata.preprocessing.intensity,
         framing=metadata.preprocessing.framing,
@@ -112,6 +113,31 @@ def use_fields(evaluation: dict) -> dict[str, str]:
     }
 
 
+def served_form(quantize: str | None) -> str:
+    """How the card names the served network's arithmetic (evaluate's `network` record)."""
+    if quantize == "int8":
+        return (
+            "its convolutions in int8 (onnxruntime static quantization; every figure below "
+            "is this int8 network's)"
+        )
+    if quantize == "none":
+        return "in float32"
+    return "its arithmetic not recorded by this evaluation"
+
+
+def gate_form(components: int | None, features: int | None) -> str:
+    """How the card names the gate's distance: over every feature, or in K principal
+    components plus the residual (evaluate's `ood_gate` record; unknown in older records)."""
+    if components is None or features is None:
+        return "its form not recorded by this evaluation"
+    if components >= features:
+        return f"over all {features:,} features"
+    return (
+        f"in its {components:,} leading principal components of {features:,} features, plus one "
+        "residual for the rest"
+    )
+
+
 def decision_fields(evaluation: dict) -> dict[str, str]:
     """The model card's calibration, band, gate and explanation figures."""
     decision, gate = evaluation["decision"], evaluation["ood_gate"]
@@ -131,6 +157,7 @@ def decision_fields(evaluation: dict) -> dict[str, str]:
             f"{decision[s]['specificity_decided']:.3f} |"
             for s in splits
         ),
+        "gate_form": gate_form(gate.get("components"), gate.get("features")),
         "gate_threshold": f"{gate['threshold']:.2f}",
         "gate_frr": f"{gate['false_rejection_rate']:.1%}",
         "gate_rejection_rows": "\n".join(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
+    from pneumonia.release.quantize import Quantize
 
 
 def convert(model: keras.Model, image_size: int, opset: int) -> bytes:
@@ -178,17 +179,27 @@ SERVED = ("probability", "ood_distance", "cam", "features", "use")  # the roles 
 
 def _residual_nodes(centred: str, whitened: str, squared: str, output: str) -> list[onnx.NodeProto]:
     """`output` = `squared` + gate_residual * max(|centred|^2 - |whitened * gate_spread|^2, 0):
-    the gate's distance (squared) with the part of the features outside its components."""
-    from onnx import helper
+    the gate's distance (squared) with the part of the features outside its components.
 
-    def square_sum(name: str, out: str) -> onnx.NodeProto:
-        return helper.make_node("ReduceSumSquare", [name], [out], axes=[1], keepdims=0)
+    The two sums of squares are nearly equal (the components hold most of the variance), so
+    they are summed and subtracted in float64: in float32 the difference kept only about
+    three digits."""
+    from onnx import TensorProto, helper
+
+    def square_sum(name: str, out: str) -> list[onnx.NodeProto]:
+        return [
+            helper.make_node("Cast", [name], [f"{out}_input"], to=TensorProto.DOUBLE),
+            helper.make_node("ReduceSumSquare", [f"{out}_input"], [out], axes=[1], keepdims=0),
+        ]
 
     return [
         helper.make_node("Mul", [whitened, "gate_spread"], ["gate_projected"]),
-        square_sum("gate_projected", "gate_inside"),
-        square_sum(centred, "gate_total"),
-        helper.make_node("Sub", ["gate_total", "gate_inside"], ["gate_outside_raw"]),
+        *square_sum("gate_projected", "gate_inside"),
+        *square_sum(centred, "gate_total"),
+        helper.make_node("Sub", ["gate_total", "gate_inside"], ["gate_outside_double"]),
+        helper.make_node(
+            "Cast", ["gate_outside_double"], ["gate_outside_raw"], to=TensorProto.FLOAT
+        ),
         helper.make_node("Relu", ["gate_outside_raw"], ["gate_outside"]),
         helper.make_node("Mul", ["gate_outside", "gate_residual"], ["gate_outside_weighted"]),
         helper.make_node("Add", [squared, "gate_outside_weighted"], [output]),
@@ -237,7 +248,7 @@ def add_decision_outputs(
         helper.make_node("MatMul", ["centred", "gate_whitening"], ["whitened"]),
         helper.make_node("ReduceSumSquare", ["whitened"], ["squared"], axes=[1], keepdims=0),
     ]
-    if gate.spread is not None and gate.residual:
+    if gate.reduced:
         constants |= {
             "gate_spread": np.asarray(gate.spread, dtype=np.float32),
             "gate_residual": np.array(gate.residual, dtype=np.float32),
@@ -344,20 +355,40 @@ def _layout_asymmetry_nodes(inputs: int) -> tuple[dict[str, np.ndarray], list]:
     return integers, nodes
 
 
-def export_for_serving(
+def served_network(
     model: keras.Model,
     image_size: int,
     opset: int,
+    quantize: Quantize = "none",
+    images: np.ndarray | None = None,
+) -> bytes:
+    """The network as it is served, before the decision layer: tf2onnx's graph of
+    `with_explanations(model)` (its probability, map and features), in int8 with activation
+    ranges from `images` when `quantize` is "int8" (pneumonia.release.quantize); canonical
+    bytes."""
+    # Keras (TensorFlow) only here: canonical() and the graph edits stay light to import.
+    from pneumonia.model.network import with_explanations
+    from pneumonia.release.quantize import quantize_network
+
+    proto = _from_keras(with_explanations(model), image_size, opset)
+    if quantize == "int8":
+        if images is None:
+            raise ValueError("int8 needs calibration images")
+        proto = quantize_network(canonical(proto), images)
+    return canonical(proto).SerializeToString(deterministic=True)
+
+
+def export_for_serving(
+    network: bytes,
     calibration: Calibration,
     gate: FeatureGate,
     use_head: UseHead | None = None,
 ) -> bytes:
-    """The served graph: the network with its map and features (`with_explanations`), the
-    calibrated probability, the gate's distance and the intended-use logits; canonical
-    bytes."""
-    # Keras (TensorFlow) only here: canonical() and the graph edits stay light to import.
-    from pneumonia.model.network import with_explanations
+    """The served graph: `network` (`served_network`) with the calibrated probability, the
+    gate's distance and the intended-use logits; canonical bytes."""
+    import onnx
 
-    proto = _from_keras(with_explanations(model), image_size, opset)
-    served = add_decision_outputs(proto, calibration.scale, calibration.shift, gate, use_head)
+    served = add_decision_outputs(
+        onnx.load_from_string(network), calibration.scale, calibration.shift, gate, use_head
+    )
     return canonical(served).SerializeToString(deterministic=True)

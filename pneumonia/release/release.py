@@ -120,6 +120,8 @@ def track_and_register(metadata: ModelMetadata, check: dict, train_info: dict) -
             {
                 "onnx_parity_max_abs_diff": check["max_abs_diff"],
                 "onnx_parity_labels_differing": check["labels_differing"],
+                "onnx_keras_max_abs_diff": check["keras"]["max_abs_diff"],
+                "onnx_keras_labels_differing": check["keras"]["labels_differing"],
             }
         )
         if check["passed"]:

@@ -139,9 +139,10 @@ def write_test_model(folder: Path, keras_model, config, gate, head=None, **extra
     export_onnx writes them: threshold 0.5, band [0.45, 0.55), identity calibration."""
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.contract import ModelMetadata
-    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving
+    from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving, served_network
 
-    onnx_bytes = export_for_serving(keras_model, IMAGE_SIZE, 17, Calibration(1.0, 0.0), gate, head)
+    network = served_network(keras_model, IMAGE_SIZE, 17)
+    onnx_bytes = export_for_serving(network, Calibration(1.0, 0.0), gate, head)
     (folder / "model.onnx").write_bytes(onnx_bytes)
     metadata = ModelMetadata.for_graph(
         onnx_bytes,

@@ -29,3 +29,41 @@ def test_the_card_names_the_network_it_exports_and_how_it_was_trained():
         "Keras CNN (108k parameters) trained from scratch"
     )
     assert network_description("simple", 2_500_000).endswith("trained from scratch")
+
+
+def test_the_card_names_the_gates_form_from_evaluates_record():
+    from pneumonia.release.card import decision_fields, gate_form
+
+    assert gate_form(256, 2256) == (
+        "in its 256 leading principal components of 2,256 features, plus one residual for the rest"
+    )
+    assert gate_form(2256, 2256) == "over all 2,256 features"
+    assert gate_form(None, None) == "its form not recorded by this evaluation"
+    # AND decision_fields reads it from the ood_gate record
+    evaluation = {
+        "decision": {"low": 0.4, "high": 0.6, "error_rate": 0.03},
+        "ood_gate": {
+            "threshold": 100.0,
+            "false_rejection_rate": 0.01,
+            "components": 400,
+            "features": 400,
+            "false_rejections": {},
+            "ood_detection": {},
+        },
+        "explanations": {
+            "deletion": {"share_hot_beats_control": 0.6, "images": 50, "median_gap": 0.1},
+            "randomisation": {"median_rank_correlation": 0.1},
+        },
+        "calibration": {"scale": 1.0, "shift": 0.0},
+        "test_uncalibrated": {"ece": 0.02},
+    }
+    assert decision_fields(evaluation)["gate_form"] == "over all 400 features"
+
+
+def test_the_card_says_which_network_its_figures_are_of():
+    from pneumonia.release.card import served_form
+
+    assert served_form("int8").startswith("its convolutions in int8")
+    assert "every figure below is this int8 network's)" in served_form("int8")
+    assert served_form("none") == "in float32"
+    assert served_form(None) == "its arithmetic not recorded by this evaluation"

@@ -60,3 +60,55 @@ def test_equal_graphs_become_equal_bytes_whatever_their_order_and_names():
     (y,) = session.run(None, {"X": x})
     np.testing.assert_allclose(y, (np.maximum(x, 0) + 0.5) * -x)
     assert [o.name for o in session.get_outputs()] == ["Y"]
+
+
+def test_the_parity_verdict_holds_each_bound_the_quantization_allows():
+    from pneumonia.release.parity import Tolerances, passed
+
+    good = {
+        "max_abs_diff": 1e-6,
+        "labels_differing": 0,
+        "max_rel_diff_distance": 1e-5,
+        "use_kinds_differing": 0,
+        "gradcam_min_pearson": 0.97,
+        "keras": {
+            "max_abs_diff": 0.1,
+            "max_abs_diff_uncalibrated": 0.05,
+            "labels_differing": 2,
+            "max_rel_diff_features": 0.08,
+        },
+    }
+    int8, exact = Tolerances(1e-4, 0.25, "int8"), Tolerances(1e-4, 1e-4, "none")
+    assert passed(good, int8)
+    # Unquantized, Keras must be matched exactly: labels, features and the map included
+    assert not passed(good, exact)
+    keras_exact = {
+        "max_abs_diff": 1e-6,
+        "max_abs_diff_uncalibrated": 1e-6,
+        "labels_differing": 0,
+        "max_rel_diff_features": 1e-6,
+    }
+    assert passed(good | {"keras": keras_exact, "gradcam_min_pearson": 0.995}, exact)
+    assert not passed(good | {"keras": keras_exact}, exact)  # the map: 0.99 unquantized
+    # Each bound fails the verdict on its own
+    for change in (
+        {"max_abs_diff": 2e-4},
+        {"labels_differing": 1},
+        {"max_rel_diff_distance": 2e-3},
+        {"use_kinds_differing": 1},
+        {"gradcam_min_pearson": 0.9},
+        {"keras": good["keras"] | {"max_abs_diff": 0.3}},
+        {"keras": good["keras"] | {"max_abs_diff_uncalibrated": 0.3}},
+    ):
+        assert not passed(good | change, int8), change
+
+
+def test_the_tolerances_follow_the_params():
+    from pneumonia.config import ExportParams
+    from pneumonia.release.parity import Tolerances
+
+    fields = {"opset": 17, "parity_tolerance": 1e-4, "max_patient_age_years": 17}
+    int8 = ExportParams(**fields, quantize="int8", quantization_tolerance=0.2)
+    assert Tolerances.of(int8) == Tolerances(1e-4, 0.2, "int8")
+    none = ExportParams(**fields, quantize="none", quantization_tolerance=0.2)
+    assert Tolerances.of(none) == Tolerances(1e-4, 1e-4, "none")

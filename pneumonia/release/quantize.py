@@ -1,0 +1,117 @@
+"""The served network in 8-bit integers: onnxruntime's static quantization of the tf2onnx graph.
+
+EfficientNet-Lite was designed for it (ReLU6, no squeeze-excitation): each convolution, its
+ReLU6 and the residual additions run on int8 weights (one scale per output channel) and
+uint8 activations, whose ranges are measured on training images (min-max calibration). On
+the 2-core AMD EPYC (AVX-512 VNNI) the network runs in less than half the time
+(docs/benchmarks.md#the-network-in-int8). The decision layer after the network (the
+calibration, the gate's distance, the intended-use head) stays float32.
+
+Evaluate scores this graph and fits the threshold, band and gate on its outputs; export_onnx
+serves it. Both build it with `pneumonia.release.export.served_network`, and export checks that
+its bytes are the ones evaluate scored (`network_sha256`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+
+Quantize = Literal["int8", "none"]
+QUANTIZED_OPS = ["Conv", "Add", "Mul", "Clip"]  # the network's; the decision layer is added later
+CALIBRATION_BATCH = 16
+
+log = logging.getLogger(__name__)
+
+
+def calibration_images(images: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the (training) images, evenly spaced in their order: the same ones for the
+    same split, so evaluate and export calibrate alike."""
+    if count < 1:
+        raise ValueError(f"quantization needs calibration images, not {count}")
+    chosen = np.linspace(0, len(images) - 1, num=min(count, len(images))).round().astype(int)
+    return np.asarray(images[chosen], dtype=np.float32)
+
+
+def quantize_network(network: onnx.ModelProto, images: np.ndarray) -> onnx.ModelProto:
+    """`network` with its convolutions, activations and additions in int8 (QDQ format, weights
+    per channel), activation ranges from `images` (N, S, S, 1)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                [
+                    {"image": images[i : i + CALIBRATION_BATCH]}
+                    for i in range(0, len(images), CALIBRATION_BATCH)
+                ]
+            )
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    raised = _Raised()
+    logging.getLogger().addFilter(raised)  # onnxruntime's quantizer logs to the root logger
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            return _quantized(network, Batches(), Path(folder))
+    finally:
+        logging.getLogger().removeFilter(raised)
+        if raised.count:
+            log.info(
+                "int8: %d weight channels' scales raised so that their int32 biases fit",
+                raised.count,
+            )
+
+
+class _Raised(logging.Filter):
+    """Counts, and keeps out of the log, the quantizer's line per weight channel whose scale
+    it raised so that its bias fits int32 (near-zero depthwise channels: hundreds of lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Increased scale"):
+            self.count += 1
+            return False
+        return True
+
+
+def _quantized(
+    network: onnx.ModelProto, batches: CalibrationDataReader, folder: Path
+) -> onnx.ModelProto:
+    """quantize_static on files in `folder`: what onnxruntime's quantizer reads and writes."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, prepared, output = (folder / name for name in ("in.onnx", "pre.onnx", "q.onnx"))
+    onnx.save(network, source)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(output),
+        batches,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return onnx.load(output)
+
+
+def network_sha256(network: bytes) -> str:
+    """The content hash evaluate records and export checks."""
+    return hashlib.sha256(network).hexdigest()
