@@ -57,13 +57,29 @@ def test_every_code_dependency_in_the_lock_matches_the_file():
     assert not stale, f"dvc.lock predates these files; run `make repro`: {stale}"
 
 
+def _param(params: dict, key: str) -> object:
+    """A params.yaml value by DVC's key: a section ("train") or a dotted path ("a.b")."""
+    value: object = params
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def test_the_params_in_the_lock_are_the_params_file():
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     stale = [
-        f"{stage_name}: {section}"
+        f"{stage_name}: {key}"
         for stage_name, stage in lock["stages"].items()
-        for section, value in stage.get("params", {}).get("params.yaml", {}).items()
-        if params.get(section) != value
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items()
+        if _param(params, key) != value
     ]
     assert not stale, f"params.yaml changed since dvc.lock was written; run `make repro`: {stale}"
+
+
+def test_a_dotted_param_is_read_from_its_section():
+    params = {"export_onnx": {"quantize": "int8", "opset": 17}, "base": {"seed": 42}}
+    assert _param(params, "export_onnx.quantize") == "int8"
+    assert _param(params, "base") == {"seed": 42}
+    assert _param(params, "export_onnx.missing") is None
+    assert _param(params, "base.seed.deeper") is None
