@@ -56,6 +56,8 @@ def main() -> None:
         params.quantize,
         calibration_images(load_split("train")[0], params.quantize_images),
     )
+    if "network" not in evaluation:
+        sys.exit("metrics/evaluate/metrics.json predates evaluate recording its network: dvc repro")
     if network_sha256(network) != evaluation["network"]["sha256"]:
         sys.exit(
             f"the {params.quantize} network built here is not the one evaluate scored "

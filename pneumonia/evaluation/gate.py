@@ -145,6 +145,7 @@ def gate_report(
         "false_rejection_rate": gate.false_rejection_rate,
         "components": gate.components,
         "features": len(gate.mean),
+        "reduced": gate.reduced,
     }
     distances: dict[str, np.ndarray] = {}
     rejected: dict[str, float] = {}

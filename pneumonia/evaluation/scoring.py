@@ -1,5 +1,6 @@
-"""Scoring with the Keras model as the endpoint will answer: the calibrated probability, the
-threshold and band chosen on validation, and the held-out splits scored at them."""
+"""Scoring the network as the endpoint will answer: the served graph (in int8 when quantized)
+in onnxruntime, the calibrated probability, the threshold and band chosen on validation, and
+the held-out splits scored at them."""
 
 from __future__ import annotations
 

@@ -1,2 +1,3 @@
-"""A release of the trained model: the ONNX export in canonical form, its parity with Keras,
-the model card, model.json from evaluate's choices, and the MLflow registry."""
+"""A release of the trained model: the ONNX export in canonical form (its network in int8 when
+quantized), its parity with what evaluate scored and with Keras, the model card, model.json
+from evaluate's choices, and the MLflow registry."""

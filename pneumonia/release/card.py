@@ -125,17 +125,17 @@ def served_form(quantize: str | None) -> str:
     return "its arithmetic not recorded by this evaluation"
 
 
-def gate_form(components: int | None, features: int | None) -> str:
-    """How the card names the gate's distance: over every feature, or in K principal
-    components plus the residual (evaluate's `ood_gate` record; unknown in older records)."""
+def gate_form(gate: dict) -> str:
+    """How the card names the gate's distance, from evaluate's `ood_gate` record: over every
+    feature, in K principal components plus the residual (`reduced`), or in K alone (a zero
+    residual); unknown in older records."""
+    components, features = gate.get("components"), gate.get("features")
     if components is None or features is None:
         return "its form not recorded by this evaluation"
     if components >= features:
         return f"over all {features:,} features"
-    return (
-        f"in its {components:,} leading principal components of {features:,} features, plus one "
-        "residual for the rest"
-    )
+    rest = ", plus one residual for the rest" if gate.get("reduced") else ""
+    return f"in its {components:,} leading principal components of {features:,} features{rest}"
 
 
 def decision_fields(evaluation: dict) -> dict[str, str]:
@@ -157,7 +157,7 @@ def decision_fields(evaluation: dict) -> dict[str, str]:
             f"{decision[s]['specificity_decided']:.3f} |"
             for s in splits
         ),
-        "gate_form": gate_form(gate.get("components"), gate.get("features")),
+        "gate_form": gate_form(gate),
         "gate_threshold": f"{gate['threshold']:.2f}",
         "gate_frr": f"{gate['false_rejection_rate']:.1%}",
         "gate_rejection_rows": "\n".join(

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
-    from pneumonia.release.quantize import Quantize
 
 
 def convert(model: keras.Model, image_size: int, opset: int) -> bytes:
@@ -359,7 +358,7 @@ def served_network(
     model: keras.Model,
     image_size: int,
     opset: int,
-    quantize: Quantize = "none",
+    quantize: str = "none",
     images: np.ndarray | None = None,
 ) -> bytes:
     """The network as it is served, before the decision layer: tf2onnx's graph of
@@ -370,6 +369,8 @@ def served_network(
     from pneumonia.model.network import with_explanations
     from pneumonia.release.quantize import quantize_network
 
+    if quantize not in ("int8", "none"):  # export_onnx.quantize (pneumonia.config.ExportParams)
+        raise ValueError(f"quantize is int8 or none, not {quantize!r}")
     proto = _from_keras(with_explanations(model), image_size, opset)
     if quantize == "int8":
         if images is None:

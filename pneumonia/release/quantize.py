@@ -1,11 +1,15 @@
 """The served network in 8-bit integers: onnxruntime's static quantization of the tf2onnx graph.
 
-EfficientNet-Lite was designed for it (ReLU6, no squeeze-excitation): each convolution, its
-ReLU6 and the residual additions run on int8 weights (one scale per output channel) and
-uint8 activations, whose ranges are measured on training images (min-max calibration). On
-the 2-core AMD EPYC (AVX-512 VNNI) the network runs in less than half the time
-(docs/benchmarks.md#the-network-in-int8). The decision layer after the network (the
-calibration, the gate's distance, the intended-use head) stays float32.
+EfficientNet-Lite was designed for it (ReLU6, no squeeze-excitation). Every Conv, Clip (ReLU6),
+Add and Mul of the network's graph is quantized: the convolutions run on int8 weights (one
+scale per output channel), and the activations between them, and those of the per-image
+standardisation's arithmetic, the 8 x 8 layout features and the map's bias, pass through
+uint8 with ranges measured on training images (min-max calibration). On the 2-core AMD EPYC
+(AVX-512 VNNI) the network runs in less than half the time
+(docs/benchmarks.md#the-network-in-int8). The decision layer added after the network (the
+calibration, the gate's distance, the intended-use head) stays float32. The figures were
+measured on a CPU with VNNI; onnxruntime's u8s8 kernels on x86 without it can saturate
+(its `reduce_range` option), which this project has not measured.
 
 Evaluate scores this graph and fits the threshold, band and gate on its outputs; export_onnx
 serves it. Both build it with `pneumonia.release.export.served_network`, and export checks that
@@ -18,7 +22,7 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +30,6 @@ if TYPE_CHECKING:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
 
-Quantize = Literal["int8", "none"]
 QUANTIZED_OPS = ["Conv", "Add", "Mul", "Clip"]  # the network's; the decision layer is added later
 CALIBRATION_BATCH = 16
 

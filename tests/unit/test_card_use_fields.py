@@ -34,11 +34,15 @@ def test_the_card_names_the_network_it_exports_and_how_it_was_trained():
 def test_the_card_names_the_gates_form_from_evaluates_record():
     from pneumonia.release.card import decision_fields, gate_form
 
-    assert gate_form(256, 2256) == (
+    reduced = {"components": 256, "features": 2256, "reduced": True}
+    assert gate_form(reduced) == (
         "in its 256 leading principal components of 2,256 features, plus one residual for the rest"
     )
-    assert gate_form(2256, 2256) == "over all 2,256 features"
-    assert gate_form(None, None) == "its form not recorded by this evaluation"
+    assert gate_form(reduced | {"reduced": False}) == (
+        "in its 256 leading principal components of 2,256 features"
+    )
+    assert gate_form({"components": 2256, "features": 2256}) == "over all 2,256 features"
+    assert gate_form({}) == "its form not recorded by this evaluation"
     # AND decision_fields reads it from the ood_gate record
     evaluation = {
         "decision": {"low": 0.4, "high": 0.6, "error_rate": 0.03},

@@ -88,8 +88,17 @@ def test_the_parity_verdict_holds_each_bound_the_quantization_allows():
         "labels_differing": 0,
         "max_rel_diff_features": 1e-6,
     }
-    assert passed(good | {"keras": keras_exact, "gradcam_min_pearson": 0.995}, exact)
+    exact_good = good | {"keras": keras_exact, "gradcam_min_pearson": 0.995}
+    assert passed(exact_good, exact)
     assert not passed(good | {"keras": keras_exact}, exact)  # the map: 0.99 unquantized
+    # ... each of Keras' exact rules on its own: a label, the features, the probabilities
+    for change in (
+        {"labels_differing": 1},
+        {"max_rel_diff_features": 2e-4},
+        {"max_abs_diff": 2e-4},
+        {"max_abs_diff_uncalibrated": 2e-4},
+    ):
+        assert not passed(exact_good | {"keras": keras_exact | change}, exact), change
     # Each bound fails the verdict on its own
     for change in (
         {"max_abs_diff": 2e-4},
@@ -99,6 +108,7 @@ def test_the_parity_verdict_holds_each_bound_the_quantization_allows():
         {"gradcam_min_pearson": 0.9},
         {"keras": good["keras"] | {"max_abs_diff": 0.3}},
         {"keras": good["keras"] | {"max_abs_diff_uncalibrated": 0.3}},
+        {"keras": good["keras"] | {"max_rel_diff_features": 0.3}},
     ):
         assert not passed(good | change, int8), change
 
@@ -112,3 +122,30 @@ def test_the_tolerances_follow_the_params():
     assert Tolerances.of(int8) == Tolerances(1e-4, 0.2, "int8")
     none = ExportParams(**fields, quantize="none", quantization_tolerance=0.2)
     assert Tolerances.of(none) == Tolerances(1e-4, 1e-4, "none")
+
+
+def test_evaluates_scores_are_read_only_for_the_test_split_in_its_order(tmp_path, monkeypatch):
+    import pandas as pd
+    import pytest
+
+    from pneumonia.release import parity as module
+
+    files = ["train/NORMAL/a.jpeg", "train/PNEUMONIA/b.jpeg"]
+    csv = tmp_path / "predictions.csv"
+    pd.DataFrame({"file": files, "probability_pneumonia": [0.1, 0.9]}).to_csv(csv, index=False)
+    monkeypatch.setattr(module.paths, "PREDICTIONS", csv)
+    monkeypatch.setattr(module, "load_files", lambda split: np.array(files))
+    assert module.evaluated_test_scores().tolist() == [0.1, 0.9]
+    # Another order (or another split) is refused, not paired row by row
+    monkeypatch.setattr(module, "load_files", lambda split: np.array(files[::-1]))
+    with pytest.raises(ValueError, match="in order"):
+        module.evaluated_test_scores()
+
+
+def test_the_served_network_is_int8_or_as_converted_and_nothing_else():
+    import pytest
+
+    from pneumonia.release.export import served_network
+
+    with pytest.raises(ValueError, match="int8 or none"):
+        served_network(None, 64, 17, "int4")  # refused before any conversion
