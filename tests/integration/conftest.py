@@ -113,6 +113,27 @@ def reexported(folder: Path, edit: Callable[[dict], None]) -> None:
 def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     """models/model.onnx + models/model.json as export_onnx writes them: the served graph
     (calibration, gate distance, activation map) and its metadata."""
+    config, _, gate = _sample_gate(keras_model, sample_data)
+    folder = tmp_path_factory.mktemp("model")
+    return write_test_model(folder, keras_model, config, gate, max_patient_age_years=17)
+
+
+@pytest.fixture(scope="session")
+def int8_model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
+    """model_dir's model with its network in int8, as export_onnx serves it by default
+    (activation ranges from 64 of the sample's images)."""
+    from pneumonia.release.quantize import calibration_images
+
+    config, pixels, gate = _sample_gate(keras_model, sample_data)
+    folder = tmp_path_factory.mktemp("int8-model")
+    images = calibration_images(pixels, 64)
+    return write_test_model(
+        folder, keras_model, config, gate, int8_images=images, max_patient_age_years=17
+    )
+
+
+def _sample_gate(keras_model, sample_data):
+    """(the preprocessing, the sample's prepared images, a gate fitted on their features)."""
     from pneumonia.decision.gate import fit_feature_model
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.prepare import prepare_image
@@ -130,18 +151,21 @@ def model_dir(tmp_path_factory, keras_model, sample_data) -> Path:
     gate = dataclasses.replace(
         fitted, threshold=GATE_MARGIN * fitted.distance(features).max(), false_rejection_rate=0.02
     )
-    folder = tmp_path_factory.mktemp("model")
-    return write_test_model(folder, keras_model, config, gate, max_patient_age_years=17)
+    return config, pixels, gate
 
 
-def write_test_model(folder: Path, keras_model, config, gate, head=None, **extra) -> Path:
-    """model.onnx (with the intended-use head when given) and its model.json in `folder`, as
-    export_onnx writes them: threshold 0.5, band [0.45, 0.55), identity calibration."""
+def write_test_model(
+    folder: Path, keras_model, config, gate, head=None, int8_images=None, **extra
+) -> Path:
+    """model.onnx (with the intended-use head when given; its network in int8, calibrated on
+    `int8_images`, when given) and its model.json in `folder`, as export_onnx writes them:
+    threshold 0.5, band [0.45, 0.55), identity calibration."""
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.contract import ModelMetadata
     from pneumonia.release.export import OUTPUTS, SERVED, export_for_serving, served_network
 
-    network = served_network(keras_model, IMAGE_SIZE, 17)
+    quantize = "none" if int8_images is None else "int8"
+    network = served_network(keras_model, IMAGE_SIZE, 17, quantize, int8_images)
     onnx_bytes = export_for_serving(network, Calibration(1.0, 0.0), gate, head)
     (folder / "model.onnx").write_bytes(onnx_bytes)
     metadata = ModelMetadata.for_graph(

@@ -35,6 +35,9 @@ pytestmark = pytest.mark.integration
 ARM64 = REPO_ROOT / "build" / "arm64"
 CPUINFO = REPO_ROOT / "tests" / "arm64" / "cpuinfo-neoverse-n1"
 TOLERANCE = 1e-5
+# int8: the same integers, but onnxruntime's requantization on ARM rounds its float scales
+# apart from x86's (measured up to about 1e-4 in the probability); labels and decisions agree.
+INT8_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +145,26 @@ def answers(command: list[str], model_dir, files, emulated: bool) -> dict:
     return {"machine": lines[0]["machine"], **{line["file"]: line for line in lines[1:]}}
 
 
-def test_the_handler_answers_the_same_on_aarch64(arm64_python, model_dir, inputs):
+@pytest.mark.parametrize("model", ["model_dir", "int8_model_dir"], ids=["float32", "int8"])
+def test_the_handler_answers_the_same_on_aarch64(arm64_python, model, inputs, request):
+    model_dir = request.getfixturevalue(model)
+    tolerance = INT8_TOLERANCE if model == "int8_model_dir" else TOLERANCE
     native = answers([sys.executable], model_dir, inputs, emulated=False)
     emulated = answers(arm64_python, model_dir, inputs, emulated=True)
     assert (native.pop("machine"), emulated.pop("machine")) == ("x86_64", "aarch64")
     assert native.keys() == emulated.keys() == {path.name for path in inputs}
-    answered = 0
+    answered, differences = 0, []
     for name, here in native.items():
         there = emulated[name]
         assert here["status"] == there["status"], name
         if here["status"] == 200:
             answered += 1
-            assert abs(here["probability"] - there["probability"]) <= TOLERANCE, name
+            differences.append(abs(here["probability"] - there["probability"]))
+            assert differences[-1] <= tolerance, name
             assert (here["decision"], here["label"]) == (there["decision"], there["label"]), name
         else:
             assert here["reason"] == there["reason"], name
     assert answered >= 15  # the X-rays and the DICOMs, not only refusals
+    print(f"{model}: largest |p_x86_64 - p_aarch64| {max(differences):.2e}")
     assert native["photo.jpeg"]["reason"] == "not_a_chest_xray"
     assert native["lateral.dcm"]["reason"] == "lateral_view"
