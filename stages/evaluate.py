@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumonia import paths
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_files, load_split, preprocess_config
+from pneumonia.data.prepared import load_files, preprocess_config
 from pneumonia.evaluation.explanations import faithfulness_report
 from pneumonia.evaluation.figures import attention_figure, framing_figure, gate_figure
 from pneumonia.evaluation.framing import framing_report
@@ -45,8 +45,8 @@ from pneumonia.evaluation.scoring import (
     uncalibrated,
 )
 from pneumonia.evaluation.shifts import robustness, shifted_probabilities
-from pneumonia.release.export import served_network
-from pneumonia.release.quantize import calibration_images, network_sha256
+from pneumonia.release.export import network_to_serve
+from pneumonia.release.quantize import network_sha256
 
 log = logging.getLogger("evaluate")
 
@@ -65,13 +65,7 @@ def main() -> None:
     model = keras.models.load_model(paths.KERAS_MODEL)
     config = preprocess_config()
     export = params.export_onnx
-    network = served_network(
-        model,
-        config.image_size,
-        export.opset,
-        export.quantize,
-        calibration_images(load_split("train")[0], export.quantize_images),
-    )
+    network = network_to_serve(model, config.image_size, export)
     log.info("scoring the served network (%s, %d bytes)", export.quantize, len(network))
     scorer = Scorer(model, network)
 

@@ -18,12 +18,12 @@ import sys
 
 from pneumonia import paths
 from pneumonia.config import load_params
-from pneumonia.data.prepared import load_split, preprocessing
+from pneumonia.data.prepared import preprocessing
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.release.card import model_card, network_description
-from pneumonia.release.export import export_for_serving, served_network
+from pneumonia.release.export import export_for_serving, network_to_serve
 from pneumonia.release.parity import Tolerances, check_parity
-from pneumonia.release.quantize import calibration_images, network_sha256
+from pneumonia.release.quantize import network_sha256
 from pneumonia.release.release import describe_model, load_decision, track_and_register
 from pneumonia.serving import inference
 
@@ -47,17 +47,12 @@ def main() -> None:
     if "architecture" not in train_info:
         sys.exit(f"{paths.TRAIN_INFO} predates train recording its architecture: dvc repro train")
 
-    decision = load_decision(evaluation)
-    model = keras.models.load_model(paths.KERAS_MODEL)
-    network = served_network(
-        model,
-        config.image_size,
-        params.opset,
-        params.quantize,
-        calibration_images(load_split("train")[0], params.quantize_images),
-    )
     if "network" not in evaluation:
         sys.exit("metrics/evaluate/metrics.json predates evaluate recording its network: dvc repro")
+
+    decision = load_decision(evaluation)
+    model = keras.models.load_model(paths.KERAS_MODEL)
+    network = network_to_serve(model, config.image_size, params)
     if network_sha256(network) != evaluation["network"]["sha256"]:
         sys.exit(
             f"the {params.quantize} network built here is not the one evaluate scored "

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from pneumonia.config import ExportParams
     from pneumonia.decision.calibration import Calibration
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
@@ -377,6 +378,18 @@ def served_network(
             raise ValueError("int8 needs calibration images")
         proto = quantize_network(canonical(proto), images)
     return canonical(proto).SerializeToString(deterministic=True)
+
+
+def network_to_serve(model: keras.Model, image_size: int, params: ExportParams) -> bytes:
+    """`served_network` as `export_onnx`'s params set it, its int8 ranges from the training
+    split (read only when quantizing): what evaluate scores and export serves."""
+    from pneumonia.data.prepared import load_split
+    from pneumonia.release.quantize import calibration_images
+
+    images = None
+    if params.quantize == "int8":
+        images = calibration_images(load_split("train")[0], params.quantize_images)
+    return served_network(model, image_size, params.opset, params.quantize, images)
 
 
 def export_for_serving(
