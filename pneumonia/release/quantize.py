@@ -7,9 +7,17 @@ standardisation's arithmetic, the 8 x 8 layout features and the map's bias, pass
 uint8 with ranges measured on training images (min-max calibration). On the 2-core AMD EPYC
 (AVX-512 VNNI) the network runs in less than half the time
 (docs/benchmarks.md#the-network-in-int8). The decision layer added after the network (the
-calibration, the gate's distance, the intended-use head) stays float32. The figures were
-measured on a CPU with VNNI; onnxruntime's u8s8 kernels on x86 without it can saturate
-(its `reduce_range` option), which this project has not measured.
+calibration, the gate's distance, the intended-use head) stays float32.
+
+The same integers on every x86 CPU. Without VNNI (AVX2 or AVX-512 alone), onnxruntime computes a
+uint8 x int8 matrix product with VPMADDUBSW, which adds two products into int16 and saturates
+at 32,767: with 8-bit weights two products reach 2 x 255 x 127. Under qemu's emulated Haswell,
+8-bit weights moved the network's probability by up to 0.94 from the VNNI machine's (60 test
+images, docs/serving.md#int8). So every convolution that runs as a matrix
+product (the stem, the 1 x 1 expansions and projections, the head: `group` 1) takes 7-bit
+weights (onnxruntime's `reduce_range`), whose pair sums fit int16; the depthwise convolutions,
+whose kernel widens to 16 bits before it multiplies, keep 8-bit weights. The results are the
+same with or without VNNI (`tests/integration/test_quantize.py` runs both), at the same speed.
 
 Evaluate scores this graph and fits the threshold, band and gate on its outputs; export_onnx
 serves it. Both build it with `pneumonia.release.export.served_network`, and export checks that
@@ -111,8 +119,21 @@ def _quantized(
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        extra_options={"TensorQuantOverrides": seven_bit_weights(onnx.load(prepared))},
     )
     return onnx.load(output)
+
+
+def seven_bit_weights(network: onnx.ModelProto) -> dict[str, list[dict]]:
+    """quantize_static's overrides that give 7-bit weights to each convolution computed as a
+    matrix product (`group` 1), so that no VPMADDUBSW pair sum saturates on x86 without VNNI;
+    the depthwise convolutions keep 8 bits."""
+    overrides = {}
+    for node in network.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv" and group == 1:
+            overrides[node.input[1]] = [{"axis": 0, "reduce_range": True}]
+    return overrides
 
 
 def network_sha256(network: bytes) -> str:
