@@ -54,9 +54,10 @@ def check_parity(
 
     test_images, _ = load_split("test")
     names = [OUTPUTS[k] for k in ("raw_probability", "probability", "ood_distance", "cam")]
-    raw, onnx_p, distance, onnx_cams, onnx_features = inference.run(
-        session, test_images, [*names, OUTPUTS["features"]]
-    )
+    names += [OUTPUTS["features"]] + ([OUTPUTS["use"]] if decision.use_head is not None else [])
+    raw, onnx_p, distance, onnx_cams, onnx_features, *onnx_use = inference.run(
+        session, test_images, names
+    )  # one pass: the intended-use logits with the rest, when the graph has the head
     onnx_p = onnx_p.astype(np.float64)
     evaluated = evaluated_test_scores()
     check = parity(evaluated, onnx_p, decision.threshold)  # the served graph is the one scored
@@ -66,10 +67,9 @@ def check_parity(
         )
     )
     if decision.use_head is not None:  # the intended-use head: the same kind for each image
-        (onnx_use,) = inference.run(session, test_images, [OUTPUTS["use"]])
         numpy_use = decision.use_head.logits(onnx_features)
         check["use_kinds_differing"] = int(
-            np.sum(np.argmax(numpy_use, axis=1) != np.argmax(onnx_use, axis=1))
+            np.sum(np.argmax(numpy_use, axis=1) != np.argmax(onnx_use[0], axis=1))
         )
     # The network against Keras: what tf2onnx (and the quantization) changed.
     _, features, cams = with_explanations(model).predict(
