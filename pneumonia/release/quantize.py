@@ -9,7 +9,7 @@ uint8 with ranges measured on training images (min-max calibration). On the 2-co
 (docs/benchmarks.md#the-network-in-int8). The decision layer added after the network (the
 calibration, the gate's distance, the intended-use head) stays float32.
 
-The same integers on every x86 CPU. Without VNNI (AVX2 or AVX-512 alone), onnxruntime computes a
+The same integers with and without VNNI. Without it (AVX2 or AVX-512 alone), onnxruntime computes a
 uint8 x int8 matrix product with VPMADDUBSW, which adds two products into int16 and saturates
 at 32,767: with 8-bit weights two products reach 2 x 255 x 127. Under qemu's emulated Haswell,
 8-bit weights moved the network's probability by up to 0.94 from the VNNI machine's (60 test
@@ -17,7 +17,8 @@ images, docs/serving.md#int8). So every convolution that runs as a matrix
 product (the stem, the 1 x 1 expansions and projections, the head: `group` 1) takes 7-bit
 weights (onnxruntime's `reduce_range`), whose pair sums fit int16; the depthwise convolutions,
 whose kernel widens to 16 bits before it multiplies, keep 8-bit weights. The results are the
-same with or without VNNI (`tests/integration/test_quantize.py` runs both), at the same speed.
+same with or without VNNI (`tests/integration/test_quantize.py` runs a saturating and a
+widening emulated CPU), at the same speed; AVX-512 without VNNI is not measured.
 
 Evaluate scores this graph and fits the threshold, band and gate on its outputs; export_onnx
 serves it. Both build it with `pneumonia.release.export.served_network`, and export checks that
