@@ -115,7 +115,9 @@ def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
-def _by_kind(external: External, chosen: list[int], pediatric: np.ndarray) -> dict:
+def by_kind(external: External, chosen: list[int], pediatric: np.ndarray) -> dict:
+    """Each kind's features for a fit of the head: `pediatric` (training X-rays) and the
+    `chosen` external radiographs, each with its shifted copies."""
     grouped: dict[str, list[np.ndarray]] = {ANSWERED: [pediatric]}
     for index in chosen:
         grouped.setdefault(external.kinds[index], []).append(external.features[index])
@@ -149,7 +151,7 @@ def fit_and_measure(
     groups = framing_blocks(validation) if framing_rate is not None else []
 
     def fit(chosen: list[int]) -> UseHead:
-        head = fit_use_head(_by_kind(external, chosen, pediatric), strength, layout_asymmetry)
+        head = fit_use_head(by_kind(external, chosen, pediatric), strength, layout_asymmetry)
         return with_margin(head, validation, false_rejection_rate, groups, framing_rate)
 
     reached = [i for i, reason in enumerate(external.refused_early) if reason is None]

@@ -189,11 +189,12 @@ def test_the_head_is_a_balanced_l2_logistic_regression_on_standardised_features(
     y = np.repeat([0, 1, 2], [300, 20, 40])
     np.testing.assert_allclose(fitted.mean, x.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(fitted.scale, x.std(axis=0) + 1e-6, rtol=1e-12)
-    reference = LogisticRegression(C=0.2, class_weight="balanced", max_iter=2000)
+    # the optimum itself, solved far tighter by another solver: the head's solver is free
+    reference = LogisticRegression(C=0.2, class_weight="balanced", max_iter=10_000, tol=1e-10)
     reference.fit((x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6), y)
     columns = [USE_KINDS.index(kind) for kind in features]
-    np.testing.assert_allclose(fitted.weights[:, columns], reference.coef_.T, atol=1e-6)
-    np.testing.assert_allclose(fitted.bias[columns], reference.intercept_, atol=1e-6)
+    np.testing.assert_allclose(fitted.weights[:, columns], reference.coef_.T, atol=5e-5)
+    np.testing.assert_allclose(fitted.bias[columns], reference.intercept_, atol=5e-5)
     assert fitted.bias[USE_KINDS.index("lateral_chest")] == NEVER
 
 
@@ -204,13 +205,13 @@ def test_two_kinds_split_sklearns_binary_coefficients_in_half():
     features = kinds(rng, {ANSWERED: 200, "lateral_chest": 30})
     fitted = fit_use_head(features)
     x = np.concatenate(list(features.values()))
-    reference = LogisticRegression(C=0.05, class_weight="balanced", max_iter=2000)
+    reference = LogisticRegression(C=0.05, class_weight="balanced", max_iter=10_000, tol=1e-10)
     reference.fit((x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6), np.repeat([0, 1], [200, 30]))
     answered, lateral = USE_KINDS.index(ANSWERED), USE_KINDS.index("lateral_chest")
-    np.testing.assert_allclose(fitted.weights[:, answered], -reference.coef_[0] / 2, atol=1e-6)
-    np.testing.assert_allclose(fitted.weights[:, lateral], reference.coef_[0] / 2, atol=1e-6)
-    assert fitted.bias[answered] == pytest.approx(-reference.intercept_[0] / 2, abs=1e-6)
-    assert fitted.bias[lateral] == pytest.approx(reference.intercept_[0] / 2, abs=1e-6)
+    np.testing.assert_allclose(fitted.weights[:, answered], -reference.coef_[0] / 2, atol=5e-5)
+    np.testing.assert_allclose(fitted.weights[:, lateral], reference.coef_[0] / 2, atol=5e-5)
+    assert fitted.bias[answered] == pytest.approx(-reference.intercept_[0] / 2, abs=5e-5)
+    assert fitted.bias[lateral] == pytest.approx(reference.intercept_[0] / 2, abs=5e-5)
 
 
 def test_the_head_names_what_it_lacks():
