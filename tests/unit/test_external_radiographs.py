@@ -23,9 +23,12 @@ REDISTRIBUTABLE = {
     "NIH-CC-unrestricted",  # NIH Clinical Center: no restrictions, attribution required
     "Apache-2.0",  # a repository whose content, images included, is under it
 }
-# Kept aside for acceptance (the intended-use issue): never a source here.
+# Kept aside for acceptance (the intended-use issue): never a source here. Hannover Medical
+# School's COVID-19 collection (ml-workgroup/covid-19-image-repository) was merged into
+# covid-chestxray-dataset, so it is kept aside with it.
 RESERVED = re.compile(
-    r"covid-chestxray-dataset|Actualmed|bone-age|knee-xrays|bonedoctor|Dental_Panoramic|"
+    r"covid-chestxray-dataset|covid-19-image-repository|ml-workgroup|Hannover|"
+    r"Actualmed|bone-age|knee-xrays|bonedoctor|Dental_Panoramic|"
     r"cephalometric|pydicom-data|torchxrayvision|breast_cancer_classifier|HEnorm|"
     r"fundus_image_toolbox|chest[-_]?xray[-_]?pneumonia|Kermany",
     re.IGNORECASE,
