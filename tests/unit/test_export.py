@@ -18,7 +18,18 @@ def test_parity_reports_the_largest_difference_and_flipped_labels():
 def test_identical_predictions_pass():
     probabilities = np.linspace(0, 1, 11)
     check = parity(probabilities, probabilities.copy(), threshold=0.3)
-    assert check == {"images": 11, "max_abs_diff": 0.0, "labels_differing": 0}
+    assert check == {"images": 11, "max_abs_diff": 0.0, "labels_differing": 0, "labels_tied": 0}
+
+
+def test_a_tie_at_the_threshold_broken_by_rounding_is_not_a_differing_label():
+    # An int8 network's probability on the threshold itself, 1e-7 apart in two runs.
+    evaluated = np.array([0.7744, 0.7744 + 5e-8, 0.20, 0.7744 + 3e-4])
+    served = np.array([0.7744 - 5e-8, 0.7744 + 5e-8, 0.20, 0.7744 - 3e-4])
+    check = parity(evaluated, served, threshold=0.7744, tie=1e-4)
+    assert check["labels_tied"] == 1  # the first: both within 1e-4 of the threshold
+    assert check["labels_differing"] == 1  # the last: 3e-4 either side is a real difference
+    untied = parity(evaluated, served, threshold=0.7744)
+    assert untied["labels_differing"] == 2 and untied["labels_tied"] == 0
 
 
 def small_graph(order: list[int], names: dict[str, str], weight: float = 0.5) -> bytes:
