@@ -33,9 +33,9 @@ REFERENCE = {"solver": "newton-cg", "tol": 1e-8, "max_iter": 200}
 
 
 def head_problem() -> tuple[np.ndarray, np.ndarray]:
-    """(standardised inputs, kind index) of the head's fit on every external radiograph: the
-    inputs `pneumonia.decision.use.fit_use_head` builds before its LogisticRegression (this
-    benchmark needs the solver object itself, for its iteration count)."""
+    """(standardised inputs, kind index) of the head's fit on every external radiograph, as
+    `pneumonia.decision.use.fit_use_head` builds them (this benchmark needs the solver object
+    itself, for its iteration count)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
@@ -43,7 +43,7 @@ def head_problem() -> tuple[np.ndarray, np.ndarray]:
     from pneumonia import paths
     from pneumonia.config import load_params
     from pneumonia.data.prepared import preprocess_config
-    from pneumonia.decision.use import USE_KINDS, head_inputs
+    from pneumonia.decision import use
     from pneumonia.evaluation.gate import split_features
     from pneumonia.evaluation.intended_use import (
         USE_LAYOUT_ASYMMETRY,
@@ -61,10 +61,8 @@ def head_problem() -> tuple[np.ndarray, np.ndarray]:
     external: External = external_features(scorer, config)
     reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
     features = by_kind(external, reached, split_features(scorer, "train", config, every=4))
-    present = [kind for kind in USE_KINDS if kind in features]
-    x = head_inputs(np.concatenate([features[kind] for kind in present]), USE_LAYOUT_ASYMMETRY)
-    y = np.concatenate([np.full(len(features[kind]), i) for i, kind in enumerate(present)])
-    return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6), y
+    problem = use.head_problem(features, USE_LAYOUT_ASYMMETRY)
+    return problem.x, problem.y
 
 
 def main() -> None:

@@ -142,31 +142,49 @@ def refused_kind(logits: np.ndarray) -> str:
     return USE_KINDS[int(np.argmax(row))]
 
 
-def fit_use_head(
-    features: dict[str, np.ndarray], strength: float = 0.05, layout_asymmetry: bool = False
-) -> UseHead:
-    """The head from each kind's (N_k, F) features; kinds missing or empty are never chosen.
+@dataclass(frozen=True)
+class HeadProblem:
+    """What the head's solver fits: standardised inputs and each row's kind."""
 
-    Standardised inputs (`head_inputs`), balanced class weights, L2 penalty 1/strength: a few
-    dozen external radiographs against thousands of training X-rays, so the fit stays simple.
-    """
-    from sklearn.linear_model import LogisticRegression
+    present: list[str]  # the kinds with examples, in USE_KINDS order; y indexes them
+    x: np.ndarray  # (N, I) standardised inputs
+    y: np.ndarray  # (N,) index into `present`
+    mean: np.ndarray  # (I,) the inputs' mean ...
+    scale: np.ndarray  # (I,) ... and standard deviation (+1e-6) before standardising
 
+
+def head_problem(features: dict[str, np.ndarray], layout_asymmetry: bool = False) -> HeadProblem:
+    """The head's fitting problem from each kind's (N_k, F) features (`head_inputs`,
+    standardised); kinds missing or empty are left out."""
     present = [kind for kind in USE_KINDS if kind in features and len(features[kind])]
     if ANSWERED not in present or len(present) < 2:
         raise ValueError(f"the head needs {ANSWERED} and another kind, got {present}")
     x = head_inputs(np.concatenate([features[kind] for kind in present]), layout_asymmetry)
     y = np.concatenate([np.full(len(features[kind]), index) for index, kind in enumerate(present)])
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    return HeadProblem(present, (x - mean) / scale, y, mean, scale)
+
+
+def fit_use_head(
+    features: dict[str, np.ndarray], strength: float = 0.05, layout_asymmetry: bool = False
+) -> UseHead:
+    """The head from each kind's (N_k, F) features; kinds missing or empty are never chosen.
+
+    Standardised inputs (`head_problem`), balanced class weights, L2 penalty 1/strength: a few
+    dozen external radiographs against thousands of training X-rays, so the fit stays simple.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    problem = head_problem(features, layout_asymmetry)
     classifier = LogisticRegression(C=strength, class_weight="balanced", **HEAD_SOLVER)
-    classifier.fit((x - mean) / scale, y)
-    weights = np.zeros((x.shape[1], len(USE_KINDS)))
+    classifier.fit(problem.x, problem.y)
+    weights = np.zeros((problem.x.shape[1], len(USE_KINDS)))
     bias = np.full(len(USE_KINDS), NEVER)
     coefficients, intercepts = classifier.coef_, classifier.intercept_
-    if len(present) == 2:  # sklearn's binary form: one row for the second class
+    if len(problem.present) == 2:  # sklearn's binary form: one row for the second class
         coefficients = np.stack([-coefficients[0] / 2, coefficients[0] / 2])
         intercepts = np.array([-intercepts[0] / 2, intercepts[0] / 2])
-    for row, kind in enumerate(present):
+    for row, kind in enumerate(problem.present):
         weights[:, USE_KINDS.index(kind)] = coefficients[row]
         bias[USE_KINDS.index(kind)] = intercepts[row]
-    return UseHead(mean, scale, weights, bias, layout_asymmetry)
+    return UseHead(problem.mean, problem.scale, weights, bias, layout_asymmetry)

@@ -10,6 +10,7 @@ from pneumonia.decision.use import (
     NEVER,
     USE_KINDS,
     fit_use_head,
+    head_problem,
     kind_of,
     refused_kind,
 )
@@ -53,6 +54,30 @@ def test_the_head_needs_the_answered_kind_and_another():
         fit_use_head(clusters(rng, {ANSWERED: (0, 50)}))
     with pytest.raises(ValueError):
         fit_use_head(clusters(rng, {"adult_chest": (0, 50), "other_body_part": (5, 50)}))
+
+
+def test_the_head_problem_is_what_the_head_is_fitted_on():
+    rng = np.random.default_rng(3)
+    # Kinds given out of USE_KINDS order, one of them empty: the problem keeps USE_KINDS order.
+    features = clusters(
+        rng, {"other_body_part": (5, 40), ANSWERED: (0, 200), "adult_chest": (9, 30)}
+    )
+    features["lateral_chest"] = np.zeros((0, 12))
+    features["other_body_part"][:, 3] *= 50  # another scale on one input
+    problem = head_problem(features)
+    assert problem.present == [ANSWERED, "adult_chest", "other_body_part"]
+    assert np.bincount(problem.y).tolist() == [200, 30, 40]
+    np.testing.assert_allclose(problem.x.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(problem.x.std(axis=0), 1, atol=1e-4)
+    raw = np.concatenate([features[kind] for kind in problem.present])
+    np.testing.assert_allclose(problem.x * problem.scale + problem.mean, raw, atol=1e-9)
+    head = fit_use_head(features)
+    np.testing.assert_array_equal(head.mean, problem.mean)
+    np.testing.assert_array_equal(head.scale, problem.scale)
+    named = np.argmax(head.logits(raw), axis=1)
+    assert np.mean(named == [USE_KINDS.index(problem.present[i]) for i in problem.y]) >= 0.95
+    with pytest.raises(ValueError):
+        head_problem({ANSWERED: features[ANSWERED], "lateral_chest": np.zeros((0, 12))})
 
 
 def test_the_margin_holds_the_answered_kinds_refusals_to_the_rate():
