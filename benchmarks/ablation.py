@@ -91,6 +91,10 @@ LEVERS: dict[str, list[str]] = {
     # 112 px against 128: 0.77 of the network's work again (1.25 against 1.65 ms int8, one
     # thread, family 25), for the request-cost bound the 128 px model still misses (1.28-1.31x).
     "lite0-112px": ["preprocess.image_size=112"],
+    # Lite0 cut at output stride 16 (blocks 0-10, then block 11's expansion to 672 channels):
+    # 1.35 against 2.08 ms int8 at 128 px (one thread, family 25, a probe), for the same bound
+    # without losing the input's resolution as 112 px did.
+    "lite0-stride16": ["train.architecture=efficientnet_lite0_stride16"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")

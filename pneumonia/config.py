@@ -66,7 +66,7 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     """The `train` section: architecture, optimiser, schedule and distribution."""
 
-    architecture: Literal["simple", "resnet", "efficientnet_lite0"]
+    architecture: Literal["simple", "resnet", "efficientnet_lite0", "efficientnet_lite0_stride16"]
     width: int = Field(ge=4)
     depth: int = Field(ge=1, le=6)
     dropout: float = Field(ge=0, lt=1)

@@ -57,12 +57,12 @@ def _residual_block(x: keras.KerasTensor, filters: int, strides: int) -> keras.K
 def build_model(image_size: int, params: TrainParams) -> keras.Model:
     """Input (N, S, S, 1) float32 pixel values in [0, 255]; output (N, 1) P(PNEUMONIA).
 
-    `efficientnet_lite0` starts from the pinned ImageNet weights (its architecture is read
-    from them); `width` and `depth` apply to the others.
+    `efficientnet_lite0` and `efficientnet_lite0_stride16` start from the pinned ImageNet
+    weights (their architecture is read from them); `width` and `depth` apply to the others.
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
-    if params.architecture == "efficientnet_lite0":
+    if params.architecture.startswith("efficientnet_lite0"):
         return _pretrained_model(inputs, x, params)
     x = _conv_bn_relu(x, params.width, kernel=5, strides=2)  # stem: S/2
     for stage in range(params.depth):
@@ -86,10 +86,19 @@ def _head(x: keras.KerasTensor, params: TrainParams) -> keras.KerasTensor:
 def _pretrained_model(
     inputs: keras.KerasTensor, x: keras.KerasTensor, params: TrainParams
 ) -> keras.Model:
-    """EfficientNet-Lite0 on the standardised image, then the same pooled head."""
-    from pneumonia.model.pretrained import efficientnet_lite0, imagenet_state, set_weights
+    """EfficientNet-Lite0, whole or cut at stride 16, on the standardised image, then the
+    same pooled head."""
+    from pneumonia.model.pretrained import (
+        BLOCK_STRIDES,
+        STRIDE16_BLOCKS,
+        efficientnet_lite0,
+        imagenet_state,
+        set_weights,
+    )
 
-    x, weights = efficientnet_lite0(x, imagenet_state())
+    cut = params.architecture == "efficientnet_lite0_stride16"
+    blocks = STRIDE16_BLOCKS if cut else len(BLOCK_STRIDES)
+    x, weights = efficientnet_lite0(x, imagenet_state(), blocks)
     model = keras.Model(inputs, _head(x, params), name=f"pneumonia_{params.architecture}")
     set_weights(model, weights)
     return model

@@ -19,6 +19,11 @@ def network_description(architecture: str, parameters: int) -> str:
     size = f"{parameters / 1e6:.1f}M" if parameters >= 1e6 else f"{parameters / 1e3:.0f}k"
     if architecture == "efficientnet_lite0":
         return f"EfficientNet-Lite0 ({size} parameters) fine-tuned from ImageNet weights"
+    if architecture == "efficientnet_lite0_stride16":
+        return (
+            f"EfficientNet-Lite0 cut at output stride 16 ({size} parameters), fine-tuned from "
+            "ImageNet weights"
+        )
     return f"Keras CNN ({size} parameters) trained from scratch"
 
 
