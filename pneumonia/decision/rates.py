@@ -113,6 +113,11 @@ def choose_threshold(
     target_sensitivity: the highest threshold whose sensitivity reaches the target: the
       k-th highest pneumonia score, k the fewest cases that make the target share;
     fixed: `fixed_threshold`.
+
+    youden, youden_shifted and target_sensitivity place the threshold midway between the
+    chosen score and the next distinct score below it (`_below`): every given score is called
+    as at the chosen one, and none lies on the threshold, where float rounding (two runs of an
+    int8 graph, another machine) would decide its label.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown threshold policy {policy!r}; one of {POLICIES}")
@@ -125,11 +130,18 @@ def choose_threshold(
         raise ValueError("choosing a threshold needs pneumonia cases")
     if policy == "target_sensitivity":
         k = max(1, math.ceil(target_sensitivity * len(positive) - 1e-9))
-        return float(positive[min(k, len(positive)) - 1])
+        return _below(float(positive[min(k, len(positive)) - 1]), scores)
     negative = np.sort(scores[~labels])
     candidates = np.unique(scores)[::-1]  # each distinct score, highest first
     caught = len(positive) - np.searchsorted(positive[::-1], candidates, side="left")
     flagged = len(negative) - np.searchsorted(negative, candidates, side="left")
     youden = caught / len(positive) - flagged / max(len(negative), 1)
     best = int(np.argmax(youden))  # the first of equals: the highest threshold
-    return float(candidates[best]) if youden[best] > 0 else 1.0
+    return _below(float(candidates[best]), scores) if youden[best] > 0 else 1.0
+
+
+def _below(chosen: float, scores: np.ndarray) -> float:
+    """Midway between `chosen` and the highest of `scores` under it (0 when none is): a
+    threshold that calls every score as `chosen` does, with a margin to the nearest."""
+    lower = scores[scores < chosen]
+    return float((chosen + (lower.max() if len(lower) else 0.0)) / 2)

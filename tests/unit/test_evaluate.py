@@ -34,15 +34,16 @@ SCORES = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
 
 
 def test_youden_picks_the_threshold_maximising_sensitivity_plus_specificity():
-    # At 0.7: sensitivity 3/4, specificity 4/4 -> J = 0.75, the best available.
-    assert threshold_for(LABELS, SCORES, policy("youden")) == pytest.approx(0.7)
+    # At 0.7: sensitivity 3/4, specificity 4/4 -> J = 0.75, the best available; then midway
+    # to the next score below (0.6).
+    assert threshold_for(LABELS, SCORES, policy("youden")) == pytest.approx(0.65)
 
 
 def test_target_sensitivity_picks_the_highest_threshold_reaching_it():
-    # Sensitivity 1.0 needs the threshold down at 0.4.
-    assert threshold_for(LABELS, SCORES, policy("target_sensitivity")) == pytest.approx(0.4)
+    # Sensitivity 1.0 needs the threshold down at 0.4 (then midway to 0.3).
+    assert threshold_for(LABELS, SCORES, policy("target_sensitivity")) == pytest.approx(0.35)
     relaxed = policy("target_sensitivity", target_sensitivity=0.75)
-    assert threshold_for(LABELS, SCORES, relaxed) == pytest.approx(0.7)
+    assert threshold_for(LABELS, SCORES, relaxed) == pytest.approx(0.65)  # 0.7, midway to 0.6
 
 
 def test_fixed_policy_ignores_the_data():
@@ -110,11 +111,12 @@ def test_worst_of_names_the_split_with_the_lowest_value_of_each_metric():
 
 def test_the_shifted_youden_threshold_holds_under_the_shifts_it_has_seen():
     # Under a shift the normal images score higher (0.55-0.65): the clean optimum (0.5)
-    # would call them PNEUMONIA, the pooled one moves above them.
+    # would call them PNEUMONIA, the pooled one moves above them (each midway to the next
+    # score below the chosen one: 0.5 to 0.2, 0.7 to 0.65).
     val = (np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.5, 0.9]))
     shifted = [np.array([0.6, 0.65, 0.8, 0.95]), np.array([0.55, 0.3, 0.7, 0.9])]
     chosen = policy_thresholds(val, shifted, policy("youden", fixed_threshold=0.4))
-    assert chosen["youden"] == pytest.approx(0.5)
-    assert chosen["youden_shifted"] == pytest.approx(0.7)
-    assert chosen["target_sensitivity"] == pytest.approx(0.5)
+    assert chosen["youden"] == pytest.approx(0.35)
+    assert chosen["youden_shifted"] == pytest.approx(0.675)
+    assert chosen["target_sensitivity"] == pytest.approx(0.35)
     assert chosen["fixed"] == 0.4

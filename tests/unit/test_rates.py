@@ -34,18 +34,39 @@ def test_youden_matches_scikit_learns_roc_curve(seed):
     scores = np.round(np.clip(labels * 0.25 + rng.random(400) * 0.75, 0, 1), 2)
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     expected = np.clip(thresholds, 0, 1)[np.argmax(tpr - fpr)]
-    assert choose_threshold(labels, scores, "youden") == pytest.approx(expected)
+    below = scores[scores < expected].max()
+    assert choose_threshold(labels, scores, "youden") == pytest.approx((expected + below) / 2)
 
 
-@pytest.mark.parametrize(("target", "expected"), [(0.95, 0.2), (0.8, 0.5), (0.6, 0.6), (0.2, 0.9)])
-def test_target_sensitivity_is_the_highest_threshold_reaching_it(target, expected):
+@pytest.mark.parametrize(
+    ("target", "chosen", "expected"),
+    [(0.95, 0.2, 0.15), (0.8, 0.5, 0.35), (0.6, 0.6, 0.575), (0.2, 0.9, 0.85)],
+)
+def test_target_sensitivity_is_the_highest_threshold_reaching_it(target, chosen, expected):
+    """The highest score that reaches the target, and the threshold midway to the next score
+    below it (any score's label is the same at both)."""
     labels = np.array([1, 1, 1, 1, 1, 0, 0])
     scores = np.array([0.9, 0.8, 0.6, 0.5, 0.2, 0.55, 0.1])
     threshold = choose_threshold(labels, scores, "target_sensitivity", target_sensitivity=target)
-    assert threshold == expected
+    assert threshold == pytest.approx(expected)
     assert binary_metrics(labels, scores, threshold)["sensitivity"] >= target
-    above = np.nextafter(threshold, 1.0)
+    assert binary_metrics(labels, scores, threshold) == binary_metrics(labels, scores, chosen)
+    above = np.nextafter(chosen, 1.0)
     assert binary_metrics(labels, scores, above)["sensitivity"] < target
+
+
+@pytest.mark.parametrize("policy", ["youden", "target_sensitivity"])
+def test_no_score_lies_on_the_threshold_of_coarse_int8_like_scores(policy):
+    """Scores that take few distinct values (an int8 network's): the threshold keeps half the
+    gap to the nearest score on both sides, so a rounding of 1e-7 changes no label."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1) * 64) / 64
+    threshold = choose_threshold(labels, scores, policy, target_sensitivity=0.96)
+    gap = np.abs(scores - threshold).min()
+    assert gap == pytest.approx(1 / 128)  # half a step of 1/64
+    for nudge in (-1e-7, 1e-7):
+        assert np.array_equal(scores + nudge >= threshold, scores >= threshold)
 
 
 def test_a_share_that_is_exact_in_decimal_is_not_rounded_up():
@@ -53,7 +74,7 @@ def test_a_share_that_is_exact_in_decimal_is_not_rounded_up():
     labels = np.ones(20, dtype=int)
     scores = np.linspace(0.05, 1.0, 20)
     assert choose_threshold(labels, scores, "target_sensitivity", target_sensitivity=0.95) == (
-        pytest.approx(0.1)
+        pytest.approx(0.075)  # midway between the 19th highest, 0.1, and 0.05
     )
 
 
@@ -136,8 +157,8 @@ def test_auc_of_column_vectors_with_one_case_of_a_class_and_no_warning():
 def test_the_threshold_policies_defaults_and_shapes():
     labels = np.array([1] * 20 + [0] * 5)
     scores = np.concatenate([np.linspace(1.0, 0.05, 20), np.full(5, 0.5)])
-    # 0.95 of 20 pneumonias: the 19th highest score
-    assert choose_threshold(labels, scores, "target_sensitivity") == pytest.approx(0.1)
+    # 0.95 of 20 pneumonias: the 19th highest score, 0.1, then midway to 0.05
+    assert choose_threshold(labels, scores, "target_sensitivity") == pytest.approx(0.075)
     assert choose_threshold(labels, scores, "fixed") == 0.5
     assert choose_threshold(labels, scores, "fixed", fixed_threshold=0.3) == 0.3
     column = choose_threshold(labels[:, None], scores[:, None], "youden")
@@ -147,14 +168,17 @@ def test_the_threshold_policies_defaults_and_shapes():
 def test_youden_takes_the_highest_of_equal_thresholds():
     # 0.9: sensitivity 1/2, no false positive; 0.6: both caught, one of two negatives flagged
     labels, scores = np.array([1, 1, 0, 0]), np.array([0.9, 0.6, 0.7, 0.1])
-    assert choose_threshold(labels, scores, "youden") == 0.9
+    assert choose_threshold(labels, scores, "youden") == pytest.approx(0.8)  # 0.9, midway to 0.7
 
 
 def test_youden_with_one_negative_and_with_a_single_pneumonia():
     labels, scores = np.array([1, 1, 1, 0]), np.array([0.9, 0.8, 0.7, 0.85])
-    assert choose_threshold(labels, scores, "youden") == 0.9  # 1/3; 0.7 would be 1 - 1 = 0
-    assert choose_threshold(np.array([1, 0]), np.array([0.8, 0.2]), "youden") == 0.8
-    assert choose_threshold(np.array([1, 0]), np.array([0.8, 0.2]), "target_sensitivity") == 0.8
+    # 0.9 (1/3; 0.7 would be 1 - 1 = 0), midway to 0.85
+    assert choose_threshold(labels, scores, "youden") == pytest.approx(0.875)
+    assert choose_threshold(np.array([1, 0]), np.array([0.8, 0.2]), "youden") == 0.5
+    assert choose_threshold(np.array([1, 0]), np.array([0.8, 0.2]), "target_sensitivity") == 0.5
+    # the lowest score chosen: midway to 0
+    assert choose_threshold(np.array([1, 0]), np.array([0.2, 0.8]), "target_sensitivity") == 0.1
 
 
 def test_youden_of_a_logit_that_does_not_rank_calls_nothing():
