@@ -299,3 +299,37 @@ def test_a_lite0_network_exports_with_its_explanations_and_matches_keras():
     session = ort.InferenceSession(convert(model, size, 17), providers=["CPUExecutionProvider"])
     onnx_probability = session.run(None, {session.get_inputs()[0].name: images})[0]
     np.testing.assert_allclose(onnx_probability, probability, atol=1e-4)
+
+
+def test_the_stride_16_network_is_the_first_eleven_blocks_and_the_next_expansion(state):
+    """`efficientnet_lite0_stride16`: Lite0's own layers and ImageNet weights up to block 11's
+    expansion, nothing after it; its map at stride 16 and the three depths before it."""
+    from pneumonia.model.network import build_model, with_explanations
+
+    size = 64
+    whole = build_model(size, _params())
+    cut = build_model(size, _params(architecture="efficientnet_lite0_stride16"))
+    names = {layer.name for layer in cut.layers if layer.weights}
+    assert "lite_block11_expand" in names and "lite_block11_depthwise" not in names
+    assert "lite_head" not in names and "lite_block10_project" in names
+    for name in names - {"probability_pneumonia"}:
+        for ours, theirs in zip(
+            cut.get_layer(name).get_weights(), whole.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(ours, theirs)
+    assert cut.count_params() < whole.count_params() / 4
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 1)).astype(np.float32)
+    probability, features, cam = with_explanations(cut).predict(images, verbose=0)
+    assert cam.shape == (2, size // 16, size // 16)
+    assert features.shape[1] == 672 + 240 + 144 + 8 * 8  # three depths, then the layout
+    logit = np.log(probability[:, 0] / (1 - probability[:, 0]))
+    np.testing.assert_allclose(cam.mean(axis=(1, 2)), logit, atol=1e-4)
+
+
+def test_a_backbone_of_no_blocks_or_more_than_lite0_has_is_refused(state):
+    import keras
+
+    x = keras.Input((32, 32, 1))
+    for blocks in (0, len(pretrained.BLOCK_STRIDES) + 1):
+        with pytest.raises(ValueError, match="Lite0 has 1 to 16 blocks"):
+            pretrained.efficientnet_lite0(x, state, blocks)

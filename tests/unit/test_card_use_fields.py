@@ -25,6 +25,10 @@ def test_the_card_names_the_network_it_exports_and_how_it_was_trained():
     assert network_description("efficientnet_lite0", 3_413_729) == (
         "EfficientNet-Lite0 (3.4M parameters) fine-tuned from ImageNet weights"
     )
+    assert network_description("efficientnet_lite0_stride16", 794_977) == (
+        "EfficientNet-Lite0 cut at output stride 16 (795k parameters), fine-tuned from "
+        "ImageNet weights"
+    )
     assert network_description("resnet", 108_001) == (
         "Keras CNN (108k parameters) trained from scratch"
     )
