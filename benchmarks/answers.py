@@ -13,9 +13,10 @@ Needs the pipeline's outputs (models/model.onnx, model.json: `make repro`) and t
 
 With --baseline DIR (a model directory with model.onnx and model.json, e.g. an earlier
 model's, fetched with `dvc get --rev`), a second table: the plain request of that model and
-of models/, interleaved round by round on the same images, and the ratio of their medians.
+of the model measured, interleaved round by round on the same images, and the ratio of their
+medians. --model DIR measures another model directory than models/ (an experiment's).
 
-    python -m benchmarks.answers [--requests 300] [--baseline DIR]
+    python -m benchmarks.answers [--requests 300] [--baseline DIR] [--model DIR]
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--baseline", type=Path, help="a model directory to compare with")
+    parser.add_argument("--model", type=Path, default=ROOT / "models", help="the model measured")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
@@ -84,7 +86,7 @@ def main() -> None:
     from pneumonia.release.export import OUTPUTS
     from pneumonia.serving.classifier import Classifier
 
-    model = Classifier.load(ROOT / "models", threads=1)
+    model = Classifier.load(args.model, threads=1)
     meta = model.metadata
     jpegs = [(ROOT / "data" / "raw" / name).read_bytes() for name in load_files("test")[:100]]
     dicoms = [dicom_of(decode_gray(data)) for data in jpegs]
@@ -121,7 +123,7 @@ def main() -> None:
 
 def compare(baseline, model, jpegs: list[bytes], count: int) -> None:
     """The plain request of two models, interleaved in rounds of the same images."""
-    classifiers = {"baseline": baseline, "models/": model}
+    classifiers = {"baseline": baseline, "measured": model}
     timings: dict[str, list[float]] = {name: [] for name in classifiers}
     for _ in range(max(1, count // len(jpegs))):
         for name, classifier in classifiers.items():
