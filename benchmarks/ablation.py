@@ -247,6 +247,17 @@ def seed_spread(runs: list[dict], lever: str = "defaults") -> dict:
     }
 
 
+def reattach(branch: str) -> None:
+    """Back on `branch` if `dvc exp run` left HEAD detached at its commit (an interrupted run
+    does): commits made on a detached HEAD leave the branch behind."""
+    head = sh("git", "rev-parse", "HEAD").strip()
+    detached = not subprocess.run(
+        ["git", "symbolic-ref", "--quiet", "HEAD"], cwd=ROOT, capture_output=True
+    ).stdout.strip()
+    if branch and detached and sh("git", "rev-parse", branch).strip() == head:
+        sh("git", "checkout", "--quiet", branch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(LEVERS), default=list(LEVERS))
@@ -275,6 +286,12 @@ def main() -> None:
         return
     if sh("git", "status", "--porcelain", "--untracked-files=no", *TRACKED_OUTPUTS).strip():
         sys.exit(f"uncommitted changes in {' '.join(TRACKED_OUTPUTS)}: commit or stash them")
+    branch = subprocess.run(
+        ["git", "symbolic-ref", "--quiet", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     runs = []
     try:
         for name in args.only:
@@ -292,6 +309,7 @@ def main() -> None:
         # from HEAD, not the index: `dvc exp run` stages params.yaml and dvc.lock, and an
         # interrupted run leaves them staged
         sh("git", "checkout", "HEAD", "--", *TRACKED_OUTPUTS)
+        reattach(branch)
         restored = subprocess.run(["dvc", "checkout", "--force"], cwd=ROOT, capture_output=True)
         if restored.returncode != 0:
             print(
