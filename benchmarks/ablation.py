@@ -247,14 +247,19 @@ def seed_spread(runs: list[dict], lever: str = "defaults") -> dict:
     }
 
 
+def current_branch() -> str:
+    """The branch checked out, or "" when HEAD is detached."""
+    command = ["git", "symbolic-ref", "--quiet", "--short", "HEAD"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def reattach(branch: str) -> None:
     """Back on `branch` if `dvc exp run` left HEAD detached at its commit (an interrupted run
     does): commits made on a detached HEAD leave the branch behind."""
-    head = sh("git", "rev-parse", "HEAD").strip()
-    detached = not subprocess.run(
-        ["git", "symbolic-ref", "--quiet", "HEAD"], cwd=ROOT, capture_output=True
-    ).stdout.strip()
-    if branch and detached and sh("git", "rev-parse", branch).strip() == head:
+    if not branch or current_branch():
+        return  # the run started detached, or HEAD is on a branch
+    tip, head = sh("git", "rev-parse", branch, "HEAD").split()
+    if tip == head:
         sh("git", "checkout", "--quiet", branch)
 
 
@@ -286,12 +291,7 @@ def main() -> None:
         return
     if sh("git", "status", "--porcelain", "--untracked-files=no", *TRACKED_OUTPUTS).strip():
         sys.exit(f"uncommitted changes in {' '.join(TRACKED_OUTPUTS)}: commit or stash them")
-    branch = subprocess.run(
-        ["git", "symbolic-ref", "--quiet", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    branch = current_branch()
     runs = []
     try:
         for name in args.only:
