@@ -102,10 +102,12 @@ def model_card(
 def use_fields(evaluation: dict) -> dict[str, str]:
     """The intended-use check's figures on the external radiographs."""
     kinds = evaluation.get("intended_use", {}).get("kinds", {})
+    # Counts, not rounded shares: 58 of 60 is 96.7%, which a whole percent would show as the
+    # intended-use issue's 97%.
     rates = ", ".join(
-        f"{kind.replace('_', ' ')} {row['refused']:.0%} of {row['images']}"
+        f"{kind.replace('_', ' ')} {round(row['refused'] * row['images'])} of {row['images']}"
         + (
-            f" ({row['refused_as_such']:.0%} with its own reason)"
+            f" ({round(row['refused_as_such'] * row['images'])} with its own reason)"
             if "refused_as_such" in row
             else ""
         )

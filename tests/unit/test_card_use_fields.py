@@ -7,15 +7,17 @@ def test_the_card_counts_the_laterals_the_check_was_fitted_on():
     report = {
         "intended_use": {
             "kinds": {
-                "adult_chest": {"images": 75, "refused": 0.893, "refused_as_such": 0.867},
+                "adult_chest": {"images": 60, "refused": 59 / 60, "refused_as_such": 58 / 60},
                 "lateral_chest": {"images": 3, "refused": 1.0, "refused_as_such": 1 / 3},
             }
         }
     }
     fields = use_fields(report)
     assert fields["use_laterals"] == "3"
-    assert fields["use_images"] == "78"
-    assert "lateral chest 100% of 3 (33% with its own reason)" in fields["use_rates"]
+    assert fields["use_images"] == "63"
+    assert "lateral chest 3 of 3 (1 with its own reason)" in fields["use_rates"]
+    # counts, not whole percents: 58 of 60 (96.7%) is not shown as 97%
+    assert "adult chest 59 of 60 (58 with its own reason)" in fields["use_rates"]
     assert use_fields({}) == {"use_images": "0", "use_rates": "not measured", "use_laterals": "0"}
 
 
