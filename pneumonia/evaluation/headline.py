@@ -17,8 +17,7 @@ Views:
   held-out splits as they are;
 - `adult`, `body_part`, `lateral`: the share of the external adult chest X-rays, of the
   radiographs of other body parts and of the lateral chest views that the endpoint refuses
-  (cross-validated), with the kind's own reason, and how many there are; for the two chest
-  kinds, how many were refused as `not_a_chest_xray` (`not_chest`: never, for an adult).
+  (cross-validated), and how many there are.
 """
 
 from __future__ import annotations
@@ -120,19 +119,7 @@ def headline(results: dict) -> dict[str, dict]:
                 "as_such": _rounded(kinds[kind]["refused_as_such"]),
                 "n": kinds[kind]["images"],  # how many images (short: one table's width)
             }
-            if kind != "other_body_part":  # a chest X-ray: never `not_a_chest_xray`
-                views[view]["not_chest"] = not_a_chest_xray(kinds[kind]["outcomes"])
     return views
-
-
-def not_a_chest_xray(outcomes: dict[str, int]) -> int:
-    """How many images of a chest kind the endpoint refused as `not_a_chest_xray`: by the
-    cheap checks, as the head's other body part, or by the gate with that as its kind."""
-    return sum(
-        count
-        for outcome, count in outcomes.items()
-        if outcome.endswith("(not_a_chest_xray)") or outcome.endswith("other_body_part")
-    )
 
 
 def write_views(views: dict[str, dict], folder: Path = paths.METRICS) -> None:
