@@ -107,7 +107,12 @@ TRACKED_OUTPUTS = ["params.yaml", "dvc.lock", "metrics", "models"]
 
 
 def sh(*command: str) -> str:
-    return subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    """The command's stdout; its stderr's tail in the error when it fails."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        failed = f"{' '.join(command)} failed ({done.returncode})"
+        raise RuntimeError(f"{failed}:\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def measure(lever: str, seed: int, seconds: float) -> dict:
