@@ -81,6 +81,9 @@ class TrainParams(_Section):
     # An exponential moving average of the weights (Keras's optimizer EMA), used for
     # validation, early stopping and the saved model; None turns it off.
     ema_momentum: float | None = Field(default=None, gt=0, lt=1)
+    # Layer-wise learning-rate decay for the ImageNet backbone: a layer `k` levels below the
+    # head learns at learning_rate * decay**k (the stem lowest); 1.0: one rate for all.
+    layer_lr_decay: float = Field(default=1.0, gt=0, le=1)
     distribution: Literal["auto", "default", "mirrored", "multi_worker_mirrored"]
     augment: AugmentParams
 

@@ -62,7 +62,7 @@ def main() -> None:
 
     params = load_params()
     names = list(params.base.labels)
-    model = keras.models.load_model(paths.KERAS_MODEL)
+    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
     config = preprocess_config()
     export = params.export_onnx
     network = network_to_serve(model, config.image_size, export)

@@ -51,7 +51,7 @@ def main() -> None:
         sys.exit("metrics/evaluate/metrics.json predates evaluate recording its network: dvc repro")
 
     decision = load_decision(evaluation)
-    model = keras.models.load_model(paths.KERAS_MODEL)
+    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
     network = network_to_serve(model, config.image_size, params)
     if network_sha256(network) != evaluation["network"]["sha256"]:
         sys.exit(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -345,8 +346,48 @@ def make_datasets(
     return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
 
 
+def layer_lr_multipliers(paths: list[str], decay: float) -> list[float]:
+    """Each variable's learning-rate multiplier, by its Keras path ("lite_block3_expand/kernel"):
+    decay**k for a layer k levels below the head. The ImageNet stem is level 0 and block i
+    level i + 1; every other layer (the new head) is one level above the deepest block, at 1.
+    Without ImageNet layers, or with decay 1, every multiplier is 1."""
+    levels = [_backbone_level(path.split("/")[0]) for path in paths]
+    known = [level for level in levels if level is not None]
+    top = max(known, default=-1) + 1
+    return [float(decay ** (top - (top if level is None else level))) for level in levels]
+
+
+def _backbone_level(layer: str) -> int | None:
+    """0 for the ImageNet stem, i + 1 for block i, None for a layer outside the backbone."""
+    if layer == "lite_stem" or layer.startswith("lite_stem_"):
+        return 0
+    match = re.fullmatch(r"lite_block(\d+)_.*", layer)
+    return int(match.group(1)) + 1 if match else None
+
+
+def _layer_decayed(optimizer_class: type, decay: float) -> type:
+    """`optimizer_class` whose step for each variable runs at the schedule's rate times its
+    `layer_lr_multipliers` factor (weight decay keeps the schedule's rate: at 1e-4 it moves a
+    weight by about 2e-7 a step)."""
+
+    class LayerDecayed(optimizer_class):  # type: ignore[misc, valid-type]
+        def build(self, variables: list) -> None:
+            super().build(variables)
+            self._multipliers = layer_lr_multipliers([v.path for v in variables], decay)
+
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            factor = self._multipliers[self._get_variable_index(variable)]
+            super().update_step(gradient, variable, learning_rate * factor)
+
+    LayerDecayed.__name__ = f"LayerDecayed{optimizer_class.__name__}"
+    return LayerDecayed
+
+
 def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
-    """AdamW, warm-up then cosine decay; binary cross-entropy; AUC, accuracy and recall."""
+    """AdamW, warm-up then cosine decay; binary cross-entropy; AUC, accuracy and recall.
+    With `layer_lr_decay` under 1, the ImageNet layers learn at a rate that falls with depth
+    below the head (the saved model's optimizer then loads only with `compile=False`, as
+    evaluate and export load it)."""
     import keras
 
     total_steps = max(1, params.epochs * steps_per_epoch)
@@ -358,8 +399,11 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
         warmup_steps=warmup_steps,
         alpha=0.01,
     )
+    optimizer_class = keras.optimizers.AdamW
+    if params.layer_lr_decay < 1:
+        optimizer_class = _layer_decayed(optimizer_class, params.layer_lr_decay)
     model.compile(
-        optimizer=keras.optimizers.AdamW(
+        optimizer=optimizer_class(
             schedule,
             weight_decay=params.weight_decay,
             use_ema=params.ema_momentum is not None,

@@ -1,5 +1,6 @@
-"""Mixup and the weights' moving average (EMA), on TensorFlow: what each lever hands
-`model.fit`, and that early stopping keeps the weights validation scored. Integration tier:
+"""Mixup, the weights' moving average (EMA) and the layer-wise learning rates, on TensorFlow:
+what each lever hands `model.fit`, that early stopping keeps the weights validation scored,
+and the step each ImageNet layer takes. Integration tier:
 importing TensorFlow alone costs seconds."""
 
 import numpy as np
@@ -117,3 +118,40 @@ def test_mixup_is_on_only_with_augmentation_and_a_positive_alpha(enabled, alpha,
         }
     )
     assert uses_mixup(params) is expected
+
+
+@pytest.mark.parametrize("decay", [0.5, 1.0])
+def test_layer_lr_decay_scales_each_imagenet_layers_first_step(decay):
+    """Adam's first step moves each weight by about the rate (m / sqrt(v) is the gradient's
+    sign): the median move of a layer is its rate, so the moves' ratios are the multipliers."""
+    import keras
+
+    from pneumonia.model.network import build_model
+
+    params = load_params().train.model_copy(
+        update={
+            "architecture": "efficientnet_lite0_stride16",
+            "layer_lr_decay": decay,
+            "dropout": 0.0,
+            "weight_decay": 0.0,
+        }
+    )
+    set_up(0)
+    model = build_model(32, params)
+    compile_model(model, params, steps_per_epoch=10)
+    before = {w.path: w.numpy().copy() for w in model.trainable_weights}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 1)).astype("float32")
+    model.train_on_batch(images, rng.integers(0, 2, (16, 1)).astype("float32"))
+
+    def move(path):
+        weight = next(w for w in model.trainable_weights if w.path == path)
+        return float(np.median(np.abs(weight.numpy() - before[path])))
+
+    head = move("probability_pneumonia/kernel")
+    assert head > 0
+    # block 11's expansion is one level below the head, block 5's seven, the stem thirteen
+    assert move("lite_block11_expand/kernel") / head == pytest.approx(decay, rel=0.05)
+    assert move("lite_block5_expand/kernel") / head == pytest.approx(decay**7, rel=0.05)
+    layered = type(model.optimizer) is not keras.optimizers.AdamW
+    assert layered is (decay < 1)
