@@ -22,6 +22,7 @@ import collections
 import hashlib
 import math
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -40,6 +41,10 @@ BLOCK_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1)
 # and ends on block 11's ImageNet expansion (112 -> 672 channels, ReLU6), the last layer
 # before the stride to 32: 0.8M of the 3.4M parameters, about 65% of an int8 call at 128 px.
 STRIDE16_BLOCKS = 11
+# Layer names: the stem, block i's layers (prefix), the 1,280-channel head; "_bn" after each
+# convolution's name for its batch norm.
+STEM_LAYER, HEAD_LAYER = "lite_stem", "lite_head"
+_BLOCK_PREFIX = "lite_block"
 # The first two pickles of a legacy-format file (torch.serialization).
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -229,6 +234,22 @@ def imagenet_state() -> dict[str, np.ndarray]:
     return read_torch_legacy(path)
 
 
+def block_layer(index: int) -> str:
+    """The prefix of block `index`'s layer names ("lite_block3_")."""
+    return f"{_BLOCK_PREFIX}{index}_"
+
+
+def layer_level(layer: str) -> int | None:
+    """How deep an ImageNet layer of `efficientnet_lite0` sits, by its name: 0 for the stem,
+    i + 1 for block i, 17 for the 1,280-channel head; None for a layer it did not build."""
+    if layer in (STEM_LAYER, STEM_LAYER + "_bn"):
+        return 0
+    if layer in (HEAD_LAYER, HEAD_LAYER + "_bn"):
+        return len(BLOCK_STRIDES) + 1
+    match = re.fullmatch(rf"{_BLOCK_PREFIX}(\d+)_\w+", layer)
+    return int(match.group(1)) + 1 if match else None
+
+
 def efficientnet_lite0(
     x: keras.KerasTensor, state: dict[str, np.ndarray], blocks: int = len(BLOCK_STRIDES)
 ) -> tuple[keras.KerasTensor, dict[str, list[np.ndarray]]]:
@@ -242,10 +263,10 @@ def efficientnet_lite0(
     if not 1 <= blocks <= len(BLOCK_STRIDES):
         raise ValueError(f"Lite0 has 1 to {len(BLOCK_STRIDES)} blocks, not {blocks}")
     port = _Port(state)
-    x = port.conv(x, "_conv_stem", "lite_stem", strides=2)
-    x = port.norm(x, "_bn0", "lite_stem_bn", relu=True)
+    x = port.conv(x, "_conv_stem", STEM_LAYER, strides=2)
+    x = port.norm(x, "_bn0", STEM_LAYER + "_bn", relu=True)
     for index, strides in enumerate(BLOCK_STRIDES[:blocks]):
-        key, name = f"_blocks.{index}.", f"lite_block{index}_"
+        key, name = f"_blocks.{index}.", block_layer(index)
         shortcut = x
         if index > 0:  # the first block does not expand
             x = port.conv(x, key + "_expand_conv", name + "expand")
@@ -257,11 +278,11 @@ def efficientnet_lite0(
         if strides == 1 and shortcut.shape[-1] == x.shape[-1]:
             x = layers.Add(name=name + "add")([x, shortcut])
     if blocks < len(BLOCK_STRIDES):
-        key, name = f"_blocks.{blocks}.", f"lite_block{blocks}_"
+        key, name = f"_blocks.{blocks}.", block_layer(blocks)
         x = port.conv(x, key + "_expand_conv", name + "expand")
         return port.norm(x, key + "_bn0", name + "expand_bn", relu=True), port.weights
-    x = port.conv(x, "_conv_head", "lite_head")
-    x = port.norm(x, "_bn1", "lite_head_bn", relu=True)
+    x = port.conv(x, "_conv_head", HEAD_LAYER)
+    x = port.norm(x, "_bn1", HEAD_LAYER + "_bn", relu=True)
     return x, port.weights
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -348,21 +347,14 @@ def make_datasets(
 
 def layer_lr_multipliers(paths: list[str], decay: float) -> list[float]:
     """Each variable's learning-rate multiplier, by its Keras path ("lite_block3_expand/kernel"):
-    decay**k for a layer k levels below the head. The ImageNet stem is level 0 and block i
-    level i + 1; every other layer (the new head) is one level above the deepest block, at 1.
+    decay**k for an ImageNet layer k levels below the new head, which sits one level above the
+    deepest ImageNet layer (`pretrained.layer_level`); 1 for every layer outside the backbone.
     Without ImageNet layers, or with decay 1, every multiplier is 1."""
-    levels = [_backbone_level(path.split("/")[0]) for path in paths]
-    known = [level for level in levels if level is not None]
-    top = max(known, default=-1) + 1
-    return [float(decay ** (top - (top if level is None else level))) for level in levels]
+    from pneumonia.model.pretrained import layer_level
 
-
-def _backbone_level(layer: str) -> int | None:
-    """0 for the ImageNet stem, i + 1 for block i, None for a layer outside the backbone."""
-    if layer == "lite_stem" or layer.startswith("lite_stem_"):
-        return 0
-    match = re.fullmatch(r"lite_block(\d+)_.*", layer)
-    return int(match.group(1)) + 1 if match else None
+    levels = [layer_level(path.split("/")[0]) for path in paths]
+    top = max((level for level in levels if level is not None), default=-1) + 1
+    return [1.0 if level is None else decay ** (top - level) for level in levels]
 
 
 def _layer_decayed(optimizer_class: type, decay: float) -> type:

@@ -40,3 +40,9 @@ def test_layer_lr_multipliers_leave_a_network_without_imagenet_layers_at_one_rat
     # level above block 2
     paths = ["lite_blockx_conv/kernel", "lite_block2_project/kernel"]
     assert layer_lr_multipliers(paths, 0.5) == [1.0, 0.5]
+
+
+def test_layer_lr_multipliers_count_the_whole_lite0s_imagenet_head_as_a_backbone_layer():
+    # the whole network: block 15 at level 16, its 1,280-channel head at 17, the new one at 18
+    paths = ["lite_block15_project/kernel", "lite_head/kernel", "lite_head_bn/beta", "dense/bias"]
+    assert layer_lr_multipliers(paths, 0.5) == pytest.approx([0.25, 0.5, 0.5, 1.0])
