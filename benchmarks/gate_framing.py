@@ -117,13 +117,21 @@ def without_layout(found: Features) -> Features:
 
 
 def row(
-    found: Features, rate: float, seed: int, strength: float, ceiling: str, asymmetry: bool
+    found: Features,
+    rate: float,
+    seed: int,
+    strength: float,
+    ceiling: str,
+    asymmetry: bool,
+    misses: list[str] | None = None,
 ) -> str:
-    """One way of setting the gate and the head, measured."""
+    """One way of setting the gate and the head, measured; `misses`, where given, gets a
+    line for each external image not refused with its own kind's reason."""
     from pneumonia.config import load_params
     from pneumonia.decision.gate import fit_feature_model, with_threshold
+    from pneumonia.decision.use import as_such
     from pneumonia.evaluation.gate import framing_blocks
-    from pneumonia.evaluation.intended_use import fit_and_measure
+    from pneumonia.evaluation.intended_use import external_radiographs_manifest, fit_and_measure
 
     framing_rate = None if ceiling == "pool" else float(ceiling)
     # in as many principal components as evaluate takes (evaluate.gate_components)
@@ -132,6 +140,7 @@ def row(
     if framing_rate is not None:
         groups = [model.distance(block) for block in framing_blocks(found.val)]
     gate = with_threshold(model, model.distance(found.val), rate, groups, framing_rate)
+    outcomes: dict[int, str] = {}
     head, report = fit_and_measure(
         found.external,
         found.train,
@@ -143,7 +152,15 @@ def row(
         framing_rate,
         strength,
         asymmetry,
+        outcomes,
     )
+    if misses is not None:
+        files = [row["file"] for row in external_radiographs_manifest()]
+        misses += [
+            f"{files[index]}: {outcome}"
+            for index, outcome in sorted(outcomes.items())
+            if not as_such(found.external.kinds[index], outcome)
+        ]
     refused = {
         name: float(np.mean(cheap | refuses(head, gate, features)))
         for name, (features, cheap) in found.held.items()
@@ -192,6 +209,11 @@ def main() -> None:
         "--seed", type=int, help="the folds' seed (default: base.seed of params.yaml)"
     )
     parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="list the external images each row does not refuse with their own reason",
+    )
+    parser.add_argument(
         "--also-without-layout",
         action="store_true",
         help="the same rows on the features less the input's layout (the checks before it)",
@@ -238,8 +260,14 @@ def main() -> None:
         for asymmetry in args.asymmetry:
             for strength in args.strengths:
                 for ceiling in args.framing_rates:
-                    lines.append(row(features, rate, seed, strength, ceiling, asymmetry == "yes"))
+                    misses: list[str] = []
+                    lines.append(
+                        row(features, rate, seed, strength, ceiling, asymmetry == "yes", misses)
+                    )
                     print(lines[-1], flush=True)
+                    if args.misses:
+                        lines += ["", "not refused with their own reason:", ""]
+                        lines += [f"- {miss}" for miss in misses] + [""]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)

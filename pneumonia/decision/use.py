@@ -188,3 +188,13 @@ def fit_use_head(
         weights[:, USE_KINDS.index(kind)] = coefficients[row]
         bias[USE_KINDS.index(kind)] = intercepts[row]
     return UseHead(problem.mean, problem.scale, weights, bias, layout_asymmetry)
+
+
+def as_such(kind: str, outcome: str) -> bool:
+    """Whether an outcome refuses an image of `kind` with that kind's own reason: another
+    body part as one (by the cheap checks, `not_a_chest_xray`, too), an adult as an adult,
+    a lateral view as one (`REFUSAL_REASONS`)."""
+    if outcome.startswith("refused before the model"):
+        return f"({REFUSAL_REASONS[kind]})" in outcome
+    refused = outcome.removeprefix("refused by the gate as ").removeprefix("refused as ")
+    return outcome != "answered" and REFUSAL_REASONS[refused] == REFUSAL_REASONS[kind]

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from pneumonia import paths
 from pneumonia.decision.use import (
     ANSWERED,
-    REFUSAL_REASONS,
     USE_KINDS,
     UseHead,
+    as_such,
     fit_use_head,
     refused_kind,
     with_margin,
@@ -61,10 +61,15 @@ class External:
     features: list[np.ndarray]  # (1 + shifts, F) per image; empty when refused early
 
 
+def external_radiographs_manifest() -> list[dict[str, str]]:
+    """The external radiographs' manifest rows, in its order."""
+    with open(paths.EXTERNAL_MANIFEST, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def external_radiographs() -> list[tuple[str, bytes]]:
     """(head kind, encoded bytes) of each external radiograph, in manifest order."""
-    with open(paths.EXTERNAL_MANIFEST, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = external_radiographs_manifest()
     return [
         (HEAD_KIND[row["kind"]], (paths.EXTERNAL_RADIOGRAPHS / row["file"]).read_bytes())
         for row in rows
@@ -88,16 +93,6 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
         inputs = [pixels] + [prepare_image(shift(gray), config) for shift in ALL_SHIFTS.values()]
         features.append(scorer.outputs(np.stack(inputs))[1])
     return External(kinds, early, features)
-
-
-def as_such(kind: str, outcome: str) -> bool:
-    """Whether an outcome refuses an image of `kind` with that kind's own reason: another
-    body part as one (by the cheap checks, `not_a_chest_xray`, too), an adult as an adult,
-    a lateral view as one (`REFUSAL_REASONS`)."""
-    if outcome.startswith("refused before the model"):
-        return f"({REFUSAL_REASONS[kind]})" in outcome
-    refused = outcome.removeprefix("refused by the gate as ").removeprefix("refused as ")
-    return outcome != "answered" and REFUSAL_REASONS[refused] == REFUSAL_REASONS[kind]
 
 
 def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:
@@ -135,6 +130,7 @@ def fit_and_measure(
     framing_rate: float | None = FRAMING_REJECTION_RATE,
     strength: float = USE_STRENGTH,
     layout_asymmetry: bool = USE_LAYOUT_ASYMMETRY,
+    outcomes: dict[int, str] | None = None,
 ) -> tuple[UseHead, dict]:
     """The head fitted on everything, and the endpoint's outcome for each external image
     when the head was fitted without it (FOLDS-fold cross-validation, `kind_folds`).
@@ -145,7 +141,8 @@ def fit_and_measure(
     (`framing_blocks`) at `framing_rate`, another kind (`with_margin`); `strength`: the
     head's inverse L2 penalty and `layout_asymmetry` whether it reads the layout's
     asymmetry (`fit_use_head`);
-    `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate.
+    `gate_distance`: features -> (N,) distances of the learned "not a chest X-ray" gate;
+    `outcomes`: where given, filled with each external image's outcome by its manifest index.
     """
 
     groups = framing_blocks(validation) if framing_rate is not None else []
@@ -172,6 +169,8 @@ def fit_and_measure(
                 outcome[index] = f"refused by the gate as {refused_kind(head.logits(unchanged))}"
             else:
                 outcome[index] = "answered"
+    if outcomes is not None:
+        outcomes.update(outcome)
     report: dict = {"folds": FOLDS, "kinds": {}}
     for kind in sorted(set(external.kinds)):
         mine = [outcome[i] for i, k in enumerate(external.kinds) if k == kind]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pneumonia import paths
 from pneumonia.decision.contract import ModelMetadata
+from pneumonia.decision.use import as_such
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Template, ${name}
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -100,22 +101,21 @@ def model_card(
 
 
 def use_fields(evaluation: dict) -> dict[str, str]:
-    """The intended-use check's figures on the external radiographs."""
+    """The intended-use check's figures on the external radiographs, as counts of evaluate's
+    outcomes (58 of 60 is 96.7%, which a whole percent would show as the intended-use issue's
+    97%)."""
     kinds = evaluation.get("intended_use", {}).get("kinds", {})
-    # Counts, not rounded shares: 58 of 60 is 96.7%, which a whole percent would show as the
-    # intended-use issue's 97%.
-    rates = ", ".join(
-        f"{kind.replace('_', ' ')} {round(row['refused'] * row['images'])} of {row['images']}"
-        + (
-            f" ({round(row['refused_as_such'] * row['images'])} with its own reason)"
-            if "refused_as_such" in row
-            else ""
+    parts = []
+    for kind, row in kinds.items():
+        outcomes = row["outcomes"]
+        refused = row["images"] - outcomes.get("answered", 0)
+        own = sum(count for outcome, count in outcomes.items() if as_such(kind, outcome))
+        parts.append(
+            f"{kind.replace('_', ' ')} {refused} of {row['images']} ({own} with its own reason)"
         )
-        for kind, row in kinds.items()
-    )
     return {
         "use_images": str(sum(row["images"] for row in kinds.values())),
-        "use_rates": rates or "not measured",
+        "use_rates": ", ".join(parts) or "not measured",
         "use_laterals": str(kinds.get("lateral_chest", {}).get("images", 0)),
     }
 

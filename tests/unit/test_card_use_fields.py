@@ -3,12 +3,27 @@
 from pneumonia.release.card import use_fields
 
 
-def test_the_card_counts_the_laterals_the_check_was_fitted_on():
+def test_the_card_counts_the_laterals_the_check_was_fitted_on_from_the_outcomes():
     report = {
         "intended_use": {
             "kinds": {
-                "adult_chest": {"images": 60, "refused": 59 / 60, "refused_as_such": 58 / 60},
-                "lateral_chest": {"images": 3, "refused": 1.0, "refused_as_such": 1 / 3},
+                "adult_chest": {
+                    "images": 60,
+                    "outcomes": {
+                        "answered": 1,
+                        "refused as adult_chest": 57,
+                        "refused by the gate as adult_chest": 1,
+                        "refused as other_body_part": 1,
+                    },
+                },
+                "lateral_chest": {
+                    "images": 3,
+                    "outcomes": {
+                        "refused as lateral_chest": 1,
+                        "refused as adult_chest": 1,
+                        "refused before the model (not_a_chest_xray)": 1,
+                    },
+                },
             }
         }
     }

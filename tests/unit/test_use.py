@@ -155,7 +155,7 @@ def test_a_refusal_names_the_heads_kind_or_else_its_runner_up():
 
 
 def test_refused_as_such_needs_the_kinds_own_reason():
-    from pneumonia.evaluation.intended_use import as_such
+    from pneumonia.decision.use import as_such
 
     assert as_such("other_body_part", "refused before the model (not_a_chest_xray)")
     assert not as_such("other_body_part", "refused before the model (lateral_view)")
@@ -166,3 +166,38 @@ def test_refused_as_such_needs_the_kinds_own_reason():
     assert not as_such("adult_chest", "refused by the gate as other_body_part")
     assert not as_such("adult_chest", "answered")
     assert as_such("lateral_chest", "refused as lateral_chest")
+
+
+def test_the_cross_validation_gives_each_external_image_one_outcome_and_counts_them():
+    from pneumonia.evaluation.intended_use import External, fit_and_measure
+
+    rng = np.random.default_rng(3)
+    train = clusters(
+        rng, {ANSWERED: (0, 300), "adult_chest": (10, 30), "other_body_part": (10, 30)}
+    )
+    kinds = ["adult_chest"] * 30 + ["other_body_part"] * 30 + ["other_body_part"]
+    features = [
+        row[None] for row in np.concatenate([train["adult_chest"], train["other_body_part"]])
+    ]
+    external = External(kinds, [None] * 60 + ["not_a_chest_xray"], [*features, np.zeros((0, 0))])
+    validation = clusters(rng, {ANSWERED: (0, 200)})[ANSWERED]
+    outcomes: dict[int, str] = {}
+    _, report = fit_and_measure(
+        external,
+        train[ANSWERED],
+        validation,
+        lambda values: np.zeros(len(values)),  # a gate that refuses nothing
+        1.0,
+        0.01,
+        seed=0,
+        framing_rate=None,
+        outcomes=outcomes,
+    )
+    assert sorted(outcomes) == list(range(61))
+    assert outcomes[60] == "refused before the model (not_a_chest_xray)"
+    for kind, figures in report["kinds"].items():
+        mine = [outcomes[i] for i, k in enumerate(kinds) if k == kind]
+        assert figures["outcomes"] == {name: mine.count(name) for name in set(mine)}
+    # far-apart clusters: every image is refused with its own kind's reason
+    assert report["kinds"]["adult_chest"]["outcomes"] == {"refused as adult_chest": 30}
+    assert report["kinds"]["other_body_part"]["refused_as_such"] == 1.0
