@@ -123,15 +123,14 @@ def row(
     strength: float,
     ceiling: str,
     asymmetry: bool,
-    misses: list[str] | None = None,
+    outcomes: dict[int, str] | None = None,
 ) -> str:
-    """One way of setting the gate and the head, measured; `misses`, where given, gets a
-    line for each external image not refused with its own kind's reason."""
+    """One way of setting the gate and the head, measured; `outcomes`, where given, gets each
+    external image's cross-validated outcome by its index (`fit_and_measure`)."""
     from pneumonia.config import load_params
     from pneumonia.decision.gate import fit_feature_model, with_threshold
-    from pneumonia.decision.use import as_such
     from pneumonia.evaluation.gate import framing_blocks
-    from pneumonia.evaluation.intended_use import external_radiographs_manifest, fit_and_measure
+    from pneumonia.evaluation.intended_use import fit_and_measure
 
     framing_rate = None if ceiling == "pool" else float(ceiling)
     # in as many principal components as evaluate takes (evaluate.gate_components)
@@ -140,7 +139,6 @@ def row(
     if framing_rate is not None:
         groups = [model.distance(block) for block in framing_blocks(found.val)]
     gate = with_threshold(model, model.distance(found.val), rate, groups, framing_rate)
-    outcomes: dict[int, str] = {}
     head, report = fit_and_measure(
         found.external,
         found.train,
@@ -152,15 +150,8 @@ def row(
         framing_rate,
         strength,
         asymmetry,
-        outcomes,
+        outcomes=outcomes,
     )
-    if misses is not None:
-        files = [row["file"] for row in external_radiographs_manifest()]
-        misses += [
-            f"{files[index]}: {outcome}"
-            for index, outcome in sorted(outcomes.items())
-            if not as_such(found.external.kinds[index], outcome)
-        ]
     refused = {
         name: float(np.mean(cheap | refuses(head, gate, features)))
         for name, (features, cheap) in found.held.items()
@@ -220,6 +211,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     from pneumonia.config import load_params
+    from pneumonia.decision.use import as_such
+    from pneumonia.evaluation.intended_use import external_radiographs_manifest
     from pneumonia.machine import describe
 
     params = load_params(ROOT / "params.yaml")
@@ -233,6 +226,12 @@ def main() -> None:
         with args.save_features.open("wb") as handle:
             pickle.dump(found, handle)
     seed = params.base.seed if args.seed is None else args.seed
+    files = [entry["file"] for entry in external_radiographs_manifest()]
+    if args.misses and len(files) != len(found.external.kinds):
+        raise SystemExit(
+            f"the features hold {len(found.external.kinds)} external images, the manifest "
+            f"{len(files)}: collect them again (without --features)"
+        )
     variants = {"with the layout": found}
     if args.also_without_layout:
         variants["without the layout"] = without_layout(found)
@@ -260,14 +259,18 @@ def main() -> None:
         for asymmetry in args.asymmetry:
             for strength in args.strengths:
                 for ceiling in args.framing_rates:
-                    misses: list[str] = []
+                    outcomes: dict[int, str] = {}
                     lines.append(
-                        row(features, rate, seed, strength, ceiling, asymmetry == "yes", misses)
+                        row(features, rate, seed, strength, ceiling, asymmetry == "yes", outcomes)
                     )
                     print(lines[-1], flush=True)
                     if args.misses:
                         lines += ["", "not refused with their own reason:", ""]
-                        lines += [f"- {miss}" for miss in misses] + [""]
+                        lines += [
+                            f"- {files[index]}: {outcome}"
+                            for index, outcome in sorted(outcomes.items())
+                            if not as_such(found.external.kinds[index], outcome)
+                        ] + [""]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)
