@@ -68,7 +68,7 @@ def collect() -> Features:
     files, _ = held_out_files(["test", "early", "late"])
     held = {}
     for name, shift in {"unchanged": lambda gray: gray, **FRAMING}.items():
-        inputs, cheap = framed(files, shift, config)
+        inputs, cheap, _ = framed(files, shift, config)
         held[name] = (scorer.outputs(inputs)[1], cheap)
     reached, early = [], 0
     for image in out_of_distribution_images():

@@ -98,7 +98,7 @@ def measure(args: argparse.Namespace) -> None:
     framings: dict[str, dict[str, dict[str, float]]] = {}
     dumped: dict[str, Any] = {}
     for name, shift in {"unchanged": lambda gray: gray, **FRAMING}.items():
-        inputs, _ = framed(files, shift, config)
+        inputs, _, _ = framed(files, shift, config)
         framings[name] = {}
         for variant, predict in predictors.items():
             probabilities = predict(inputs)

@@ -45,6 +45,7 @@ from pneumonia.evaluation.scoring import (
     uncalibrated,
 )
 from pneumonia.evaluation.shifts import robustness, shifted_probabilities
+from pneumonia.evaluation.view import view_check
 from pneumonia.release.export import network_to_serve
 from pneumonia.release.quantize import network_sha256
 
@@ -102,17 +103,22 @@ def main() -> None:
         val_features,
         components=params.evaluate.gate_components,
     )
+    external, head_outcomes = external_features(scorer, config), dict[int, str]()
     head, results["intended_use"] = fit_and_measure(
-        external_features(scorer, config),
+        external,
         train_features,
         val_features,
         gate.distance,
         gate.threshold,
         rate,
         params.base.seed,
+        outcomes=head_outcomes,
     )
-    results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head)
-    arrays = gate.arrays() | head.arrays(prefix="use_")
+    view, view_report = view_check(external.kinds, head_outcomes, config, params.base.seed)
+    results["intended_use"] |= {"kinds_head_alone": results["intended_use"]["kinds"]}
+    results["intended_use"] |= view_report  # the kinds as head and view check refuse them
+    results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head, view)
+    arrays = gate.arrays() | head.arrays(prefix="use_") | view.arrays(prefix="view_")
     np.savez(paths.GATE, allow_pickle=False, **arrays)
     results["framing"], results["worst_framing"], results["framing_band"] = framing_report(
         scorer,
@@ -123,6 +129,7 @@ def main() -> None:
         list(scores),
         head,
         other_bands(pooled_val, threshold),
+        view,
     )
 
     results["worst_shift"] = worst_shift(results)

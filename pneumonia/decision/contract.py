@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pneumonia.decision.band import Band
 from pneumonia.decision.calibration import Calibration, logit
+from pneumonia.decision.view import VIEW_FEATURES, ViewCheck
 from pneumonia.images.config import PreprocessConfig
 
 VERSION_PATTERN = r"^sha256-[0-9a-f]{12}$"
@@ -71,6 +73,26 @@ class OodGate(_Strict):
     false_rejection_rate: float = Field(gt=0, lt=0.5)  # targeted on validation
 
 
+class ViewCheckSpec(_Strict):
+    """The view check (pneumonia.decision.view): lateral when the view features' score,
+    features @ weights + bias, is above `threshold`."""
+
+    weights: tuple[float, ...] = Field(min_length=VIEW_FEATURES, max_length=VIEW_FEATURES)
+    bias: float = Field(allow_inf_nan=False)
+    threshold: float = Field(allow_inf_nan=False)
+    false_rejection_rate: float = Field(gt=0, lt=0.5)  # targeted on validation, per framing
+
+    @model_validator(mode="after")
+    def _finite(self) -> ViewCheckSpec:
+        if not all(math.isfinite(weight) for weight in self.weights):
+            raise ValueError("view_check.weights must be finite")
+        return self
+
+    def check(self) -> ViewCheck:
+        """The check serving runs."""
+        return ViewCheck(np.array(self.weights), self.bias, self.threshold)
+
+
 class ModelMetadata(_Strict):
     """The contents of model.json: version, thresholds, labels, tensor names, preprocessing."""
 
@@ -89,6 +111,8 @@ class ModelMetadata(_Strict):
     # A site's Platt map on the logit of the graph's calibrated probability, fitted by
     # `python -m pneumonia.recalibrate` on the site's labelled sample; None: served as is.
     recalibration: CalibrationSpec | None = None
+    # Lateral views of plain images refused (lateral_view); None: a model from before it.
+    view_check: ViewCheckSpec | None = None
     site: str | None = Field(default=None, pattern=SITE_PATTERN)  # whose sample fitted it
     operating_point: ThresholdRule | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -185,6 +209,7 @@ ANSWERING = (
     "ood_gate",
     "max_patient_age_years",
     "recalibration",
+    "view_check",
 )
 
 

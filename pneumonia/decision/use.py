@@ -197,4 +197,5 @@ def as_such(kind: str, outcome: str) -> bool:
     if outcome.startswith("refused before the model"):
         return f"({REFUSAL_REASONS[kind]})" in outcome
     refused = outcome.removeprefix("refused by the gate as ").removeprefix("refused as ")
+    refused = refused.removeprefix("refused by the view check as ")
     return outcome != "answered" and REFUSAL_REASONS[refused] == REFUSAL_REASONS[kind]

@@ -14,6 +14,7 @@ from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.band import band_metrics
 from pneumonia.decision.use import ANSWERED
+from pneumonia.decision.view import refused_by_view, view_features, view_grid
 from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import FRAMING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pneumonia.decision.band import Band
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
+    from pneumonia.decision.view import ViewCheck
 
 WORST = (*ROBUSTNESS_METRICS, "accuracy_decided")  # lowest over the shifts is the worst
 MOST = ("refused", "share_indeterminate")  # highest over the shifts is the worst
@@ -42,15 +44,17 @@ def held_out_files(splits: list[str]) -> tuple[list[Path], np.ndarray]:
 
 def framed(
     files: list[Path], shift: Callable[[np.ndarray], np.ndarray], config: PreprocessConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 1) model inputs of the files under one framing shift, and (N,) whether the
-    cheap "is this a chest X-ray?" checks refuse each shifted image."""
-    inputs, refused = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, S, S, 1) model inputs of the files under one framing shift, (N,) whether the
+    cheap "is this a chest X-ray?" checks refuse each shifted image, and (N, F) its view
+    features (`pneumonia.decision.view`)."""
+    inputs, refused, grids = [], [], []
     for path in files:
         gray = shift(decode_image(path.read_bytes()))
         inputs.append(prepare_image(gray, config))
         refused.append(screen(gray, None) is not None)
-    return np.stack(inputs), np.array(refused, dtype=bool)
+        grids.append(view_grid(gray))
+    return np.stack(inputs), np.array(refused, dtype=bool), view_features(np.stack(grids))
 
 
 def framing_report(
@@ -62,10 +66,12 @@ def framing_report(
     splits: list[str],
     head: UseHead | None = None,
     other_bands: dict[str, Band] | None = None,
+    view: ViewCheck | None = None,
 ) -> tuple[dict, dict, dict]:
     """Per framing shift: AUC, accuracy, sensitivity and specificity at the threshold, the
     band's share indeterminate and accuracy on the decided, and the share of real X-rays the
-    endpoint refuses (cheap checks, the intended-use head or the learned check); then the
+    endpoint refuses (cheap checks, the intended-use head, the view check or the learned
+    check); then the
     worst of each over the shifts; then the evidence for choosing the band on the framings:
     those two figures for each of `other_bands`, per shift and at their worst (`worst_band`)."""
     files, labels = held_out_files(splits)
@@ -73,24 +79,28 @@ def framing_report(
     bands: dict = {}
     shifts = {UNCHANGED: lambda gray: gray, **FRAMING}  # the same path, as the baseline
     for name, shift in tqdm(shifts.items(), desc="framing (held-out)", unit="shift"):
-        inputs, cheap = framed(files, shift, config)
+        inputs, cheap, views = framed(files, shift, config)
         probabilities = scorer(inputs)
         features = scorer.outputs(inputs)[1]
         distances = gate.distance(features)
-        off_use = np.zeros(len(labels), dtype=bool)
-        if head is not None:
-            off_use = np.array([kind != ANSWERED for kind in head.kinds(features)])
+        kinds = head.kinds(features) if head is not None else [ANSWERED] * len(labels)
+        off_use = np.array([kind != ANSWERED for kind in kinds])
+        lateral = refused_by_view(view, views, kinds) & ~off_use
         metrics = binary_metrics(labels, probabilities, threshold)
         decided = band_metrics(labels, probabilities, band)
         report[name] = {
             **{key: float(metrics[key]) for key in ROBUSTNESS_METRICS},
             "share_indeterminate": decided["share_indeterminate"],
             "accuracy_decided": decided["accuracy_decided"],
-            "refused": float(np.mean(cheap | off_use | ~(distances <= gate.threshold))),
-            # by the first check that refuses: cheap checks, intended-use head, learned gate
+            "refused": float(np.mean(cheap | off_use | lateral | ~(distances <= gate.threshold))),
+            # by the first check that refuses: cheap checks, intended-use head, view check,
+            # learned gate
             "refused_cheap": float(np.mean(cheap)),
             "refused_use": float(np.mean(off_use & ~cheap)),
-            "refused_gate": float(np.mean(~(distances <= gate.threshold) & ~off_use & ~cheap)),
+            "refused_view": float(np.mean(lateral & ~cheap)),
+            "refused_gate": float(
+                np.mean(~(distances <= gate.threshold) & ~off_use & ~lateral & ~cheap)
+            ),
         }
         if other_bands:
             bands[name] = {

@@ -13,6 +13,7 @@ from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.gate import fit_feature_model, with_threshold
 from pneumonia.decision.use import ANSWERED
+from pneumonia.decision.view import refused_by_view, view_features, view_grid
 from pneumonia.evaluation.ood import NOT_COVERED, out_of_distribution_images
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS, FRAMING, SHIFTS, shifted_inputs
@@ -23,6 +24,7 @@ from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen_and_prepare
 if TYPE_CHECKING:
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
+    from pneumonia.decision.view import ViewCheck
 
 log = logging.getLogger("evaluate")
 
@@ -104,17 +106,21 @@ def refusals(
     gate: FeatureGate,
     config: PreprocessConfig,
     head: UseHead | None = None,
+    view: ViewCheck | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Which check refuses each encoded image, as the endpoint would: "decoder" (a 4xx from
     decoding, e.g. a DICOM of another modality), "cheap checks", "intended-use check",
-    "learned check", or "accepted"; and the feature distance of those that reached the
-    model."""
+    "view check", "learned check", or "accepted"; and the feature distance of those that
+    reached the model."""
     outcomes: list[str] = []
     reached: list[int] = []
     inputs: list[np.ndarray] = []
+    grids: list[np.ndarray] = []
     for index, data in enumerate(files):
         try:
-            inputs.append(screen_and_prepare(data, config)[1])
+            gray, pixels = screen_and_prepare(data, config)
+            inputs.append(pixels)
+            grids.append(view_grid(gray))
             reached.append(index)
             outcomes.append("accepted")
         except ImageError as error:
@@ -122,9 +128,13 @@ def refusals(
     features = scorer.outputs(np.stack(inputs))[1] if inputs else np.zeros((0, 1))
     distances = gate.distance(features) if inputs else np.zeros(0)
     kinds = head.kinds(features) if head is not None and inputs else [ANSWERED] * len(reached)
-    for index, distance, kind in zip(reached, distances, kinds, strict=True):
+    views = view_features(np.stack(grids)) if grids else np.zeros((0, 1))
+    lateral = refused_by_view(view, views, kinds) if inputs else np.zeros(0, dtype=bool)
+    for index, distance, kind, flagged in zip(reached, distances, kinds, lateral, strict=True):
         if kind != ANSWERED:
             outcomes[index] = "intended-use check"
+        elif flagged:
+            outcomes[index] = "view check"
         elif not distance <= gate.threshold:
             outcomes[index] = "learned check"
     return outcomes, distances
@@ -136,6 +146,7 @@ def gate_report(
     config: PreprocessConfig,
     held_out: list[str],
     head: UseHead | None = None,
+    view: ViewCheck | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """False rejections of real X-rays (held-out splits, and the robustness shifts of test)
     and detection of the out-of-distribution set, by kind, by the gate and the intended-use
@@ -151,7 +162,7 @@ def gate_report(
     rejected: dict[str, float] = {}
     for split in held_out:
         files = [(paths.RAW / name).read_bytes() for name in load_files(split)]
-        outcomes, distances[split] = refusals(files, scorer, gate, config, head)
+        outcomes, distances[split] = refusals(files, scorer, gate, config, head, view)
         rejected[split] = float(np.mean([outcome != "accepted" for outcome in outcomes]))
     test_files = [paths.RAW / name for name in load_files("test")]
     for name in tqdm(SHIFTS, desc="gate under shifts (test)", unit="shift"):
@@ -163,7 +174,7 @@ def gate_report(
     report["false_rejections"] = rejected
     images = out_of_distribution_images()
     outcomes, distances["out of distribution"] = refusals(
-        [image.data for image in images], scorer, gate, config, head
+        [image.data for image in images], scorer, gate, config, head, view
     )
     detected: dict[str, list[bool]] = {}
     for image, outcome in zip(images, outcomes, strict=True):

@@ -171,15 +171,7 @@ def fit_and_measure(
                 outcome[index] = "answered"
     if outcomes is not None:
         outcomes.update(outcome)
-    report: dict = {"folds": FOLDS, "kinds": {}}
-    for kind in sorted(set(external.kinds)):
-        mine = [outcome[i] for i, k in enumerate(external.kinds) if k == kind]
-        report["kinds"][kind] = {
-            "images": len(mine),
-            "refused": float(np.mean([o != "answered" for o in mine])),
-            "refused_as_such": float(np.mean([as_such(kind, o) for o in mine])),
-            "outcomes": {name: mine.count(name) for name in sorted(set(mine))},
-        }
+    report = kinds_report(external.kinds, outcome)
     report["not_fitted"] = [k for k in USE_KINDS if k != ANSWERED and k not in external.kinds]
     head = fit(reached)
     report["validation_refused"] = held_out_refusals(head, validation)
@@ -192,6 +184,21 @@ def fit_and_measure(
             100 * figures["refused_as_such"],
         )
     return head, report
+
+
+def kinds_report(kinds: list[str], outcome: dict[int, str]) -> dict:
+    """Per kind of external radiograph: its images, the share refused, the share refused
+    with the kind's own reason, and each outcome's count (`outcome`: by manifest index)."""
+    report: dict = {"folds": FOLDS, "kinds": {}}
+    for kind in sorted(set(kinds)):
+        mine = [outcome[i] for i, k in enumerate(kinds) if k == kind]
+        report["kinds"][kind] = {
+            "images": len(mine),
+            "refused": float(np.mean([o != "answered" for o in mine])),
+            "refused_as_such": float(np.mean([as_such(kind, o) for o in mine])),
+            "outcomes": {name: mine.count(name) for name in sorted(set(mine))},
+        }
+    return report
 
 
 def held_out_refusals(head: UseHead, features: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from pneumonia.decision.calibration import Calibration
 from pneumonia.decision.contract import ModelMetadata
 from pneumonia.decision.gate import FeatureGate
 from pneumonia.decision.use import UseHead
+from pneumonia.decision.view import ViewCheck
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.release import registry
 from pneumonia.release.export import OUTPUTS, SERVED
@@ -34,6 +35,7 @@ class Decision:
     band: dict
     gate: FeatureGate
     use_head: UseHead | None = None  # the intended-use check, when evaluate fitted one
+    view: ViewCheck | None = None  # the view check, when evaluate fitted one
 
 
 def load_decision(evaluation: dict) -> Decision:
@@ -47,13 +49,28 @@ def load_decision(evaluation: dict) -> Decision:
             evaluation["ood_gate"]["false_rejection_rate"],
         )
         use_head = UseHead.from_arrays(arrays, prefix="use_")
+        view = ViewCheck.from_arrays(arrays, prefix="view_")
     return Decision(
         calibration=Calibration(calibration["scale"], calibration["shift"]),
         threshold=float(evaluation["threshold"]),
         band={k: evaluation["decision"][k] for k in ("low", "high", "error_rate")},
         gate=gate,
         use_head=use_head,
+        view=view,
     )
+
+
+def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
+    """model.json's `view_check`: the check's weights, bias and threshold, and the rate it
+    was set at (evaluate's `intended_use.view_check`)."""
+    if view is None:
+        return None
+    return {
+        "weights": tuple(float(weight) for weight in view.weights),
+        "bias": float(view.bias),
+        "threshold": float(view.threshold),
+        "false_rejection_rate": evaluation["intended_use"]["view_check"]["false_rejection_rate"],
+    }
 
 
 def describe_model(
@@ -91,6 +108,7 @@ def describe_model(
             },
             training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
             max_patient_age_years=max_patient_age_years,
+            view_check=view_check_fields(decision.view, evaluation),
             operating_point={
                 "policy": evaluation["threshold_policy"],
                 "target_sensitivity": evaluation["target_sensitivity"],

@@ -200,6 +200,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
     checks per file, one inference run for the usable ones, then the gate and the decision.
     With `features`, each scored row carries the model's features (for pneumonia.monitor)."""
     inputs: dict[int, np.ndarray] = {}
+    laterals: dict[int, bool] = {}
     errors: dict[int, str] = {}
     for index, job in enumerate(jobs):
         if job.refused is not None:
@@ -207,16 +208,20 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
             continue
         try:
             metadata = model.metadata
-            inputs[index] = prepare(
+            gray, inputs[index] = prepare(
                 job.data, metadata.preprocessing, metadata.max_patient_age_years
-            )[1]
+            )
+            laterals[index] = model.lateral(gray)
         except ClientError as error:
             errors[index] = str(error)
-    scores: dict[int, tuple[float, float, np.ndarray | None]] = {}
+    scores: dict[int, tuple[float, float, np.ndarray | None, bool]] = {}
     vectors: dict[int, list[float]] = {}
     if inputs:
         outputs = model.infer(np.stack(list(inputs.values())), features=features)
-        scores = {index: outputs.one(position) for position, index in enumerate(inputs)}
+        scores = {
+            index: (*outputs.one(position), laterals[index])
+            for position, index in enumerate(inputs)
+        }
         if outputs.features is not None:
             # float32 precision is what the graph computes; 6 significant digits keep it.
             vectors = {
@@ -232,7 +237,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
 
 def row(
     job: Job,
-    scored: tuple[float, float, np.ndarray | None] | None,
+    scored: tuple[float, float, np.ndarray | None, bool] | None,
     error: str | None,
     model: Classifier,
 ) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The order for each image: decode (caps checked from the bytes first) -> the cheap
 "is this a chest X-ray?" checks -> the one preprocessing path -> the ONNX graph, which
 gives the calibrated probability, the gate's feature distance and, when asked, the class
-activation map -> the learned check -> label, decision and heatmap.
+activation map -> the intended-use head, the view check (frontal or lateral, on the decoded
+image) and the learned check -> label, decision and heatmap.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import onnxruntime
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata
 from pneumonia.decision.use import ANSWERED, REFUSAL_REASONS, kind_of, refused_kind
+from pneumonia.decision.view import decide_kind, view_features, view_grid
 from pneumonia.images import heatmap
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
@@ -126,7 +128,7 @@ class Classifier:
         metadata = self.metadata
         gray, pixels = prepare(image_bytes, metadata.preprocessing, metadata.max_patient_age_years)
         outputs = self.infer(pixels[np.newaxis], explain)
-        prediction = self.judge(*outputs.one(0))
+        prediction = self.judge(*outputs.one(0), lateral=self.lateral(gray))
         if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
@@ -155,14 +157,28 @@ class Classifier:
             features=named.get(roles.features),
         )
 
+    def lateral(self, gray: np.ndarray) -> bool:
+        """Whether the view check calls the decoded (H, W) image a lateral view (False for
+        a model without one)."""
+        view = self.metadata.view_check
+        if view is None:
+            return False
+        return bool(view.check().lateral(view_features(view_grid(gray)[np.newaxis]))[0])
+
     def judge(
-        self, probability: float, distance: float, use: np.ndarray | None = None
+        self,
+        probability: float,
+        distance: float,
+        use: np.ndarray | None = None,
+        lateral: bool = False,
     ) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when the intended-use
-        head names another kind than a pediatric frontal chest X-ray, or when its features
-        are too far from the training X-rays' (then as the kind the head ranks next,
-        `refused_kind`; `not_a_chest_xray` for a graph without a head)."""
-        if use is not None and (kind := kind_of(use)) != ANSWERED:
+        head names another kind than a pediatric frontal chest X-ray, when the view check
+        calls it `lateral` (unless the head names another body part: `decide_kind`), or when
+        its features are too far from the training X-rays' (then as the kind the head ranks
+        next, `refused_kind`; `not_a_chest_xray` for a graph without a head)."""
+        kind = decide_kind(kind_of(use) if use is not None else None, lateral)
+        if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
             raise ClientError(status, USE_REFUSALS[kind][1], USE_REFUSALS[kind][0])
         gate = self.metadata.ood_gate

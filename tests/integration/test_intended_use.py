@@ -22,15 +22,15 @@ def external(kind_folder: str, count: int) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, keras_model, sample_data):
-    """(Classifier with a head in its graph, the numpy head, Keras features of each image)."""
+def fitted(keras_model, sample_data):
+    """(the numpy head, the gate, the images reaching the model by kind, Keras features of
+    each, the preprocessing)."""
     from pneumonia.decision.gate import FeatureGate, fit_feature_model
     from pneumonia.decision.use import fit_use_head
     from pneumonia.images.config import PreprocessConfig
     from pneumonia.images.formats import ImageError
     from pneumonia.images.screening import screen_and_prepare
     from pneumonia.model.network import with_explanations
-    from pneumonia.serving.classifier import Classifier
 
     config = PreprocessConfig(
         image_size=IMAGE_SIZE, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8
@@ -59,6 +59,15 @@ def served(tmp_path_factory, keras_model, sample_data):
     gate = FeatureGate(
         fitted.mean, fitted.whitening, GATE_MARGIN * fitted.distance(everything).max(), 0.02
     )
+    return head, gate, images, features, config
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, keras_model, fitted):
+    """(Classifier with a head in its graph, the numpy head, Keras features of each image)."""
+    from pneumonia.serving.classifier import Classifier
+
+    head, gate, images, features, config = fitted
     folder = write_test_model(
         tmp_path_factory.mktemp("model-with-head"), keras_model, config, gate, head
     )
@@ -136,3 +145,93 @@ def test_the_features_end_with_the_inputs_layout(keras_model):
     np.testing.assert_allclose(features[0, -(LAYOUT_GRID**2) :], expected.reshape(-1), atol=1e-6)
     mirrored = with_explanations(keras_model).predict(image[:, :, ::-1].copy(), verbose=0)[1]
     assert not np.allclose(mirrored[0, -(LAYOUT_GRID**2) :], expected.reshape(-1))
+
+
+@pytest.fixture(scope="module")
+def served_with_view(tmp_path_factory, keras_model, fitted):
+    """(Classifier with the head and a view check, the numpy check), the check fitted as
+    evaluate fits it: the sample's X-rays and the adults as frontal, the committed and kept
+    laterals, the body parts as negatives; threshold at 5% of the sample under each framing."""
+    from pneumonia.decision.view import fit_view_check, with_view_threshold
+    from pneumonia.evaluation.view import load_kept, view_rows
+    from pneumonia.images.screening import screen_and_prepare
+    from pneumonia.serving.classifier import Classifier
+
+    head, gate, images, _, config = fitted
+
+    def rows(datas: list[bytes]) -> list[np.ndarray]:
+        return [view_rows(screen_and_prepare(data, config)[0]) for data in datas]
+
+    pediatric = rows(images["pediatric_chest"])
+    kept = load_kept()[0]
+    laterals = rows(external("lateral", 3)) + [
+        r for kind, r in zip(kept.kinds, kept.rows, strict=True) if kind == "lateral_chest"
+    ]
+    check = fit_view_check(
+        np.concatenate(pediatric + rows(images["adult_chest"])),
+        np.concatenate(laterals),
+        np.concatenate(rows(images["other_body_part"])),
+    )
+    blocks = [np.stack([r[i] for r in pediatric]) for i in range(len(pediatric[0]))]
+    check = with_view_threshold(check, blocks, 0.05)
+    fields = {
+        "weights": tuple(float(w) for w in check.weights),
+        "bias": float(check.bias),
+        "threshold": float(check.threshold),
+        "false_rejection_rate": 0.05,
+    }
+    folder = tmp_path_factory.mktemp("model-with-view")
+    write_test_model(folder, keras_model, config, gate, head, view_check=fields)
+    return Classifier.load(folder), check
+
+
+def outcome(classifier, data: bytes) -> str:
+    """ "answered", or the reason the endpoint refuses the image with."""
+    from pneumonia.serving.requests import ClientError
+
+    try:
+        classifier.classify(data)
+    except ClientError as refused:
+        return refused.reason
+    return "answered"
+
+
+def test_the_endpoint_refuses_what_the_numpy_view_check_calls_lateral(served, served_with_view):
+    """Each image as the numpy check and the graph's head decide (`decide_kind`): a lateral
+    call refuses it as lateral_view unless the head names a body part; otherwise the answer
+    is the one the model without the check gives."""
+    from pneumonia.decision.use import kind_of
+    from pneumonia.decision.view import decide_kind, view_features, view_grid
+    from pneumonia.images.screening import screen_and_prepare
+
+    plain, _, images, _ = served
+    with_view, check = served_with_view
+    called: dict[str, list[bool]] = {}
+    for kind, datas in {**images, "lateral_chest": external("lateral", 3)}.items():
+        for data in datas:
+            gray, pixels = screen_and_prepare(data, plain.metadata.preprocessing)
+            lateral = bool(check.lateral(view_features(view_grid(gray)[np.newaxis]))[0])
+            use = plain.infer(pixels[np.newaxis]).uses
+            assert use is not None
+            before, after = outcome(plain, data), outcome(with_view, data)
+            if decide_kind(kind_of(use[0]), lateral) == "lateral_chest" and lateral:
+                assert after == "lateral_view", (kind, before, after)
+            else:
+                assert after == before, (kind, lateral, before, after)
+            called.setdefault(kind, []).append(lateral)
+    # Fitted on them: the laterals are called lateral, the sample's X-rays nearly never.
+    assert all(called["lateral_chest"]), called["lateral_chest"]
+    assert np.mean(called["pediatric_chest"]) <= 0.05
+
+
+def test_a_batch_row_is_refused_as_lateral_as_the_single_request_is(served_with_view):
+    from pneumonia.serving.batch import Job, score_jobs
+    from pneumonia.serving.requests import ClientError
+
+    classifier, _ = served_with_view
+    datas = external("lateral", 3)
+    jobs = [Job(file=f"{i}.png", sha256=str(i), data=data) for i, data in enumerate(datas)]
+    for job, row in zip(jobs, score_jobs(jobs, classifier), strict=True):
+        with pytest.raises(ClientError) as refused:
+            classifier.classify(job.data)
+        assert row == {**row, "status": "error", "error": str(refused.value)}

@@ -182,6 +182,7 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     onnx_bytes = (repo / "models/model.onnx").read_bytes()
     answering = ("labels", "input_name", "outputs", "preprocessing", "threshold")
     answering += ("calibration", "decision_band", "ood_gate", "max_patient_age_years")
+    answering += ("view_check",)
     assert metadata["max_patient_age_years"] == 17 and metadata["outputs"]["use"] == "use_logits"
     canonical = json.dumps(
         {k: metadata[k] for k in answering}, sort_keys=True, separators=(",", ":")
@@ -206,6 +207,9 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     ]
     assert band["low"] <= metadata["threshold"] <= band["high"]
     assert metadata["ood_gate"]["threshold"] == evaluation["ood_gate"]["threshold"]
+    view = evaluation["intended_use"]["view_check"]
+    assert metadata["view_check"]["threshold"] == view["threshold"]
+    assert metadata["view_check"]["false_rejection_rate"] == view["false_rejection_rate"]
     # ... and the graph computes what evaluate computed with onnxruntime and numpy, on the
     # network whose bytes evaluate recorded.
     assert parity["max_rel_diff_distance"] <= 1e-3

@@ -33,7 +33,33 @@ def test_the_card_counts_the_laterals_the_check_was_fitted_on_from_the_outcomes(
     assert "lateral chest 3 of 3 (1 with its own reason)" in fields["use_rates"]
     # counts, not whole percents: 58 of 60 (96.7%) is not shown as 97%
     assert "adult chest 59 of 60 (58 with its own reason)" in fields["use_rates"]
-    assert use_fields({}) == {"use_images": "0", "use_rates": "not measured", "use_laterals": "0"}
+    assert use_fields({})["use_rates"] == "not measured"
+    assert use_fields({})["view_laterals"] == "0"
+
+
+def test_the_card_counts_what_the_view_check_calls_lateral():
+    report = {
+        "intended_use": {
+            "kinds": {},
+            "view_check": {
+                "false_rejection_rate": 0.003,
+                "sources": ["a/b@0123"],
+                "called_lateral": {
+                    "committed lateral_chest": {"images": 3, "share": 2 / 3},
+                    "kept lateral_chest": {"images": 32, "share": 31 / 32},
+                    "kept adult_chest": {"images": 202, "share": 0.0},
+                },
+            },
+        }
+    }
+    fields = use_fields(report)
+    assert fields["view_laterals"] == "35"
+    assert fields["view_kept"] == "32"
+    assert fields["view_source"] == "a/b@0123"
+    assert "committed lateral chest 2 of 3" in fields["view_rates"]
+    assert "kept lateral chest 31 of 32" in fields["view_rates"]
+    assert "kept adult chest 0 of 202" in fields["view_rates"]
+    assert fields["view_rates"].endswith("(at most 0.3% of validation X-rays under each framing)")
 
 
 def test_the_card_names_the_network_it_exports_and_how_it_was_trained():

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata, model_version
+from pneumonia.decision.view import VIEW_FEATURES
 
 GRAPH = b"stand-in bytes: the version hashes whatever model.onnx holds"
+VIEW = {
+    "weights": tuple(0.01 * i for i in range(VIEW_FEATURES)),
+    "bias": -1.5,
+    "threshold": 2.25,
+    "false_rejection_rate": 0.003,
+}
 
 
 def fields(**changes) -> dict:
@@ -76,12 +83,17 @@ def test_the_version_is_sha256_of_the_bytes_a_newline_and_the_sorted_answering_j
         {"ood_gate": {"threshold": 26.0, "false_rejection_rate": 0.01}},
         {"calibration": {"method": "platt", "scale": 1.0, "shift": 2.042}},
         {"max_patient_age_years": 18},
+        {"view_check": VIEW},
+        {"view_check": {**VIEW, "threshold": 2.5}},
     ],
-    ids=lambda change: next(iter(change)),
+    ids=lambda change: next(iter(change)) + str(change.get("view_check", {}).get("threshold", "")),
 )
 def test_every_answering_field_is_in_the_version(change):
-    before = ModelMetadata.for_graph(GRAPH, fields(max_patient_age_years=17))
-    after = ModelMetadata.for_graph(GRAPH, fields(**{"max_patient_age_years": 17, **change}))
+    base = {"max_patient_age_years": 17}
+    if "view_check" in change and change["view_check"]["threshold"] != VIEW["threshold"]:
+        base["view_check"] = VIEW  # the threshold alone differs
+    before = ModelMetadata.for_graph(GRAPH, fields(**base))
+    after = ModelMetadata.for_graph(GRAPH, fields(**{**base, **change}))
     assert after.model_version != before.model_version
     edited = ModelMetadata.from_json(json.dumps({**json.loads(before.to_json()), **change}))
     with pytest.raises(MetadataError, match="edited after its export"):
@@ -102,7 +114,7 @@ def test_unset_optional_fields_keep_an_older_model_jsons_version():
     metadata = ModelMetadata.for_graph(GRAPH, fields())
     assert "max_patient_age_years" not in metadata.answering()
     assert "use" not in metadata.answering()["outputs"]
-    later = ("max_patient_age_years", "recalibration", "site", "operating_point")
+    later = ("max_patient_age_years", "recalibration", "site", "operating_point", "view_check")
     older = {k: v for k, v in json.loads(metadata.to_json()).items() if k not in later}
     older["outputs"].pop("use")
     ModelMetadata.from_json(json.dumps(older)).check_describes(GRAPH)
@@ -119,6 +131,9 @@ def test_unset_optional_fields_keep_an_older_model_jsons_version():
         ({"calibration": {"method": "platt", "scale": 0.0, "shift": 0.0}}, "calibration.scale"),
         ({"ood_gate": {"threshold": 25.9, "false_rejection_rate": 0.5}}, "false_rejection_rate"),
         ({"max_patient_age_years": 0}, "max_patient_age_years"),
+        ({"view_check": {**VIEW, "weights": VIEW["weights"][:-1]}}, "view_check.weights"),
+        ({"view_check": {**VIEW, "weights": (math.nan,) * VIEW_FEATURES}}, "view_check"),
+        ({"view_check": {**VIEW, "false_rejection_rate": 0.0}}, "view_check.false_rejection"),
         ({"unknown": 1}, "unknown"),
     ],
 )
