@@ -114,7 +114,7 @@ def main() -> None:
         params.base.seed,
         outcomes=head_outcomes,
     )
-    view, view_report = view_check(external.kinds, head_outcomes, config, params.base.seed)
+    view, view_report = view_check(external, head_outcomes, params.base.seed)
     results["intended_use"] |= {"kinds_head_alone": results["intended_use"]["kinds"]}
     results["intended_use"] |= view_report  # the kinds as head and view check refuse them
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head, view)

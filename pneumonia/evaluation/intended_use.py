@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -59,6 +59,8 @@ class External:
     kinds: list[str]  # head kinds, one per image
     refused_early: list[str | None]  # the reason of a refusal before the model, else None
     features: list[np.ndarray]  # (1 + shifts, F) per image; empty when refused early
+    # the decoded image, what the view check reads (`evaluation.view`); empty likewise
+    grays: list[np.ndarray] = field(default_factory=list)
 
 
 def external_radiographs_manifest() -> list[dict[str, str]]:
@@ -81,6 +83,7 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
     kinds: list[str] = []
     early: list[str | None] = []
     features: list[np.ndarray] = []
+    grays: list[np.ndarray] = []
     for kind, data in tqdm(external_radiographs(), desc="external radiographs", unit="image"):
         kinds.append(kind)
         try:
@@ -88,11 +91,13 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
         except ImageError as error:
             early.append(error.reason)
             features.append(np.zeros((0, 0)))
+            grays.append(np.zeros((0, 0)))
             continue
         early.append(None)
+        grays.append(gray)
         inputs = [pixels] + [prepare_image(shift(gray), config) for shift in ALL_SHIFTS.values()]
         features.append(scorer.outputs(np.stack(inputs))[1])
-    return External(kinds, early, features)
+    return External(kinds, early, features, grays)
 
 
 def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:

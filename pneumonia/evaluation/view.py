@@ -39,19 +39,12 @@ from pneumonia.decision.view import (
     view_grid,
     with_view_threshold,
 )
-from pneumonia.evaluation.intended_use import (
-    FOLDS,
-    external_radiographs,
-    kind_folds,
-    kinds_report,
-)
+from pneumonia.evaluation.intended_use import FOLDS, kind_folds, kinds_report
 from pneumonia.evaluation.shifts import FRAMING
 from pneumonia.images.decode import decode_image
-from pneumonia.images.formats import ImageError
-from pneumonia.images.screening import screen_and_prepare
 
 if TYPE_CHECKING:
-    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.evaluation.intended_use import External
 
 log = logging.getLogger("evaluate")
 
@@ -235,28 +228,17 @@ def fit_and_measure_view(
     return check, report
 
 
-def external_view_rows(config: PreprocessConfig) -> list[np.ndarray]:
-    """The committed external radiographs' view rows, in manifest order; empty for those
-    the checks before the model refuse."""
-    rows = []
-    for _, data in external_radiographs():
-        try:
-            rows.append(view_rows(screen_and_prepare(data, config)[0]))
-        except ImageError:
-            rows.append(np.zeros((0, 0)))
-    return rows
-
-
 def view_check(
-    kinds: list[str], head_outcomes: dict[int, str], config: PreprocessConfig, seed: int
+    external: External, head_outcomes: dict[int, str], seed: int
 ) -> tuple[ViewCheck, dict]:
     """`fit_and_measure_view` on every 4th training X-ray, validation, the committed external
-    radiographs (`kinds`: their head kinds) and the kept statistics, at VIEW_REJECTION_RATE."""
+    radiographs (decoded once, by `external_features`) and the kept statistics, at
+    VIEW_REJECTION_RATE."""
     return fit_and_measure_view(
         split_view_rows("train", every=4),
         split_view_rows("val"),
-        kinds,
-        external_view_rows(config),
+        external.kinds,
+        [view_rows(gray) if gray.size else np.zeros((0, 0)) for gray in external.grays],
         head_outcomes,
         load_kept(),
         VIEW_REJECTION_RATE,

@@ -10,7 +10,7 @@ image) and the learned check -> label, decision and heatmap.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import onnxruntime
 
 from pneumonia.decision.contract import MetadataError, ModelMetadata
 from pneumonia.decision.use import ANSWERED, REFUSAL_REASONS, kind_of, refused_kind
-from pneumonia.decision.view import decide_kind, view_features, view_grid
+from pneumonia.decision.view import ViewCheck, decide_kind, view_features, view_grid
 from pneumonia.images import heatmap
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.formats import ImageError
@@ -94,6 +94,13 @@ class Classifier:
 
     session: onnxruntime.InferenceSession
     metadata: ModelMetadata
+    # model.json's view check as arrays, built once from `metadata` (None: no check).
+    view: ViewCheck | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """The view check from the metadata, so each request need not build it again."""
+        spec = self.metadata.view_check
+        object.__setattr__(self, "view", None if spec is None else spec.check())
 
     @classmethod
     def load(cls, model_dir: Path, threads: int = 1) -> Classifier:
@@ -160,10 +167,9 @@ class Classifier:
     def lateral(self, gray: np.ndarray) -> bool:
         """Whether the view check calls the decoded (H, W) image a lateral view (False for
         a model without one)."""
-        view = self.metadata.view_check
-        if view is None:
+        if self.view is None:
             return False
-        return bool(view.check().lateral(view_features(view_grid(gray)[np.newaxis]))[0])
+        return bool(self.view.lateral(view_features(view_grid(gray)[np.newaxis]))[0])
 
     def judge(
         self,
