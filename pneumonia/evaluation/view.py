@@ -10,8 +10,10 @@ lateral as lateral and a tight or bordered frontal as frontal. It is fitted on:
 - other body parts (committed), as negatives.
 
 Its threshold calls at most `rate` of validation, unchanged and under each framing, lateral.
+The body-part check is fitted on the same images: the other body parts against every chest
+radiograph (the frontal and lateral ones above), its threshold set on validation the same way.
 Measured by the same cross-validation as the intended-use head (`kind_folds`): each external
-image by a check fitted without it. A committed image's outcome combines the head's
+image by checks fitted without it. A committed image's outcome combines the head's
 cross-validated outcome with the check's as serving does (`decide_kind`); a kept one has no
 network features, so only whether the check calls it lateral is reported.
 """
@@ -34,6 +36,7 @@ from pneumonia.decision.view import (
     VIEW_FEATURES_VERSION,
     VIEW_GRID,
     ViewCheck,
+    fit_body_check,
     fit_view_check,
     view_features,
     view_grid,
@@ -59,6 +62,7 @@ VIEW_REJECTION_RATE = 0.001
 VIEW_SHIFTS = ("unchanged", *FRAMING)  # the rows of each image's view features, in order
 KEPT_KINDS = ("adult_chest", LATERAL)  # what kept statistics may hold
 VIEWED = "refused by the view check as " + LATERAL  # a committed image's outcome when it fires
+BODY_VIEWED = "refused by the view check as " + OTHER_BODY_PART  # ... when the body-part one does
 
 
 def view_grids(gray: np.ndarray) -> np.ndarray:
@@ -141,11 +145,16 @@ def load_kept(folder: Path = KEPT_STATISTICS) -> list[Kept]:
     return kept
 
 
-def combined(head_outcome: str, lateral: bool) -> str:
-    """A committed image's outcome when the view check also runs (`decide_kind`): a lateral
-    call refuses it as a lateral view unless a check before the model refused it, or the
-    head named it another body part."""
-    if not lateral or head_outcome.startswith("refused before the model"):
+def combined(head_outcome: str, lateral: bool, body_part: bool = False) -> str:
+    """A committed image's outcome when the view check also runs (`decide_kind`), unless a
+    check before the model refused it: a body-part call refuses it as another body part
+    (the head's own call of one stands as it is); a lateral call refuses it as a lateral
+    view, unless the head named it another body part."""
+    if head_outcome.startswith("refused before the model"):
+        return head_outcome
+    if body_part and head_outcome != f"refused as {OTHER_BODY_PART}":
+        return BODY_VIEWED
+    if not lateral:
         return head_outcome
     if head_outcome == f"refused as {OTHER_BODY_PART}":
         return head_outcome
@@ -162,7 +171,8 @@ def fit_and_measure_view(
     rate: float,
     seed: int,
 ) -> tuple[ViewCheck, dict]:
-    """The check fitted on everything, and its cross-validated outcomes.
+    """The check (with its body-part check) fitted on everything, and its cross-validated
+    outcomes.
 
     `training`, `validation`: view rows of pediatric X-rays (`split_view_rows`);
     `external_kinds`, `external_rows`: the committed external radiographs' head kinds and
@@ -188,41 +198,57 @@ def fit_and_measure_view(
         for i in chosen:
             by.setdefault(images[i][0], []).append(images[i][1])
         front = np.concatenate([frontal, *by.get("adult_chest", [])])
+        sides = np.concatenate(by[LATERAL])
         other = np.concatenate(by[OTHER_BODY_PART]) if OTHER_BODY_PART in by else None
-        check = fit_view_check(front, np.concatenate(by[LATERAL]), other)
-        return with_view_threshold(check, blocks, rate)
+        check = with_view_threshold(fit_view_check(front, sides, other), blocks, rate)
+        if other is None:
+            return check
+        body = fit_body_check(np.concatenate([front, sides]), other)
+        return check.with_body(with_view_threshold(body, blocks, rate))
 
     fold_of = kind_folds([kind for kind, _, _ in images], FOLDS, seed)
     called = np.zeros(len(images), dtype=bool)
+    called_body = np.zeros(len(images), dtype=bool)
     for fold in range(FOLDS):
         check = fit([i for i, f in enumerate(fold_of) if f != fold])
         for i in np.flatnonzero(fold_of == fold):
             called[i] = bool(check.lateral(images[i][1][:1])[0])
+            called_body[i] = bool(check.body_part(images[i][1][:1])[0])
     outcomes = dict(head_outcomes)
-    for (_, _, index), lateral in zip(images, called, strict=True):
+    for (_, _, index), lateral, body in zip(images, called, called_body, strict=True):
         if index is not None:
-            outcomes[index] = combined(head_outcomes[index], lateral)
+            outcomes[index] = combined(head_outcomes[index], lateral, body)
     check = fit(list(range(len(images))))
     report = kinds_report(external_kinds, outcomes)
     groups = [f"{'kept' if index is None else 'committed'} {kind}" for kind, _, index in images]
+
+    def by_group(flags: np.ndarray) -> dict:
+        """Each group's images and the share of them `flags` marks."""
+        return {
+            group: {
+                "images": groups.count(group),
+                "share": float(np.mean(flags[[g == group for g in groups]])),
+            }
+            for group in sorted(set(groups))
+        }
+
     report["view_check"] = {
         "threshold": check.threshold,
         "false_rejection_rate": rate,
         "validation_called_lateral": max(float(np.mean(check.lateral(b))) for b in blocks),
-        "called_lateral": {
-            group: {
-                "images": groups.count(group),
-                "share": float(np.mean(called[[g == group for g in groups]])),
-            }
-            for group in sorted(set(groups))
-        },
+        "called_lateral": by_group(called),
+        "body_threshold": check.body_threshold if check.body_weights is not None else None,
+        "validation_called_body_part": max(float(np.mean(check.body_part(b))) for b in blocks),
+        "called_body_part": by_group(called_body),
         "sources": sorted({source.source for source in kept}),
     }
     for group, figures in report["view_check"]["called_lateral"].items():
         log.info(
-            "view check: %s called lateral %.1f%% of %d (cross-validated)",
+            "view check: %s called lateral %.1f%%, another body part %.1f%%, of %d "
+            "(cross-validated)",
             group,
             100 * figures["share"],
+            100 * report["view_check"]["called_body_part"][group]["share"],
             figures["images"],
         )
     return check, report

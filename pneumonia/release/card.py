@@ -123,23 +123,36 @@ def use_fields(evaluation: dict) -> dict[str, str]:
 
 def view_fields(evaluation: dict) -> dict[str, str]:
     """The view check's cross-validated figures: how many laterals it was fitted on, and the
-    share of each group of external images it calls lateral, as counts."""
+    share of each group of external images it calls lateral, and another body part (its
+    body-part check), as counts."""
     view = evaluation.get("intended_use", {}).get("view_check")
     if not view:
-        return {"view_laterals": "0", "view_kept": "0", "view_source": "none", "view_rates": ""}
+        return {
+            "view_laterals": "0",
+            "view_kept": "0",
+            "view_source": "none",
+            "view_rates": "",
+            "view_body_rates": "not measured",
+        }
     groups = view["called_lateral"]
     laterals = sum(row["images"] for name, row in groups.items() if name.endswith("lateral_chest"))
     kept = groups.get("kept lateral_chest", {}).get("images", 0)
-    rates = ", ".join(
-        f"{name.replace('_', ' ')} {round(row['share'] * row['images'])} of {row['images']}"
-        for name, row in groups.items()
-    )
     rate = view["false_rejection_rate"]
+    bound = f" (at most {rate:.1%} of validation X-rays under each framing)"
+
+    def counts(called: dict) -> str:
+        return ", ".join(
+            f"{name.replace('_', ' ')} {round(row['share'] * row['images'])} of {row['images']}"
+            for name, row in called.items()
+        )
+
+    body = view.get("called_body_part")
     return {
         "view_laterals": str(laterals),
         "view_kept": str(kept),
         "view_source": ", ".join(view["sources"]) or "none",
-        "view_rates": f"{rates} (at most {rate:.1%} of validation X-rays under each framing)",
+        "view_rates": counts(groups) + bound,
+        "view_body_rates": counts(body) + bound if body else "not measured",
     }
 
 

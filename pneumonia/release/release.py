@@ -62,15 +62,23 @@ def load_decision(evaluation: dict) -> Decision:
 
 def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
     """model.json's `view_check`: the check's weights, bias and threshold, and the rate it
-    was set at (evaluate's `intended_use.view_check`)."""
+    was set at (evaluate's `intended_use.view_check`); with its body-part check, that
+    check's weights, bias and threshold too."""
     if view is None:
         return None
-    return {
+    fields = {
         "weights": tuple(float(weight) for weight in view.weights),
         "bias": float(view.bias),
         "threshold": float(view.threshold),
         "false_rejection_rate": evaluation["intended_use"]["view_check"]["false_rejection_rate"],
     }
+    if view.body_weights is not None:
+        fields |= {
+            "body_weights": tuple(float(weight) for weight in view.body_weights),
+            "body_bias": float(view.body_bias),
+            "body_threshold": float(view.body_threshold),
+        }
+    return fields
 
 
 def describe_model(

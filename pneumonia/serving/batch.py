@@ -200,7 +200,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
     checks per file, one inference run for the usable ones, then the gate and the decision.
     With `features`, each scored row carries the model's features (for pneumonia.monitor)."""
     inputs: dict[int, np.ndarray] = {}
-    laterals: dict[int, bool] = {}
+    layouts: dict[int, tuple[bool, bool]] = {}  # (lateral, body part) by the view check
     errors: dict[int, str] = {}
     for index, job in enumerate(jobs):
         if job.refused is not None:
@@ -211,15 +211,15 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
             gray, inputs[index] = prepare(
                 job.data, metadata.preprocessing, metadata.max_patient_age_years
             )
-            laterals[index] = model.lateral(gray)
+            layouts[index] = model.layout(gray)
         except ClientError as error:
             errors[index] = str(error)
-    scores: dict[int, tuple[float, float, np.ndarray | None, bool]] = {}
+    scores: dict[int, tuple[float, float, np.ndarray | None, bool, bool]] = {}
     vectors: dict[int, list[float]] = {}
     if inputs:
         outputs = model.infer(np.stack(list(inputs.values())), features=features)
         scores = {
-            index: (*outputs.one(position), laterals[index])
+            index: (*outputs.one(position), *layouts[index])
             for position, index in enumerate(inputs)
         }
         if outputs.features is not None:
@@ -237,7 +237,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
 
 def row(
     job: Job,
-    scored: tuple[float, float, np.ndarray | None, bool] | None,
+    scored: tuple[float, float, np.ndarray | None, bool, bool] | None,
     error: str | None,
     model: Classifier,
 ) -> dict[str, Any]:

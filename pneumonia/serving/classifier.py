@@ -135,7 +135,8 @@ class Classifier:
         metadata = self.metadata
         gray, pixels = prepare(image_bytes, metadata.preprocessing, metadata.max_patient_age_years)
         outputs = self.infer(pixels[np.newaxis], explain)
-        prediction = self.judge(*outputs.one(0), lateral=self.lateral(gray))
+        lateral, body_part = self.layout(gray)
+        prediction = self.judge(*outputs.one(0), lateral=lateral, body_part=body_part)
         if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
@@ -164,12 +165,13 @@ class Classifier:
             features=named.get(roles.features),
         )
 
-    def lateral(self, gray: np.ndarray) -> bool:
-        """Whether the view check calls the decoded (H, W) image a lateral view (False for
-        a model without one)."""
+    def layout(self, gray: np.ndarray) -> tuple[bool, bool]:
+        """Whether the view check calls the decoded (H, W) image a lateral view, and whether
+        its body-part check calls it another body part (False, False for a model without)."""
         if self.view is None:
-            return False
-        return bool(self.view.lateral(view_features(view_grid(gray)[np.newaxis]))[0])
+            return False, False
+        features = view_features(view_grid(gray)[np.newaxis])
+        return bool(self.view.lateral(features)[0]), bool(self.view.body_part(features)[0])
 
     def judge(
         self,
@@ -177,13 +179,15 @@ class Classifier:
         distance: float,
         use: np.ndarray | None = None,
         lateral: bool = False,
+        body_part: bool = False,
     ) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when the intended-use
         head names another kind than a pediatric frontal chest X-ray, when the view check
-        calls it `lateral` (unless the head names another body part: `decide_kind`), or when
+        calls it `lateral` (unless the head names another body part) or its body-part check
+        another body part (`body_part`, whatever the head names it: `decide_kind`), or when
         its features are too far from the training X-rays' (then as the kind the head ranks
         next, `refused_kind`; `not_a_chest_xray` for a graph without a head)."""
-        kind = decide_kind(kind_of(use) if use is not None else None, lateral)
+        kind = decide_kind(kind_of(use) if use is not None else None, lateral, body_part)
         if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
             raise ClientError(status, USE_REFUSALS[kind][1], USE_REFUSALS[kind][0])
