@@ -1,8 +1,9 @@
 """The view check: is a plain image (JPEG, PNG, a DICOM without ViewPosition) a lateral view?
 
 A linear (logistic) score over `view_features`: the whole decoded image resized to a 16x16
-grid of cell means, standardised (so bit depth, exposure and window do not matter), and how
-far each cell is from its mirror cell. A frontal chest X-ray has a lung field either side of
+grid of cell means (a large image never copied whole to float: `cell_means`),
+standardised (so bit depth, exposure and window do not matter), and how far each cell is
+from its mirror cell. A frontal chest X-ray has a lung field either side of
 a bright spine and is nearly its own mirror image; a lateral view has the spine at one side,
 the sternum at the other and one lung field in profile. The grid is of the whole image,
 squeezed square as the training X-rays are, before any thorax crop. Classical and
@@ -29,6 +30,7 @@ a pelvis the head named an adult chest, a cervical spine it named a lateral ches
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -44,14 +46,46 @@ VIEW_FEATURES_VERSION = 1
 VIEW_FEATURES = VIEW_GRID**2 + VIEW_GRID * (VIEW_GRID // 2) + VIEW_GRID // 2
 
 
+# Images up to this many pixels are area-resized by cv2 on a float32 copy (at most 4 MiB,
+# and faster than `cell_means`' loop); larger ones a cell's rows at a time, so that no float
+# copy of the whole image is made (95 MiB at the decoder's pixel cap). Both compute the same
+# means, to float32 rounding.
+WHOLE_COPY_PIXELS = 1 << 20
+
+
+def shrink(values: np.ndarray, cells: int) -> np.ndarray:
+    """(cells, ...) float64: the means of `values` over `cells` equal spans of its first axis,
+    each row weighted by how much of it the span covers (an area resize, as cv2.INTER_AREA
+    shrinks; a span within one row takes that row). One span's rows are converted to float at
+    a time."""
+    size = values.shape[0]
+    scale = size / cells
+    means = np.empty((cells, *values.shape[1:]))
+    for cell in range(cells):
+        start, stop = cell * scale, (cell + 1) * scale
+        low, high = int(start), min(math.ceil(stop), size)
+        rows = np.asarray(values[low:high], dtype=np.float64)
+        total = rows.sum(axis=0) - (start - low) * rows[0]  # less the first row's part before
+        if high > stop:
+            total -= (high - stop) * rows[-1]  # ... and the last row's part after the span
+        means[cell] = total / scale
+    return means
+
+
+def cell_means(gray: np.ndarray, cells: int = VIEW_GRID) -> np.ndarray:
+    """(cells, cells) float64: the (H, W) image's area-resize cell means, the kept
+    statistics' (cv2.resize INTER_AREA of a float32 copy); above WHOLE_COPY_PIXELS by
+    `shrink`, down the rows then across the columns."""
+    if gray.size <= WHOLE_COPY_PIXELS:
+        copy = np.asarray(gray, dtype=np.float32)
+        return cv2.resize(copy, (cells, cells), interpolation=cv2.INTER_AREA).astype(np.float64)
+    return shrink(shrink(gray, cells).T, cells).T
+
+
 def view_grid(gray: np.ndarray) -> np.ndarray:
-    """(VIEW_GRID, VIEW_GRID) float32: the (H, W) gray image's cell means (area resize),
+    """(VIEW_GRID, VIEW_GRID) float32: the (H, W) gray image's cell means (`cell_means`),
     standardised to mean 0 and standard deviation 1; zeros for a uniform image."""
-    grid = cv2.resize(
-        np.asarray(gray, dtype=np.float32),
-        (VIEW_GRID, VIEW_GRID),
-        interpolation=cv2.INTER_AREA,
-    )
+    grid = cell_means(np.asarray(gray)).astype(np.float32)
     spread = float(grid.std())
     if spread < 1e-6:
         return np.zeros((VIEW_GRID, VIEW_GRID), dtype=np.float32)

@@ -12,11 +12,14 @@ from pneumonia.decision.view import (
     VIEW_FEATURES,
     VIEW_FEATURES_VERSION,
     VIEW_GRID,
+    WHOLE_COPY_PIXELS,
     ViewCheck,
+    cell_means,
     decide_kind,
     fit_body_check,
     fit_view_check,
     refused_by_view,
+    shrink,
     view_features,
     view_grid,
     with_view_threshold,
@@ -250,3 +253,48 @@ def test_statistics_of_another_version_are_refused(tmp_path):
         load_kept(tmp_path)
     with pytest.raises(ValueError, match="kinds"):
         save_kept(tmp_path / "bad.npz", grids, ["knee", "adult_chest"], ["x", "y"], source)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [
+        ((224, 224), np.uint8),
+        ((307, 222), np.uint8),
+        ((130, 517), np.uint8),
+        ((2016, 1701), np.uint16),
+        ((1031, 1100), np.uint8),
+    ],
+)
+def test_the_cell_means_are_cv2s_area_resize_of_a_float_copy_to_rounding(shape, dtype):
+    """What the kept statistics were computed with; large images by `shrink`, a cell's rows
+    at a time, never copied whole to float."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+    top = 255 if dtype == np.uint8 else 4095
+    image = cv2.GaussianBlur(rng.integers(0, top, shape).astype(dtype), (0, 0), 5)
+    copy = image.astype(np.float32)
+    reference = cv2.resize(copy, (VIEW_GRID, VIEW_GRID), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(cell_means(image), reference, rtol=2e-6, atol=1e-3)
+    banded = shrink(shrink(image, VIEW_GRID).T, VIEW_GRID).T
+    np.testing.assert_allclose(banded, reference, rtol=2e-6, atol=1e-3)
+    assert (image.size > WHOLE_COPY_PIXELS) == (shape[0] * shape[1] > 1 << 20)
+
+
+def test_a_large_image_is_not_copied_whole_to_float():
+    import tracemalloc
+
+    image = np.random.default_rng(6).integers(0, 4095, (3000, 2000)).astype(np.uint16)
+    assert image.size > WHOLE_COPY_PIXELS
+    tracemalloc.start()
+    view_grid(image)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < image.size * 4 / 2  # half of one float32 copy of it (24 MB): a cell's rows
+
+
+def test_a_span_within_one_row_takes_that_row():
+    image = np.arange(8 * 20, dtype=np.uint8).reshape(8, 20)
+    means = shrink(image, VIEW_GRID)  # 8 rows into 16 spans: each row twice
+    np.testing.assert_allclose(means[0::2], image)
+    np.testing.assert_allclose(means[1::2], image)
