@@ -38,10 +38,13 @@ def saturation(thumbnail: np.ndarray) -> float:
 
 def dynamic_range(gray: np.ndarray) -> float:
     """The 1st-to-99th percentile spread of an (H, W) gray image, share of full scale."""
-    levels = to_uint8(gray)
-    if levels.size > 16_384:  # a strided sample is enough for two percentiles
-        step = int(np.ceil(np.sqrt(levels.size / 16_384)))
-        levels = levels[::step, ::step]
+    sample = gray
+    if gray.size > 16_384:  # a strided sample is enough for two percentiles
+        step = int(np.ceil(np.sqrt(gray.size / 16_384)))
+        sample = gray[::step, ::step]
+    # sampled before converting: to_uint8 is per pixel, and a 16-bit image at the pixel cap
+    # converted whole took 286 MiB of float32 and uint8 copies
+    levels = to_uint8(sample)
     cumulative = np.cumsum(np.bincount(levels.ravel(), minlength=256))
     low, high = np.searchsorted(cumulative, (0.01 * levels.size, 0.99 * levels.size))
     return float(high - low) / 255.0

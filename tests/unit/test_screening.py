@@ -324,3 +324,24 @@ def test_a_dicom_patient_over_the_age_bound_is_refused_without_saying_the_age():
         assert model_input.shape == (32, 32, 1)
     with pytest.raises(ImageError, match="nearly uniform"):  # a DICOM is screened as well
         screen_and_prepare(dicom(np.full((64, 64), 9, np.uint8)), config(), max_age_years=17)
+
+
+def test_a_large_16_bit_image_is_sampled_before_it_is_converted():
+    """The same spread as converting the whole image first (to_uint8 is per pixel), without
+    a float copy of it: the conversion sees the strided sample only."""
+    import tracemalloc
+
+    from pneumonia.images.decode import to_uint8
+    from pneumonia.images.screening import dynamic_range
+
+    gray = np.random.default_rng(7).integers(0, 65536, (2500, 2000)).astype(np.uint16)
+    step = int(np.ceil(np.sqrt(gray.size / 16_384)))
+    whole = to_uint8(gray)[::step, ::step]  # the conversion first, as it was
+    cumulative = np.cumsum(np.bincount(whole.ravel(), minlength=256))
+    low, high = np.searchsorted(cumulative, (0.01 * whole.size, 0.99 * whole.size))
+    tracemalloc.start()
+    spread = dynamic_range(gray)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert spread == float(high - low) / 255.0
+    assert peak < gray.size  # under a uint8 copy of it (5 MB); a float32 one is 20 MB
