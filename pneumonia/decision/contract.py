@@ -102,16 +102,11 @@ class ViewCheckSpec(_Strict):
 
     def check(self) -> ViewCheck:
         """The check serving runs."""
+        check = ViewCheck(np.array(self.weights), self.bias, self.threshold)
         if self.body_weights is None or self.body_bias is None or self.body_threshold is None:
-            return ViewCheck(np.array(self.weights), self.bias, self.threshold)
-        return ViewCheck(
-            np.array(self.weights),
-            self.bias,
-            self.threshold,
-            np.array(self.body_weights),
-            self.body_bias,
-            self.body_threshold,
-        )
+            return check
+        body = ViewCheck(np.array(self.body_weights), self.body_bias, self.body_threshold)
+        return check.with_body(body)
 
 
 class ModelMetadata(_Strict):

@@ -85,21 +85,21 @@ def framing_report(
         distances = gate.distance(features)
         kinds = head.kinds(features) if head is not None else [ANSWERED] * len(labels)
         off_use = np.array([kind != ANSWERED for kind in kinds])
-        lateral = refused_by_view(view, views, kinds) & ~off_use
+        by_view = refused_by_view(view, views, kinds) & ~off_use
         metrics = binary_metrics(labels, probabilities, threshold)
         decided = band_metrics(labels, probabilities, band)
         report[name] = {
             **{key: float(metrics[key]) for key in ROBUSTNESS_METRICS},
             "share_indeterminate": decided["share_indeterminate"],
             "accuracy_decided": decided["accuracy_decided"],
-            "refused": float(np.mean(cheap | off_use | lateral | ~(distances <= gate.threshold))),
+            "refused": float(np.mean(cheap | off_use | by_view | ~(distances <= gate.threshold))),
             # by the first check that refuses: cheap checks, intended-use head, view check,
             # learned gate
             "refused_cheap": float(np.mean(cheap)),
             "refused_use": float(np.mean(off_use & ~cheap)),
-            "refused_view": float(np.mean(lateral & ~cheap)),
+            "refused_view": float(np.mean(by_view & ~cheap)),
             "refused_gate": float(
-                np.mean(~(distances <= gate.threshold) & ~off_use & ~lateral & ~cheap)
+                np.mean(~(distances <= gate.threshold) & ~off_use & ~by_view & ~cheap)
             ),
         }
         if other_bands:

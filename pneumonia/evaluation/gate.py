@@ -129,8 +129,8 @@ def refusals(
     distances = gate.distance(features) if inputs else np.zeros(0)
     kinds = head.kinds(features) if head is not None and inputs else [ANSWERED] * len(reached)
     views = view_features(np.stack(grids)) if grids else np.zeros((0, 1))
-    lateral = refused_by_view(view, views, kinds) if inputs else np.zeros(0, dtype=bool)
-    for index, distance, kind, flagged in zip(reached, distances, kinds, lateral, strict=True):
+    by_view = refused_by_view(view, views, kinds) if inputs else np.zeros(0, dtype=bool)
+    for index, distance, kind, flagged in zip(reached, distances, kinds, by_view, strict=True):
         if kind != ANSWERED:
             outcomes[index] = "intended-use check"
         elif flagged:

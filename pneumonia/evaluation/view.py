@@ -30,12 +30,14 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files
+from pneumonia.decision.use import ANSWERED
 from pneumonia.decision.view import (
     LATERAL,
     OTHER_BODY_PART,
     VIEW_FEATURES_VERSION,
     VIEW_GRID,
     ViewCheck,
+    decide_kind,
     fit_body_check,
     fit_view_check,
     view_features,
@@ -146,19 +148,16 @@ def load_kept(folder: Path = KEPT_STATISTICS) -> list[Kept]:
 
 
 def combined(head_outcome: str, lateral: bool, body_part: bool = False) -> str:
-    """A committed image's outcome when the view check also runs (`decide_kind`), unless a
-    check before the model refused it: a body-part call refuses it as another body part
-    (the head's own call of one stands as it is); a lateral call refuses it as a lateral
-    view, unless the head named it another body part."""
+    """A committed image's outcome when the view check also runs, decided as serving decides
+    (`decide_kind`) from the kind the head named (pediatric when it answered or left the
+    image to the gate), unless a check before the model refused it: the head's outcome where
+    the kind stands, else a refusal by the view check as the kind decided."""
     if head_outcome.startswith("refused before the model"):
         return head_outcome
-    if body_part and head_outcome != f"refused as {OTHER_BODY_PART}":
-        return BODY_VIEWED
-    if not lateral:
-        return head_outcome
-    if head_outcome == f"refused as {OTHER_BODY_PART}":
-        return head_outcome
-    return VIEWED
+    named = head_outcome.removeprefix("refused as ")
+    head_kind = named if named != head_outcome else ANSWERED
+    kind = decide_kind(head_kind, lateral, body_part)
+    return head_outcome if kind == head_kind else f"refused by the view check as {kind}"
 
 
 def fit_and_measure_view(

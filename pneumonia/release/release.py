@@ -66,19 +66,12 @@ def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
     check's weights, bias and threshold too."""
     if view is None:
         return None
-    fields = {
-        "weights": tuple(float(weight) for weight in view.weights),
-        "bias": float(view.bias),
-        "threshold": float(view.threshold),
-        "false_rejection_rate": evaluation["intended_use"]["view_check"]["false_rejection_rate"],
+    fields: dict = {  # the arrays it is saved as: vectors as tuples, the rest as floats
+        name: tuple(map(float, value)) if value.ndim else float(value)
+        for name, value in view.arrays().items()
     }
-    if view.body_weights is not None:
-        fields |= {
-            "body_weights": tuple(float(weight) for weight in view.body_weights),
-            "body_bias": float(view.body_bias),
-            "body_threshold": float(view.body_threshold),
-        }
-    return fields
+    rate = evaluation["intended_use"]["view_check"]["false_rejection_rate"]
+    return fields | {"false_rejection_rate": rate}
 
 
 def describe_model(
