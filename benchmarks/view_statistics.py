@@ -27,10 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia import paths
+from pneumonia.config import load_params
 from pneumonia.data.prepared import preprocess_config
-from pneumonia.evaluation.view import KEPT_STATISTICS, save_kept, view_grids
+from pneumonia.decision.view import view_grid
+from pneumonia.evaluation.view import KEPT_STATISTICS, ReasonNetwork, framings, save_kept
 from pneumonia.images.formats import ImageError
 from pneumonia.images.screening import screen_and_prepare
+from pneumonia.release.reason import network_onnx
 
 REPOSITORY = "rishabhbhardwaj/ChestXRay-Classification"
 COMMIT = "cb6db7eab66933e1ddbfe51cfe1d9ceef23adbdd"
@@ -99,7 +102,8 @@ def main() -> None:
             args.record.write_text(table)
         return
     config = preprocess_config()
-    grids, kinds, files = [], [], []
+    network = ReasonNetwork(network_onnx(load_params().export_onnx.opset))
+    grids, reasons, kinds, files = [], [], [], []
     for name in chosen:
         view = VIEWS.match(name)
         assert view is not None  # chosen by it
@@ -109,12 +113,14 @@ def main() -> None:
         except ImageError as error:
             print(f"left out {name}: {error.reason}")
             continue
-        grids.append(view_grids(gray))
+        grays = framings(gray)
+        grids.append(np.stack([view_grid(image) for image in grays]))
+        reasons.append(network.features(grays))
         kinds.append(KIND[view.group(1)])
         files.append(name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     source = {"repository": REPOSITORY, "commit": args.commit, "licence": LICENCE}
-    save_kept(args.out, np.stack(grids), kinds, files, source)
+    save_kept(args.out, np.stack(grids), kinds, files, source, np.stack(reasons))
     counts = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     print(f"{args.out}: {counts}, {args.out.stat().st_size} bytes")
 

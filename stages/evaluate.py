@@ -48,6 +48,7 @@ from pneumonia.evaluation.shifts import robustness, shifted_probabilities
 from pneumonia.evaluation.view import view_check
 from pneumonia.release.export import network_to_serve
 from pneumonia.release.quantize import network_sha256
+from pneumonia.release.reason import REASON_MODEL
 
 log = logging.getLogger("evaluate")
 
@@ -95,14 +96,8 @@ def main() -> None:
     rate = params.evaluate.ood_false_rejection_rate
     train_features = split_features(scorer, "train", config, every=4)
     val_features = split_features(scorer, "val", config)
-    gate = fit_gate(
-        scorer,
-        config,
-        rate,
-        train_features,
-        val_features,
-        components=params.evaluate.gate_components,
-    )
+    components = params.evaluate.gate_components
+    gate = fit_gate(scorer, config, rate, train_features, val_features, components=components)
     external, head_outcomes = external_features(scorer, config), dict[int, str]()
     head, results["intended_use"] = fit_and_measure(
         external,
@@ -114,9 +109,10 @@ def main() -> None:
         params.base.seed,
         outcomes=head_outcomes,
     )
-    view, view_report = view_check(external, head_outcomes, params.base.seed)
+    view, reason_graph, view_report = view_check(external, head_outcomes, params.base.seed, export)
+    REASON_MODEL.write_bytes(reason_graph)
     results["intended_use"] |= {"kinds_head_alone": results["intended_use"]["kinds"]}
-    results["intended_use"] |= view_report  # the kinds as head and view check refuse them
+    results["intended_use"] |= view_report  # the kinds as the model refuses and names them
     results["ood_gate"], distances = gate_report(scorer, gate, config, list(scores), head, view)
     arrays = gate.arrays() | head.arrays(prefix="use_") | view.arrays(prefix="view_")
     np.savez(paths.GATE, allow_pickle=False, **arrays)

@@ -109,6 +109,15 @@ class ViewCheckSpec(_Strict):
         return check.with_body(body)
 
 
+class ReasonSpec(_Strict):
+    """The refusal's reason head (pneumonia.decision.reason): reason.onnx beside model.onnx,
+    named by its SHA-256 so the model version covers it."""
+
+    file: Literal["reason.onnx"] = "reason.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    image_size: int = Field(ge=32, le=1024)  # the whole image's side it is fed
+
+
 class ModelMetadata(_Strict):
     """The contents of model.json: version, thresholds, labels, tensor names, preprocessing."""
 
@@ -129,6 +138,8 @@ class ModelMetadata(_Strict):
     recalibration: CalibrationSpec | None = None
     # Lateral views of plain images refused (lateral_view); None: a model from before it.
     view_check: ViewCheckSpec | None = None
+    # What a refused image is named by (reason.onnx); None: the intended-use head's kind.
+    reason: ReasonSpec | None = None
     site: str | None = Field(default=None, pattern=SITE_PATTERN)  # whose sample fitted it
     operating_point: ThresholdRule | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -226,6 +237,7 @@ ANSWERING = (
     "max_patient_age_years",
     "recalibration",
     "view_check",
+    "reason",
 )
 
 

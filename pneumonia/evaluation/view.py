@@ -21,6 +21,7 @@ network features, so only whether the check calls it lateral is reported.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files
-from pneumonia.decision.use import ANSWERED
+from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input, reason_kind
+from pneumonia.decision.use import ANSWERED, UseHead
 from pneumonia.decision.view import (
     LATERAL,
     OTHER_BODY_PART,
@@ -49,6 +51,7 @@ from pneumonia.evaluation.shifts import FRAMING
 from pneumonia.images.decode import decode_image
 
 if TYPE_CHECKING:
+    from pneumonia.config import ExportParams
     from pneumonia.evaluation.intended_use import External
 
 log = logging.getLogger("evaluate")
@@ -67,14 +70,19 @@ VIEWED = "refused by the view check as " + LATERAL  # a committed image's outcom
 BODY_VIEWED = "refused by the view check as " + OTHER_BODY_PART  # ... when the body-part one does
 
 
+def framings(gray: np.ndarray) -> list[np.ndarray]:
+    """The decoded image as it is and under each framing shift (VIEW_SHIFTS' order)."""
+    grays = [gray]
+    for shift in FRAMING.values():
+        shifted = shift(gray)
+        grays.append(decode_image(shifted) if isinstance(shifted, bytes) else shifted)
+    return grays
+
+
 def view_grids(gray: np.ndarray) -> np.ndarray:
     """(len(VIEW_SHIFTS), G, G) float32: the image's view grid as it is and under each
     framing shift."""
-    grids = [view_grid(gray)]
-    for shift in FRAMING.values():
-        shifted = shift(gray)
-        grids.append(view_grid(decode_image(shifted) if isinstance(shifted, bytes) else shifted))
-    return np.stack(grids)
+    return np.stack([view_grid(image) for image in framings(gray)])
 
 
 def view_rows(gray: np.ndarray) -> np.ndarray:
@@ -82,13 +90,46 @@ def view_rows(gray: np.ndarray) -> np.ndarray:
     return view_features(view_grids(gray))
 
 
-def split_view_rows(split: str, every: int = 1) -> list[np.ndarray]:
-    """Every `every`-th image of a split: its (len(VIEW_SHIFTS), F) view rows."""
+class ReasonNetwork:
+    """The reason head's fixed network (`pneumonia.decision.reason.network_onnx`), run by
+    onnxruntime as serving runs it."""
+
+    def __init__(self, network: bytes) -> None:
+        """A session of `network`, on every core."""
+        from pneumonia.serving import inference
+
+        self.network = network
+        self.session = inference.session(network, threads=0)
+
+    def features(self, grays: list[np.ndarray]) -> np.ndarray:
+        """(N, REASON_FEATURES) for N decoded images."""
+        batch = np.stack([reason_input(gray) for gray in grays])
+        return self.session.run(None, {REASON_INPUTS[0]: batch})[0]
+
+    def rows(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The image's view rows and reason rows (the fixed network's features, then the view
+        rows), as it is and under each framing: each (len(VIEW_SHIFTS), F)."""
+        grays = framings(gray)
+        view = view_features(np.stack([view_grid(image) for image in grays]))
+        return view, np.concatenate([self.features(grays), view], axis=1)
+
+
+def split_view_rows(
+    split: str, every: int = 1, network: ReasonNetwork | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every `every`-th image of a split: its (len(VIEW_SHIFTS), F) view rows, and with
+    `network` its reason rows (else an empty list)."""
     files = [paths.RAW / name for name in load_files(split)][::every]
-    return [
-        view_rows(decode_image(path.read_bytes()))
-        for path in tqdm(files, desc=f"view features ({split})", unit="image")
-    ]
+    views, reasons = [], []
+    for path in tqdm(files, desc=f"view features ({split})", unit="image"):
+        gray = decode_image(path.read_bytes())
+        if network is None:
+            views.append(view_rows(gray))
+            continue
+        view, reason = network.rows(gray)
+        views.append(view)
+        reasons.append(reason)
+    return views, reasons
 
 
 @dataclass(frozen=True)
@@ -98,13 +139,21 @@ class Kept:
     kinds: list[str]  # KEPT_KINDS, one per image
     rows: list[np.ndarray]  # (len(VIEW_SHIFTS), F) per image
     source: str  # repository and commit
+    # the reason rows (the fixed network's features, then the view rows), when kept
+    reasons: list[np.ndarray] | None = None
 
 
 def save_kept(
-    path: Path, grids: np.ndarray, kinds: list[str], files: list[str], source: dict[str, str]
+    path: Path,
+    grids: np.ndarray,
+    kinds: list[str],
+    files: list[str],
+    source: dict[str, str],
+    reason: np.ndarray | None = None,
 ) -> None:
     """Write kept statistics: (N, len(VIEW_SHIFTS), G, G) grids as float16, each image's kind
-    and source path, and the source's repository, commit and licence."""
+    and source path, and the source's repository, commit and licence; with `reason`, the
+    fixed network's (N, len(VIEW_SHIFTS), REASON_FEATURES) features as float16 too."""
     unknown = set(kinds) - set(KEPT_KINDS)
     if unknown:
         raise ValueError(f"kinds {sorted(unknown)} are not {KEPT_KINDS}")
@@ -116,6 +165,8 @@ def save_kept(
         "version": np.array(VIEW_FEATURES_VERSION),
         **{key: np.array(value) for key, value in source.items()},
     }
+    if reason is not None:
+        arrays |= {"reason": np.asarray(reason, dtype=np.float16)}
     np.savez_compressed(path, allow_pickle=False, **arrays)
 
 
@@ -137,11 +188,21 @@ def load_kept(folder: Path = KEPT_STATISTICS) -> list[Kept]:
             grids = stored["grids"].astype(np.float32)
             if grids.shape[1:] != (len(VIEW_SHIFTS), VIEW_GRID, VIEW_GRID):
                 raise ValueError(f"{path}: grids of shape {grids.shape}")
+            rows = [view_features(image) for image in grids]
+            reasons = None
+            if "reason" in stored:
+                features = stored["reason"].astype(np.float32)
+                if features.shape[:2] != grids.shape[:2]:
+                    raise ValueError(f"{path}: reason features of shape {features.shape}")
+                reasons = [
+                    np.concatenate(pair, axis=1) for pair in zip(features, rows, strict=True)
+                ]
             kept.append(
                 Kept(
                     kinds=stored["kinds"].tolist(),
-                    rows=[view_features(image) for image in grids],
+                    rows=rows,
                     source=f"{stored['repository']}@{str(stored['commit'])[:8]}",
+                    reasons=reasons,
                 )
             )
     return kept
@@ -160,6 +221,113 @@ def combined(head_outcome: str, lateral: bool, body_part: bool = False) -> str:
     return head_outcome if kind == head_kind else f"refused by the view check as {kind}"
 
 
+def _images(
+    external_kinds: list[str],
+    external_rows: list[np.ndarray],
+    reasons: Reasons | None,
+    kept: list[Kept],
+) -> list[tuple[str, np.ndarray, int | None, np.ndarray]]:
+    """(kind, view rows, committed index or None, reason rows) of every image that reached
+    the model, committed then kept; reason rows empty without `reasons`."""
+    empty = np.zeros((0, 0))
+    external_reasons = reasons.external if reasons is not None else [empty] * len(external_rows)
+    images: list[tuple[str, np.ndarray, int | None, np.ndarray]] = [
+        (kind, rows, index, reason)
+        for index, (kind, rows, reason) in enumerate(
+            zip(external_kinds, external_rows, external_reasons, strict=True)
+        )
+        if len(rows)
+    ]
+    images += [
+        (kind, rows, None, reason)
+        for source in kept
+        for kind, rows, reason in zip(
+            source.kinds, source.rows, source.reasons or [empty] * len(source.rows), strict=True
+        )
+    ]
+    return images
+
+
+def _cross_validate(
+    images: list[tuple[str, np.ndarray, int | None, np.ndarray]],
+    fit: Callable[[list[int]], tuple[ViewCheck, UseHead | None]],
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Each image's calls by checks fitted without it (`kind_folds`): lateral, another body
+    part, and the kind the reason head and the checks name it (None without the head)."""
+    fold_of = kind_folds([kind for kind, *_ in images], FOLDS, seed)
+    called = np.zeros(len(images), dtype=bool)
+    called_body = np.zeros(len(images), dtype=bool)
+    reason_named: list[str | None] = [None] * len(images)
+    for fold in range(FOLDS):
+        check, head = fit([i for i, f in enumerate(fold_of) if f != fold])
+        for i in np.flatnonzero(fold_of == fold):
+            called[i] = bool(check.lateral(images[i][1][:1])[0])
+            called_body[i] = bool(check.body_part(images[i][1][:1])[0])
+            if head is not None:
+                kind = reason_kind(head.logits(images[i][3][:1])[0])
+                reason_named[i] = decide_kind(kind, bool(called[i]), bool(called_body[i]))
+    return called, called_body, reason_named
+
+
+def _fit(
+    chosen: list[tuple[str, np.ndarray, int | None, np.ndarray]],
+    frontal: np.ndarray,
+    blocks: list[np.ndarray],
+    rate: float,
+    reasons: Reasons | None,
+) -> tuple[ViewCheck, UseHead | None]:
+    """The view check (with its body-part check) and, with `reasons`, the reason head, fitted
+    on the training X-rays' rows (`frontal`, `reasons.training`) and the `chosen` images'."""
+    by: dict[str, list[np.ndarray]] = {}
+    for kind, rows, _, _ in chosen:
+        by.setdefault(kind, []).append(rows)
+    front = np.concatenate([frontal, *by.get("adult_chest", [])])
+    sides = np.concatenate(by[LATERAL])
+    other = np.concatenate(by[OTHER_BODY_PART]) if OTHER_BODY_PART in by else None
+    check = with_view_threshold(fit_view_check(front, sides, other), blocks, rate)
+    if other is not None:
+        body = fit_body_check(np.concatenate([front, sides]), other)
+        check = check.with_body(with_view_threshold(body, blocks, rate))
+    if reasons is None:
+        return check, None
+    grouped: dict[str, list[np.ndarray]] = {ANSWERED: reasons.training}
+    for kind, _, _, reason in chosen:
+        grouped.setdefault(kind, []).append(reason)
+    rows_by_kind = {kind: np.concatenate(parts) for kind, parts in grouped.items()}
+    return check, fit_reason_head(rows_by_kind, REASON_STRENGTH)
+
+
+REASON_STRENGTH = 0.05  # the reason head's inverse L2 penalty (as the intended-use head's)
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """The reason head's rows (`ReasonNetwork.rows`) of the training X-rays and of the
+    committed external radiographs (empty for those refused before the model)."""
+
+    training: list[np.ndarray]
+    external: list[np.ndarray]
+
+
+def named(head_outcome: str, kind: str) -> str:
+    """A committed image's outcome once the reason head names its refusal: `kind` for any
+    refusal by the model (the head, the gate or the view check), the outcome itself when it
+    was answered or refused before the model."""
+    if head_outcome == "answered" or head_outcome.startswith("refused before the model"):
+        return head_outcome
+    return f"refused as {kind}"
+
+
+def named_by_group(groups: list[str], kinds: list[str | None]) -> dict[str, dict[str, int]]:
+    """Each group's count of each kind the reason head names (as if refused)."""
+    counts: dict[str, dict[str, int]] = {}
+    for group, kind in zip(groups, kinds, strict=True):
+        mine = counts.setdefault(group, {})
+        mine[str(kind)] = mine.get(str(kind), 0) + 1
+    return {group: dict(sorted(mine.items())) for group, mine in sorted(counts.items())}
+
+
 def fit_and_measure_view(
     training: list[np.ndarray],
     validation: list[np.ndarray],
@@ -169,57 +337,42 @@ def fit_and_measure_view(
     kept: list[Kept],
     rate: float,
     seed: int,
-) -> tuple[ViewCheck, dict]:
-    """The check (with its body-part check) fitted on everything, and its cross-validated
-    outcomes.
+    reasons: Reasons | None = None,
+) -> tuple[ViewCheck, UseHead | None, dict]:
+    """The check (with its body-part check) and, with `reasons`, the reason head fitted on
+    everything, and their cross-validated outcomes.
 
     `training`, `validation`: view rows of pediatric X-rays (`split_view_rows`);
     `external_kinds`, `external_rows`: the committed external radiographs' head kinds and
     view rows (empty for those refused before the model); `head_outcomes`: the intended-use
     head's cross-validated outcome of each (`fit_and_measure(outcomes=)`); `kept`: kept
-    statistics; `rate`: the share of validation under each framing it may call lateral.
+    statistics (with `reasons`, each must keep reason features too); `rate`: the share of
+    validation under each framing it may call lateral.
     """
     blocks = [np.stack([rows[i] for rows in validation]) for i in range(len(VIEW_SHIFTS))]
     frontal = np.concatenate(training)
-    images: list[tuple[str, np.ndarray, int | None]] = [  # kind, rows, committed index
-        (kind, rows, index)
-        for index, (kind, rows) in enumerate(zip(external_kinds, external_rows, strict=True))
-        if len(rows)
-    ]
-    images += [
-        (kind, rows, None)
-        for source in kept
-        for kind, rows in zip(source.kinds, source.rows, strict=True)
-    ]
+    if reasons is not None and any(source.reasons is None for source in kept):
+        raise ValueError(
+            "kept view statistics without the reason head's features: recompute them "
+            "(python -m benchmarks.view_statistics)"
+        )
+    images = _images(external_kinds, external_rows, reasons, kept)
 
-    def fit(chosen: list[int]) -> ViewCheck:
-        by: dict[str, list[np.ndarray]] = {}
-        for i in chosen:
-            by.setdefault(images[i][0], []).append(images[i][1])
-        front = np.concatenate([frontal, *by.get("adult_chest", [])])
-        sides = np.concatenate(by[LATERAL])
-        other = np.concatenate(by[OTHER_BODY_PART]) if OTHER_BODY_PART in by else None
-        check = with_view_threshold(fit_view_check(front, sides, other), blocks, rate)
-        if other is None:
-            return check
-        body = fit_body_check(np.concatenate([front, sides]), other)
-        return check.with_body(with_view_threshold(body, blocks, rate))
+    def fit(chosen: list[int]) -> tuple[ViewCheck, UseHead | None]:
+        return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons)
 
-    fold_of = kind_folds([kind for kind, _, _ in images], FOLDS, seed)
-    called = np.zeros(len(images), dtype=bool)
-    called_body = np.zeros(len(images), dtype=bool)
-    for fold in range(FOLDS):
-        check = fit([i for i, f in enumerate(fold_of) if f != fold])
-        for i in np.flatnonzero(fold_of == fold):
-            called[i] = bool(check.lateral(images[i][1][:1])[0])
-            called_body[i] = bool(check.body_part(images[i][1][:1])[0])
+    called, called_body, reason_named = _cross_validate(images, fit, seed)
+    by_view = dict(head_outcomes)
     outcomes = dict(head_outcomes)
-    for (_, _, index), lateral, body in zip(images, called, called_body, strict=True):
+    for (_, _, index, _), lateral, body, kind in zip(
+        images, called, called_body, reason_named, strict=True
+    ):
         if index is not None:
-            outcomes[index] = combined(head_outcomes[index], lateral, body)
-    check = fit(list(range(len(images))))
+            by_view[index] = combined(head_outcomes[index], lateral, body)
+            outcomes[index] = by_view[index] if kind is None else named(by_view[index], kind)
+    check, reason_head = fit(list(range(len(images))))
     report = kinds_report(external_kinds, outcomes)
-    groups = [f"{'kept' if index is None else 'committed'} {kind}" for kind, _, index in images]
+    groups = [f"{'kept' if index is None else 'committed'} {kind}" for kind, _, index, _ in images]
 
     def by_group(flags: np.ndarray) -> dict:
         """Each group's images and the share of them `flags` marks."""
@@ -241,31 +394,55 @@ def fit_and_measure_view(
         "called_body_part": by_group(called_body),
         "sources": sorted({source.source for source in kept}),
     }
+    if reason_head is not None:
+        report["kinds_before_reason"] = kinds_report(external_kinds, by_view)["kinds"]
+        report["reason"] = {
+            "strength": REASON_STRENGTH,
+            "named": named_by_group(groups, reason_named),  # as if refused, cross-validated
+        }
     for group, figures in report["view_check"]["called_lateral"].items():
         log.info(
             "view check: %s called lateral %.1f%%, another body part %.1f%%, of %d "
-            "(cross-validated)",
+            "(cross-validated)%s",
             group,
             100 * figures["share"],
             100 * report["view_check"]["called_body_part"][group]["share"],
             figures["images"],
+            f"; named {report['reason']['named'][group]}" if reason_head is not None else "",
         )
-    return check, report
+    return check, reason_head, report
 
 
 def view_check(
-    external: External, head_outcomes: dict[int, str], seed: int
-) -> tuple[ViewCheck, dict]:
+    external: External, head_outcomes: dict[int, str], seed: int, export: ExportParams
+) -> tuple[ViewCheck, bytes, dict]:
     """`fit_and_measure_view` on every 4th training X-ray, validation, the committed external
     radiographs (decoded once, by `external_features`) and the kept statistics, at
-    VIEW_REJECTION_RATE."""
-    return fit_and_measure_view(
-        split_view_rows("train", every=4),
-        split_view_rows("val"),
+    VIEW_REJECTION_RATE, with the reason head: the check, reason.onnx's bytes and the report."""
+    from pneumonia.release.reason import network_onnx, with_head
+
+    network = ReasonNetwork(network_onnx(export.opset))  # the fixed ImageNet network, float32
+    training, training_reasons = split_view_rows("train", every=4, network=network)
+    validation, _ = split_view_rows("val")
+    external_rows, external_reasons = [], []
+    for gray in tqdm(external.grays, desc="view features (external)", unit="image"):
+        if not gray.size:
+            external_rows.append(np.zeros((0, 0)))
+            external_reasons.append(np.zeros((0, 0)))
+            continue
+        view, reason = network.rows(gray)
+        external_rows.append(view)
+        external_reasons.append(reason)
+    check, head, report = fit_and_measure_view(
+        training,
+        validation,
         external.kinds,
-        [view_rows(gray) if gray.size else np.zeros((0, 0)) for gray in external.grays],
+        external_rows,
         head_outcomes,
         load_kept(),
         VIEW_REJECTION_RATE,
         seed,
+        Reasons(training_reasons, external_reasons),
     )
+    assert head is not None  # fitted whenever reasons are given
+    return check, with_head(network.network, head), report

@@ -118,7 +118,24 @@ def use_fields(evaluation: dict) -> dict[str, str]:
         "use_rates": ", ".join(parts) or "not measured",
         "use_laterals": str(kinds.get("lateral_chest", {}).get("images", 0)),
         **view_fields(evaluation),
+        **reason_card_fields(evaluation),
     }
+
+
+def reason_card_fields(evaluation: dict) -> dict[str, str]:
+    """The reason head's cross-validated names of each group of external images, as counts
+    of its own kind."""
+    reason = evaluation.get("intended_use", {}).get("reason")
+    if not reason:
+        return {"reason_fitted": "not fitted", "reason_rates": "nothing: the model has no head"}
+    named = reason["named"]
+    parts = [
+        f"{group.replace('_', ' ')} {counts.get(group.split()[-1], 0)} of "
+        f"{sum(counts.values())} as such"
+        for group, counts in named.items()
+    ]
+    images = sum(sum(counts.values()) for counts in named.values())
+    return {"reason_fitted": f"{images} external images", "reason_rates": ", ".join(parts)}
 
 
 def view_fields(evaluation: dict) -> dict[str, str]:

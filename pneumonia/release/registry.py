@@ -47,6 +47,9 @@ def register(
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copyfile(onnx_path, Path(scratch) / "model.onnx")
         shutil.copyfile(metadata_path, Path(scratch) / "model.json")
+        if metadata.reason is not None:  # the reason head beside the graph
+            reason_file = metadata.reason.file
+            shutil.copyfile(onnx_path.with_name(reason_file), Path(scratch) / reason_file)
         mlflow.log_artifacts(scratch, artifact_path="serving")
     for name, path in (extra or {}).items():
         mlflow.log_artifact(str(path), artifact_path=name)
@@ -82,8 +85,8 @@ def register(
 
 
 def register_site(folder: Path) -> str:
-    """Register a site's recalibrated model (folder/model.onnx, model.json and the
-    recalibration report) as a version of REGISTERED_MODEL tagged with its site."""
+    """Register a site's recalibrated model (folder/model.onnx, model.json, the reason.onnx it
+    names, and the recalibration report) as a version of REGISTERED_MODEL tagged with its site."""
     metadata = ModelMetadata.load(folder / "model.json")
     metadata.check_describes((folder / "model.onnx").read_bytes())
     if metadata.site is None:
@@ -124,7 +127,8 @@ def _entry(version: str | None, alias: str | None, site: str | None) -> Any:
 def fetch(
     output: Path, version: str | None = None, alias: str | None = None, site: str | None = None
 ) -> ModelMetadata:
-    """Write model.onnx and model.json of a registered version into `output`."""
+    """Write model.onnx and model.json of a registered version into `output` (and the
+    reason.onnx its model.json names)."""
     entry = _entry(version, alias, site)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -140,7 +144,10 @@ def fetch(
         )
         shutil.copyfile(onnx_dir / "model.onnx", output / "model.onnx")
         shutil.copyfile(metadata_file, output / "model.json")
-    metadata = ModelMetadata.load(output / "model.json")
+        metadata = ModelMetadata.load(output / "model.json")
+        if metadata.reason is not None:
+            reason_file = metadata.reason.file
+            shutil.copyfile(onnx_dir / reason_file, output / reason_file)
     expected = entry.tags.get("model_version")
     if expected != metadata.model_version:
         raise RuntimeError(

@@ -74,6 +74,16 @@ def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
     return fields | {"false_rejection_rate": rate}
 
 
+def reason_fields() -> dict | None:
+    """model.json's `reason`: reason.onnx's SHA-256 and input size, when evaluate wrote it."""
+    from pneumonia.decision.reason import REASON_SIZE
+    from pneumonia.release.reason import REASON_MODEL as MODEL
+
+    if not MODEL.exists():
+        return None
+    return {"sha256": hashlib.sha256(MODEL.read_bytes()).hexdigest(), "image_size": REASON_SIZE}
+
+
 def describe_model(
     onnx_bytes: bytes,
     config: PreprocessConfig,
@@ -110,6 +120,7 @@ def describe_model(
             training_data_sha256=hashlib.sha256(paths.MANIFEST.read_bytes()).hexdigest(),
             max_patient_age_years=max_patient_age_years,
             view_check=view_check_fields(decision.view, evaluation),
+            reason=reason_fields(),
             operating_point={
                 "policy": evaluation["threshold_policy"],
                 "target_sensitivity": evaluation["target_sensitivity"],

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pneumonia.decision.contract import ModelMetadata
-from pneumonia.serving.classifier import Classifier, prepare
+from pneumonia.serving.classifier import Classifier, Layout, prepare
 from pneumonia.serving.requests import MAX_IMAGE_BYTES, ClientError
 
 log = logging.getLogger("batch")
@@ -200,7 +200,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
     checks per file, one inference run for the usable ones, then the gate and the decision.
     With `features`, each scored row carries the model's features (for pneumonia.monitor)."""
     inputs: dict[int, np.ndarray] = {}
-    layouts: dict[int, tuple[bool, bool]] = {}  # (lateral, body part) by the view check
+    layouts: dict[int, Layout] = {}  # what the view check reads and calls each image
     errors: dict[int, str] = {}
     for index, job in enumerate(jobs):
         if job.refused is not None:
@@ -211,16 +211,15 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
             gray, inputs[index] = prepare(
                 job.data, metadata.preprocessing, metadata.max_patient_age_years
             )
-            layouts[index] = model.layout(gray)
+            layouts[index] = model.layout(gray).detached(model.reason_session is not None)
         except ClientError as error:
             errors[index] = str(error)
-    scores: dict[int, tuple[float, float, np.ndarray | None, bool, bool]] = {}
+    scores: dict[int, tuple[float, float, np.ndarray | None, Layout]] = {}
     vectors: dict[int, list[float]] = {}
     if inputs:
         outputs = model.infer(np.stack(list(inputs.values())), features=features)
         scores = {
-            index: (*outputs.one(position), *layouts[index])
-            for position, index in enumerate(inputs)
+            index: (*outputs.one(position), layouts[index]) for position, index in enumerate(inputs)
         }
         if outputs.features is not None:
             # float32 precision is what the graph computes; 6 significant digits keep it.
@@ -237,7 +236,7 @@ def score_jobs(jobs: list[Job], model: Classifier, features: bool = False) -> li
 
 def row(
     job: Job,
-    scored: tuple[float, float, np.ndarray | None, bool, bool] | None,
+    scored: tuple[float, float, np.ndarray | None, Layout] | None,
     error: str | None,
     model: Classifier,
 ) -> dict[str, Any]:

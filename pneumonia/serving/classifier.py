@@ -4,11 +4,13 @@ The order for each image: decode (caps checked from the bytes first) -> the chea
 "is this a chest X-ray?" checks -> the one preprocessing path -> the ONNX graph, which
 gives the calibrated probability, the gate's feature distance and, when asked, the class
 activation map -> the intended-use head, the view check (frontal or lateral, on the decoded
-image) and the learned check -> label, decision and heatmap.
+image) and the learned check -> label, decision and heatmap. A refused image's reason is
+named by the reason head (`pneumonia.decision.reason`, reason.onnx), run only then.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from pneumonia.decision import reason
 from pneumonia.decision.contract import MetadataError, ModelMetadata
 from pneumonia.decision.use import ANSWERED, REFUSAL_REASONS, kind_of, refused_kind
 from pneumonia.decision.view import ViewCheck, decide_kind, view_features, view_grid
@@ -89,11 +92,32 @@ class GraphOutputs:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """What the view check reads of the decoded image, and what it calls it; the decoded
+    image (by reference) or its reason-head input, for naming a refusal."""
+
+    lateral: bool = False
+    body_part: bool = False
+    features: np.ndarray | None = None  # (1, F) view features
+    gray: np.ndarray | None = None  # the decoded image
+    reason_image: np.ndarray | None = None  # (S, S, 1) `reason.reason_input` of it
+
+    def detached(self, reason_head: bool) -> Layout:
+        """The same without the decoded image, with `reason_head` its reason-head input
+        computed instead: what a batch keeps of each image until the model has run."""
+        if self.gray is None:
+            return self
+        image = reason.reason_input(self.gray) if reason_head else None
+        return replace(self, gray=None, reason_image=image)
+
+
+@dataclass(frozen=True)
 class Classifier:
     """The ONNX session and the metadata that says how to feed and read it."""
 
     session: onnxruntime.InferenceSession
     metadata: ModelMetadata
+    reason_session: onnxruntime.InferenceSession | None = None  # reason.onnx, when named
     # model.json's view check as arrays, built once from `metadata` (None: no check).
     view: ViewCheck | None = field(init=False, repr=False, compare=False)
 
@@ -121,7 +145,7 @@ class Classifier:
                 f"model.json's preprocessing.image_size {size} does not fit the graph's input "
                 f"{inputs[metadata.input_name]}"
             )
-        return cls(session, metadata)
+        return cls(session, metadata, reason_session(model_dir, metadata, threads))
 
     @classmethod
     def from_environment(cls) -> Classifier:
@@ -135,8 +159,7 @@ class Classifier:
         metadata = self.metadata
         gray, pixels = prepare(image_bytes, metadata.preprocessing, metadata.max_patient_age_years)
         outputs = self.infer(pixels[np.newaxis], explain)
-        lateral, body_part = self.layout(gray)
-        prediction = self.judge(*outputs.one(0), lateral=lateral, body_part=body_part)
+        prediction = self.judge(*outputs.one(0), layout=self.layout(gray))
         if outputs.cams is None:
             return prediction
         # The map comes from the same run; a plain request does not fetch it.
@@ -165,32 +188,52 @@ class Classifier:
             features=named.get(roles.features),
         )
 
-    def layout(self, gray: np.ndarray) -> tuple[bool, bool]:
+    def layout(self, gray: np.ndarray) -> Layout:
         """Whether the view check calls the decoded (H, W) image a lateral view, and whether
-        its body-part check calls it another body part (False, False for a model without)."""
+        its body-part check calls it another body part (never, for a model without)."""
         if self.view is None:
-            return False, False
+            return Layout(gray=gray)
         features = view_features(view_grid(gray)[np.newaxis])
-        return bool(self.view.lateral(features)[0]), bool(self.view.body_part(features)[0])
+        lateral = bool(self.view.lateral(features)[0])
+        return Layout(lateral, bool(self.view.body_part(features)[0]), features, gray)
+
+    def named(self, kind: str, layout: Layout) -> str:
+        """What a refused image is named: by the reason head and the view checks
+        (`decide_kind`) where the model has the head, else `kind` (the intended-use head's)."""
+        source = layout.reason_image if layout.gray is None else layout.gray
+        if self.reason_session is None or source is None or layout.features is None:
+            return kind
+        image = reason.reason_input(source) if layout.gray is not None else source
+        feeds = {
+            reason.REASON_INPUTS[0]: image[np.newaxis],
+            reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
+        }
+        logits = self.reason_session.run([reason.REASON_OUTPUT], feeds)[0][0]
+        named = decide_kind(reason.reason_kind(logits), layout.lateral, layout.body_part)
+        return named if named is not None else kind
 
     def judge(
         self,
         probability: float,
         distance: float,
         use: np.ndarray | None = None,
-        lateral: bool = False,
-        body_part: bool = False,
+        layout: Layout | None = None,
     ) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when the intended-use
         head names another kind than a pediatric frontal chest X-ray, when the view check
-        calls it `lateral` (unless the head names another body part) or its body-part check
-        another body part (`body_part`, whatever the head names it: `decide_kind`), or when
-        its features are too far from the training X-rays' (then as the kind the head ranks
-        next, `refused_kind`; `not_a_chest_xray` for a graph without a head)."""
-        kind = decide_kind(kind_of(use) if use is not None else None, lateral, body_part)
+        calls it lateral (unless the head names another body part) or its body-part check
+        another body part (whatever the head names it: `decide_kind`), or when its features
+        are too far from the training X-rays' (`not_a_chest_xray` for a graph without a head).
+        A refusal's reason is the reason head's (`named`), else the head's kind (its runner-up
+        for the gate's refusals, `refused_kind`)."""
+        layout = layout if layout is not None else Layout()
+        kind = decide_kind(
+            kind_of(use) if use is not None else None, layout.lateral, layout.body_part
+        )
         if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
-            raise ClientError(status, USE_REFUSALS[kind][1], USE_REFUSALS[kind][0])
+            reason_code, message = USE_REFUSALS[self.named(kind, layout)]
+            raise ClientError(status, message, reason_code)
         gate = self.metadata.ood_gate
         if not distance <= gate.threshold:  # NaN is refused too
             far = (
@@ -199,14 +242,27 @@ class Classifier:
             )
             if use is None:
                 raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, far, NOT_A_CHEST_XRAY)
-            # the gate knows only distance, the head the kinds: it names what the image is like
-            reason, message = USE_REFUSALS[refused_kind(use)]
-            raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{far}; {message}", reason)
+            # the gate knows only distance; the heads name what the image is like
+            reason_code, message = USE_REFUSALS[self.named(refused_kind(use), layout)]
+            raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{far}; {message}", reason_code)
         return Prediction(
             label=self.metadata.label_for(probability),
             probability=probability,
             decision=self.metadata.decision_for(probability),
         )
+
+
+def reason_session(
+    model_dir: Path, metadata: ModelMetadata, threads: int
+) -> onnxruntime.InferenceSession | None:
+    """reason.onnx's session when model.json names it; refuses other bytes than it names."""
+    spec = metadata.reason
+    if spec is None:
+        return None
+    data = (model_dir / spec.file).read_bytes()
+    if hashlib.sha256(data).hexdigest() != spec.sha256:
+        raise MetadataError(f"{spec.file} is not the file model.json names (sha256 differs)")
+    return inference.session(data, threads)
 
 
 def model_dir() -> Path:

@@ -18,7 +18,8 @@ by reason and left out. On the answered images:
 The report compares the shipped operating point with a refitted one on half of the sample
 that the refit never saw (each class split in two at random; `--seed`), with bootstrap
 intervals: `DIR/recalibration.json` and `DIR/recalibration.md`. What is written is then
-refitted on the whole sample: `DIR/model.onnx` (the same bytes) and `DIR/model.json`, whose
+refitted on the whole sample: `DIR/model.onnx` (the same bytes; `reason.onnx` too, when the
+model has one) and `DIR/model.json`, whose
 `modelVersion` is new because its answering fields changed (docs/serving.md#model-version).
 `--model-dir` is never written. Needs only the endpoint's dependencies
 (lambda/requirements.txt). Exit status: 0 written, 2 refused (too few images of a class,
@@ -55,7 +56,7 @@ log = logging.getLogger("recalibrate")
 
 MIN_PER_CLASS = 25  # answered images of each class below which the refit is refused
 CALIBRATION_BINS = 10
-WRITTEN = ("model.onnx", "model.json", "recalibration.json", "recalibration.md")
+WRITTEN = ("model.onnx", "reason.onnx", "model.json", "recalibration.json", "recalibration.md")
 HEADLINE = ("roc_auc", "accuracy", "sensitivity", "specificity")
 
 
@@ -90,7 +91,8 @@ class OperatingPoint:
 def score_folder(folder: Path, model: Classifier) -> SiteSample:
     """Every file of folder/<label>/ scored as the endpoint would, with the graph's own
     probability (the model's recalibration, if it has one, left out: the refit replaces it)."""
-    graph = Classifier(model.session, model.metadata.model_copy(update={"recalibration": None}))
+    metadata = model.metadata.model_copy(update={"recalibration": None})
+    graph = Classifier(model.session, metadata, model.reason_session)
     labels: list[int] = []
     probabilities: list[float] = []
     files: dict[str, int] = {}
@@ -350,6 +352,9 @@ def recalibrate(
     figures["site"] = site
     output.mkdir(parents=True, exist_ok=True)
     (output / "model.onnx").write_bytes(onnx_bytes)
+    if metadata.reason is not None:  # the reason head, as it is (model.json names its hash)
+        name = metadata.reason.file
+        (output / name).write_bytes((model_dir / name).read_bytes())
     (output / "recalibration.json").write_text(json.dumps(figures, indent=2) + "\n")
     (output / "recalibration.md").write_text(markdown(figures, new.model_version, site))
     (output / "model.json").write_text(new.to_json())

@@ -250,3 +250,107 @@ def test_a_batch_row_is_refused_as_lateral_as_the_single_request_is(served_with_
         with pytest.raises(ClientError) as refused:
             classifier.classify(job.data)
         assert row == {**row, "status": "error", "error": str(refused.value)}
+
+
+@pytest.fixture(scope="module")
+def served_with_reason(tmp_path_factory, keras_model, fitted, served_with_view):
+    """(Classifier with the head, the view check and reason.onnx, the numpy reason head, the
+    reason rows of each image by kind): the reason head fitted as evaluate fits it, on the
+    fixed ImageNet network's features of the sample's X-rays, the adults, the body parts and
+    the kept laterals; the committed laterals are left out of the fit, so they test it."""
+    import hashlib
+
+    from pneumonia.decision.reason import REASON_SIZE, fit_reason_head
+    from pneumonia.evaluation.view import ReasonNetwork, load_kept
+    from pneumonia.images.screening import screen_and_prepare
+    from pneumonia.release.reason import network_onnx, with_head
+    from pneumonia.release.release import view_check_fields
+    from pneumonia.serving.classifier import Classifier
+
+    head, gate, images, _, config = fitted
+    _, check = served_with_view
+    network = ReasonNetwork(network_onnx(17))
+    everything = {**images, "lateral_chest": external("lateral", 3)}
+    rows = {
+        kind: [network.rows(screen_and_prepare(data, config)[0])[1] for data in datas]
+        for kind, datas in everything.items()
+    }
+    kept = load_kept()[0]
+    assert kept.reasons is not None
+    fit_rows = {kind: np.concatenate(found) for kind, found in rows.items()}
+    fit_rows["lateral_chest"] = np.concatenate(
+        [r for kind, r in zip(kept.kinds, kept.reasons, strict=True) if kind == "lateral_chest"]
+    )
+    reason_head = fit_reason_head(fit_rows, 0.05)
+    folder = tmp_path_factory.mktemp("model-with-reason")
+    graph = with_head(network.network, reason_head)
+    (folder / "reason.onnx").write_bytes(graph)
+    fields = view_check_fields(
+        check, {"intended_use": {"view_check": {"false_rejection_rate": 0.05}}}
+    )
+    reason = {"sha256": hashlib.sha256(graph).hexdigest(), "image_size": REASON_SIZE}
+    write_test_model(folder, keras_model, config, gate, head, view_check=fields, reason=reason)
+    return Classifier.load(folder), reason_head, everything, rows, folder
+
+
+def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
+    served_with_view, served_with_reason
+):
+    """The reason head never changes whether an image is answered; a refused image's reason
+    is the numpy head's kind (its runner-up when it says pediatric), as the view checks
+    decide with it (`decide_kind`)."""
+    from pneumonia.decision.reason import reason_kind
+    from pneumonia.decision.view import decide_kind
+
+    with_view, check = served_with_view
+    with_reason, reason_head, everything, rows, _ = served_with_reason
+    renamed = 0
+    for kind, datas in everything.items():
+        for data, image_rows in zip(datas, rows[kind], strict=True):
+            before, after = outcome(with_view, data), outcome(with_reason, data)
+            assert (before == "answered") == (after == "answered"), (kind, before, after)
+            if after == "answered":
+                continue
+            view = image_rows[:1, -check.weights.shape[0] :]
+            lateral, body = bool(check.lateral(view)[0]), bool(check.body_part(view)[0])
+            expected = decide_kind(
+                reason_kind(reason_head.logits(image_rows[:1])[0]), lateral, body
+            )
+            assert after == REASONS[expected], (kind, before, after, expected)
+            renamed += before != after
+    assert [outcome(with_reason, data) for data in everything["lateral_chest"]].count(
+        "lateral_view"
+    ) >= 2
+    assert renamed >= 1
+
+
+def test_a_batch_row_names_a_refusal_as_the_single_request_does(served_with_reason):
+    from pneumonia.serving.batch import Job, score_jobs
+    from pneumonia.serving.requests import ClientError
+
+    classifier, _, everything, _, _ = served_with_reason
+    datas = everything["lateral_chest"] + everything["adult_chest"][:5]
+    jobs = [Job(file=f"{i}.png", sha256=str(i), data=data) for i, data in enumerate(datas)]
+    for job, row in zip(jobs, score_jobs(jobs, classifier), strict=True):
+        try:
+            classifier.classify(job.data)
+        except ClientError as refused:
+            assert row == {**row, "status": "error", "error": str(refused)}
+        else:
+            assert row["status"] == "ok"
+
+
+def test_a_reason_onnx_other_than_the_one_model_json_names_is_refused(served_with_reason, tmp_path):
+    import shutil
+
+    from pneumonia.decision.contract import MetadataError
+    from pneumonia.serving.classifier import Classifier
+
+    folder = served_with_reason[-1]
+    source = tmp_path / "model"
+    shutil.copytree(folder, source)
+    data = bytearray((source / "reason.onnx").read_bytes())
+    data[-1] ^= 1
+    (source / "reason.onnx").write_bytes(bytes(data))
+    with pytest.raises(MetadataError, match=r"reason\.onnx"):
+        Classifier.load(source)

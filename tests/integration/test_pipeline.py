@@ -182,8 +182,15 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     onnx_bytes = (repo / "models/model.onnx").read_bytes()
     answering = ("labels", "input_name", "outputs", "preprocessing", "threshold")
     answering += ("calibration", "decision_band", "ood_gate", "max_patient_age_years")
-    answering += ("view_check",)
+    answering += ("view_check", "reason")
     assert metadata["max_patient_age_years"] == 17 and metadata["outputs"]["use"] == "use_logits"
+    # the reason head beside the graph, named by its hash: the version covers it
+    reason_bytes = (repo / "models/reason.onnx").read_bytes()
+    assert metadata["reason"] == {
+        "file": "reason.onnx",
+        "sha256": hashlib.sha256(reason_bytes).hexdigest(),
+        "image_size": 128,
+    }
     canonical = json.dumps(
         {k: metadata[k] for k in answering}, sort_keys=True, separators=(",", ":")
     )
@@ -240,7 +247,7 @@ def test_evaluate_reports_the_decision_the_gate_and_the_explanations(repo):
 
 def test_the_export_is_registered_in_mlflow_and_fetchable(repo, tmp_path):
     run(repo, "python", "-m", "pneumonia.registry", "fetch", "--output", str(tmp_path))
-    for name in ("model.onnx", "model.json"):
+    for name in ("model.onnx", "model.json", "reason.onnx"):
         assert (tmp_path / name).read_bytes() == (repo / "models" / name).read_bytes()
 
 

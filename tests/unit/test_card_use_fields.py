@@ -118,3 +118,23 @@ def test_the_card_says_which_network_its_figures_are_of():
     assert "every figure below is this int8 network's)" in served_form("int8")
     assert served_form("none") == "in float32"
     assert served_form(None) == "its arithmetic not recorded by this evaluation"
+
+
+def test_the_card_counts_what_the_reason_head_names_each_group():
+    report = {
+        "intended_use": {
+            "kinds": {},
+            "reason": {
+                "strength": 0.05,
+                "named": {
+                    "kept lateral_chest": {"adult_chest": 1, "lateral_chest": 31},
+                    "committed other_body_part": {"lateral_chest": 2, "other_body_part": 43},
+                },
+            },
+        }
+    }
+    fields = use_fields(report)
+    assert fields["reason_fitted"] == "77 external images"
+    assert "kept lateral chest 31 of 32 as such" in fields["reason_rates"]
+    assert "committed other body part 43 of 45 as such" in fields["reason_rates"]
+    assert use_fields({})["reason_fitted"] == "not fitted"
