@@ -40,6 +40,7 @@ def file_hashes(root: Path) -> dict[str, str]:
         "data/prepared",
         "data/raw",
         "models/model.onnx",
+        "models/reason.onnx",
         "models/model.keras",
     ]
     hashes = {}
