@@ -13,7 +13,8 @@ be kept as these statistics and fitted on (CheXpert's 32 lateral and 202 frontal
 
 `models/reason.onnx` (`pneumonia.release.reason`) is that network with the head folded into
 one matrix product: inputs `image` (N, REASON_SIZE, REASON_SIZE, 1) in [0, 1] and `layout`
-(N, 392), output `reason_logits` (N, K), one column per `USE_KINDS` entry. Serving runs it
+(N, 392), output `reason_logits` (N, K), one column per `USE_KINDS` entry; a refusal is named by its
+`refused_kind`. Serving runs it
 only for a refused image, so an answered request costs nothing more. model.json names its
 SHA-256 (`reason`), so the model version covers it.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pneumonia.decision.use import ANSWERED, UseHead, refused_kind
+from pneumonia.decision.use import ANSWERED, UseHead
 
 REASON_SIZE = 128  # px, the whole image's side for the fixed network
 REASON_FEATURES = 1280  # Lite0's pooled head channels
@@ -42,12 +43,6 @@ def reason_input(gray: np.ndarray) -> np.ndarray:
         interpolation=cv2.INTER_AREA,
     )
     return square[..., np.newaxis]
-
-
-def reason_kind(logits: np.ndarray) -> str:
-    """The kind a refused image is named: the head's kind when it is not the answered one,
-    else its runner-up (`refused_kind`)."""
-    return refused_kind(logits)
 
 
 def fold_head(head: UseHead) -> tuple[np.ndarray, np.ndarray]:

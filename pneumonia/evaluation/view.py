@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files
-from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input, reason_kind
-from pneumonia.decision.use import ANSWERED, UseHead
+from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input
+from pneumonia.decision.use import ANSWERED, UseHead, refused_kind
 from pneumonia.decision.view import (
     LATERAL,
     OTHER_BODY_PART,
@@ -265,7 +265,7 @@ def _cross_validate(
             called[i] = bool(check.lateral(images[i][1][:1])[0])
             called_body[i] = bool(check.body_part(images[i][1][:1])[0])
             if head is not None:
-                kind = reason_kind(head.logits(images[i][3][:1])[0])
+                kind = refused_kind(head.logits(images[i][3][:1])[0])
                 reason_named[i] = decide_kind(kind, bool(called[i]), bool(called_body[i]))
     return called, called_body, reason_named
 

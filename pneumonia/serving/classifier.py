@@ -107,8 +107,13 @@ class Layout:
         computed instead: what a batch keeps of each image until the model has run."""
         if self.gray is None:
             return self
-        image = reason.reason_input(self.gray) if reason_head else None
-        return replace(self, gray=None, reason_image=image)
+        return replace(self, gray=None, reason_image=self.reason_pixels() if reason_head else None)
+
+    def reason_pixels(self) -> np.ndarray | None:
+        """The reason head's (S, S, 1) input: kept, or made from the decoded image."""
+        if self.reason_image is not None or self.gray is None:
+            return self.reason_image
+        return reason.reason_input(self.gray)
 
 
 @dataclass(frozen=True)
@@ -200,17 +205,15 @@ class Classifier:
     def named(self, kind: str, layout: Layout) -> str:
         """What a refused image is named: by the reason head and the view checks
         (`decide_kind`) where the model has the head, else `kind` (the intended-use head's)."""
-        source = layout.reason_image if layout.gray is None else layout.gray
-        if self.reason_session is None or source is None or layout.features is None:
+        image = layout.reason_pixels() if self.reason_session is not None else None
+        if self.reason_session is None or image is None or layout.features is None:
             return kind
-        image = reason.reason_input(source) if layout.gray is not None else source
         feeds = {
             reason.REASON_INPUTS[0]: image[np.newaxis],
             reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
         }
         logits = self.reason_session.run([reason.REASON_OUTPUT], feeds)[0][0]
-        named = decide_kind(reason.reason_kind(logits), layout.lateral, layout.body_part)
-        return named if named is not None else kind
+        return decide_kind(refused_kind(logits), layout.lateral, layout.body_part) or kind
 
     def judge(
         self,

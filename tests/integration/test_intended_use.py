@@ -299,7 +299,7 @@ def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
     """The reason head never changes whether an image is answered; a refused image's reason
     is the numpy head's kind (its runner-up when it says pediatric), as the view checks
     decide with it (`decide_kind`)."""
-    from pneumonia.decision.reason import reason_kind
+    from pneumonia.decision.use import refused_kind
     from pneumonia.decision.view import decide_kind
 
     with_view, check = served_with_view
@@ -314,7 +314,7 @@ def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
             view = image_rows[:1, -check.weights.shape[0] :]
             lateral, body = bool(check.lateral(view)[0]), bool(check.body_part(view)[0])
             expected = decide_kind(
-                reason_kind(reason_head.logits(image_rows[:1])[0]), lateral, body
+                refused_kind(reason_head.logits(image_rows[:1])[0]), lateral, body
             )
             assert after == REASONS[expected], (kind, before, after, expected)
             renamed += before != after

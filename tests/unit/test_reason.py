@@ -15,9 +15,8 @@ from pneumonia.decision.reason import (
     fit_reason_head,
     fold_head,
     reason_input,
-    reason_kind,
 )
-from pneumonia.decision.use import USE_KINDS, UseHead
+from pneumonia.decision.use import USE_KINDS, UseHead, refused_kind
 from pneumonia.decision.view import VIEW_FEATURES, VIEW_GRID
 from pneumonia.evaluation.view import (
     VIEW_SHIFTS,
@@ -60,8 +59,8 @@ def test_the_input_is_the_whole_image_squared_in_zero_to_one():
 
 
 def test_a_refused_image_the_head_calls_pediatric_is_named_by_its_runner_up():
-    assert reason_kind(np.array([5.0, 1.0, 3.0, 2.0])) == "lateral_chest"
-    assert reason_kind(np.array([0.0, 1.0, 3.0, 4.0])) == "other_body_part"
+    assert refused_kind(np.array([5.0, 1.0, 3.0, 2.0])) == "lateral_chest"
+    assert refused_kind(np.array([0.0, 1.0, 3.0, 4.0])) == "other_body_part"
 
 
 def test_reason_onnx_computes_the_head_on_the_networks_features(tmp_path):
