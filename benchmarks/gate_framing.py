@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.cache import features_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,14 +218,7 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     rate = params.evaluate.ood_false_rejection_rate
-    if args.features:
-        with args.features.open("rb") as handle:
-            found = pickle.load(handle)  # a file this script wrote
-    else:
-        found = collect()
-    if args.save_features:
-        with args.save_features.open("wb") as handle:
-            pickle.dump(found, handle)
+    found = features_once(collect, args.features, args.save_features)
     seed = params.base.seed if args.seed is None else args.seed
     files = [entry["file"] for entry in external_radiographs_manifest()]
     if args.misses and len(files) != len(found.external.kinds):

@@ -1,0 +1,231 @@
+"""How the endpoint refuses and names the external radiographs under other draws of evaluate's
+cross-validation folds, and what the body-part check costs real X-rays.
+
+Needs `make repro` (models/model.keras, models/gate.npz, the prepared splits, data/raw).
+Everything comes through evaluate's own code, computed once: the served network's features
+(`Scorer`, `split_features`, `external_features`), the gate (`fit_gate`), the view and reason
+rows (`ReasonNetwork`, `split_view_rows`). Then, for each `--seeds` draw of the folds:
+
+- the intended-use head cross-validated (`fit_and_measure`), then the view checks and the
+  reason head (`fit_and_measure_view`): each kind's outcomes as the endpoint refuses and
+  names them, and every image not refused with its own reason;
+- with `--without-body-check`, the same with the body-part check's call left out of the
+  decision (`decide_kind` as if it never fired);
+
+and with `--held-out`, the held-out splits (test, early, late) under each framing shift
+(`framing_report`) refused by the committed models/gate.npz, with and without its body-part
+check.
+
+    python -m benchmarks.fold_draws [--seeds 42 7 123] [--without-body-check] [--held-out]
+        [--features F]
+
+Prints the outcomes and appends them to benchmarks/fold_draws.txt (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cache import features_once
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def collect() -> dict[str, Any]:
+    """The features evaluate fits the intended-use head, the view checks and the reason head on."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
+    from pneumonia import paths
+    from pneumonia.config import load_params
+    from pneumonia.data.prepared import preprocess_config
+    from pneumonia.evaluation.gate import fit_gate, split_features
+    from pneumonia.evaluation.intended_use import external_features
+    from pneumonia.evaluation.scoring import Scorer
+    from pneumonia.evaluation.view import ReasonNetwork, split_view_rows
+    from pneumonia.release.export import network_to_serve
+    from pneumonia.release.reason import network_onnx
+
+    params = load_params(ROOT / "params.yaml")
+    config, export = preprocess_config(), params.export_onnx
+    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
+    scorer = Scorer(model, network_to_serve(model, config.image_size, export))
+    rate = params.evaluate.ood_false_rejection_rate
+    train = split_features(scorer, "train", config, every=4)
+    val = split_features(scorer, "val", config)
+    gate = fit_gate(scorer, config, rate, train, val, components=params.evaluate.gate_components)
+    external = external_features(scorer, config)
+    network = ReasonNetwork(network_onnx(export.opset))
+    training, training_reasons = split_view_rows("train", every=4, network=network)
+    validation, _ = split_view_rows("val")
+    rows, reasons = [], []
+    for gray in external.grays:
+        view, reason = network.rows(gray) if gray.size else (np.zeros((0, 0)), np.zeros((0, 0)))
+        rows.append(view)
+        reasons.append(reason)
+    return {
+        "external": external,
+        "train": train,
+        "val": val,
+        "gate": gate,
+        "rate": rate,
+        "training": training,
+        "training_reasons": training_reasons,
+        "validation": validation,
+        "rows": rows,
+        "reasons": reasons,
+    }
+
+
+def draw(found: dict[str, Any], seed: int, without_body: bool) -> tuple[dict, dict[int, str]]:
+    """The kinds report and each committed image's final outcome under the folds of `seed`."""
+    import pneumonia.evaluation.view as view
+    from pneumonia.decision.view import decide_kind
+    from pneumonia.evaluation.intended_use import fit_and_measure
+
+    outcomes: dict[int, str] = {}
+    fit_and_measure(
+        found["external"],
+        found["train"],
+        found["val"],
+        found["gate"].distance,
+        found["gate"].threshold,
+        found["rate"],
+        seed,
+        outcomes=outcomes,
+    )
+    final: list[dict[int, str]] = []
+    report_kinds = view.kinds_report
+
+    def kept(kinds: list[str], outcome: dict[int, str]) -> dict:
+        final.append(dict(outcome))  # the first call is the outcome as named
+        return report_kinds(kinds, outcome)
+
+    view.kinds_report = kept  # type: ignore[assignment]
+    if without_body:
+        view.decide_kind = lambda head, lateral, body=False: decide_kind(head, lateral, False)  # type: ignore[assignment]
+    try:
+        _, _, report = view.fit_and_measure_view(
+            found["training"],
+            found["validation"],
+            found["external"].kinds,
+            found["rows"],
+            outcomes,
+            view.load_kept(),
+            view.VIEW_REJECTION_RATE,
+            seed,
+            view.Reasons(found["training_reasons"], found["reasons"]),
+        )
+    finally:
+        view.kinds_report, view.decide_kind = report_kinds, decide_kind
+    return report, final[0]
+
+
+def held_out() -> list[str]:
+    """The held-out splits' refusals under each framing by the committed models, with and
+    without the body-part check: one line each."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
+    from pneumonia import paths
+    from pneumonia.config import load_params
+    from pneumonia.data.prepared import preprocess_config
+    from pneumonia.decision.band import Band
+    from pneumonia.decision.gate import FeatureGate
+    from pneumonia.decision.use import UseHead
+    from pneumonia.decision.view import ViewCheck
+    from pneumonia.evaluation.framing import framing_report
+    from pneumonia.evaluation.scoring import Scorer, calibrate
+    from pneumonia.release.export import network_to_serve
+
+    params = load_params(ROOT / "params.yaml")
+    config = preprocess_config()
+    metrics = json.loads((ROOT / "metrics/evaluate/metrics.json").read_text())
+    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
+    scorer = Scorer(model, network_to_serve(model, config.image_size, params.export_onnx))
+    calibrate(scorer)
+    with np.load(paths.GATE) as stored:
+        arrays = dict(stored)
+    gate = FeatureGate.from_arrays(
+        arrays, metrics["ood_gate"]["threshold"], metrics["ood_gate"]["false_rejection_rate"]
+    )
+    head = UseHead.from_arrays(arrays, prefix="use_")
+    check = ViewCheck.from_arrays(arrays, prefix="view_")
+    assert check is not None
+    decision = metrics["decision"]
+    band = Band(decision["low"], decision["high"], decision["error_rate"])
+    lines = []
+    for name, used in (("with", check), ("without", dataclasses.replace(check, body_weights=None))):
+        report, _, _ = framing_report(
+            scorer, gate, band, metrics["threshold"], config, ["test", "early", "late"], head,
+            None, used,
+        )  # fmt: skip
+        shares = ", ".join(
+            f"{shift} {100 * row['refused']:.2f}% (view {100 * row['refused_view']:.2f}%)"
+            for shift, row in report.items()
+        )
+        lines.append(f"- {name} the body-part check: {shares}")
+    return lines
+
+
+def main() -> None:
+    """Parse the arguments, measure, print and record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    parser.add_argument("--without-body-check", action="store_true")
+    parser.add_argument("--held-out", action="store_true")
+    parser.add_argument(
+        "--features", type=Path, help="a pickle this script wrote (--save-features)"
+    )
+    parser.add_argument("--save-features", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/fold_draws.txt")
+    args = parser.parse_args()
+    from pneumonia.decision.use import as_such
+    from pneumonia.evaluation.intended_use import external_radiographs_manifest
+    from pneumonia.machine import describe
+
+    found = features_once(collect, args.features, args.save_features)
+    files = [entry["file"] for entry in external_radiographs_manifest()]
+    body = "without" if args.without_body_check else "with"
+    lines = [
+        f"## {len(files)} external radiographs, {body} the body-part check",
+        "",
+        describe(),
+        "",
+    ]
+    for seed in args.seeds:
+        report, outcome = draw(found, seed, args.without_body_check)
+        lines += [f"folds seed {seed}:", ""]
+        for kind, figures in report["kinds"].items():
+            lines.append(
+                f"- {kind}: {figures['images']} images, {100 * figures['refused_as_such']:.1f}% "
+                f"refused as such; {figures['outcomes']}"
+            )
+        lines += ["", "not refused with their own reason:", ""]
+        kinds = found["external"].kinds
+        lines += [
+            f"- {files[i]}: {outcome[i]}"
+            for i in range(len(kinds))
+            if not as_such(kinds[i], outcome[i])
+        ]
+        lines.append("")
+    if args.held_out:
+        lines += ["held-out X-rays refused under each framing (committed models):", ""]
+        lines += [*held_out(), ""]
+    text = "\n".join(lines)
+    print(text)
+    with args.out.open("a") as handle:
+        handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
