@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from benchmarks.cache import features_once
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def collect() -> dict[str, Any]:
-    """The features evaluate fits the intended-use head, the view checks and the reason head on."""
+@cache
+def served() -> Any:
+    """evaluate's `Scorer` of the committed network as served (loaded and converted once)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -47,17 +49,26 @@ def collect() -> dict[str, Any]:
     from pneumonia import paths
     from pneumonia.config import load_params
     from pneumonia.data.prepared import preprocess_config
+    from pneumonia.evaluation.scoring import Scorer
+    from pneumonia.release.export import network_to_serve
+
+    export = load_params(ROOT / "params.yaml").export_onnx
+    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
+    return Scorer(model, network_to_serve(model, preprocess_config().image_size, export))
+
+
+def collect() -> dict[str, Any]:
+    """The features evaluate fits the intended-use head, the view checks and the reason head on."""
+    from pneumonia.config import load_params
+    from pneumonia.data.prepared import preprocess_config
     from pneumonia.evaluation.gate import fit_gate, split_features
     from pneumonia.evaluation.intended_use import external_features
-    from pneumonia.evaluation.scoring import Scorer
     from pneumonia.evaluation.view import ReasonNetwork, split_view_rows
-    from pneumonia.release.export import network_to_serve
     from pneumonia.release.reason import network_onnx
 
     params = load_params(ROOT / "params.yaml")
     config, export = preprocess_config(), params.export_onnx
-    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
-    scorer = Scorer(model, network_to_serve(model, config.image_size, export))
+    scorer = served()
     rate = params.evaluate.ood_false_rejection_rate
     train = split_features(scorer, "train", config, every=4)
     val = split_features(scorer, "val", config)
@@ -132,26 +143,18 @@ def draw(found: dict[str, Any], seed: int, without_body: bool) -> tuple[dict, di
 def held_out() -> list[str]:
     """The held-out splits' refusals under each framing by the committed models, with and
     without the body-part check: one line each."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    import pneumonia.model.network  # noqa: F401  (registers the custom layer)
     from pneumonia import paths
-    from pneumonia.config import load_params
     from pneumonia.data.prepared import preprocess_config
     from pneumonia.decision.band import Band
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
     from pneumonia.decision.view import ViewCheck
     from pneumonia.evaluation.framing import framing_report
-    from pneumonia.evaluation.scoring import Scorer, calibrate
-    from pneumonia.release.export import network_to_serve
+    from pneumonia.evaluation.scoring import calibrate
 
-    params = load_params(ROOT / "params.yaml")
     config = preprocess_config()
     metrics = json.loads((ROOT / "metrics/evaluate/metrics.json").read_text())
-    model = keras.models.load_model(paths.KERAS_MODEL, compile=False)
-    scorer = Scorer(model, network_to_serve(model, config.image_size, params.export_onnx))
+    scorer = served()
     calibrate(scorer)
     with np.load(paths.GATE) as stored:
         arrays = dict(stored)
