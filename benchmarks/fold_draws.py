@@ -1,5 +1,5 @@
 """How the endpoint refuses and names the external radiographs under other draws of evaluate's
-cross-validation folds, and what the body-part check costs real X-rays.
+cross-validation folds, and what the view checks cost real X-rays.
 
 Needs `make repro` (models/model.keras, models/gate.npz, the prepared splits, data/raw).
 Everything comes through evaluate's own code, computed once: the served network's features
@@ -9,15 +9,11 @@ rows (`ReasonNetwork`, `split_view_rows`). Then, for each `--seeds` draw of the 
 - the intended-use head cross-validated (`fit_and_measure`), then the view checks and the
   reason head (`fit_and_measure_view`): each kind's outcomes as the endpoint refuses and
   names them, and every image not refused with its own reason;
-- with `--without-body-check`, the same with the body-part check's call left out of the
-  decision (`decide_kind` as if it never fired);
 
 and with `--held-out`, the held-out splits (test, early, late) under each framing shift
-(`framing_report`) refused by the committed models/gate.npz, with and without its body-part
-check.
+(`framing_report`) refused by the committed models/gate.npz, with and without its view check.
 
-    python -m benchmarks.fold_draws [--seeds 42 7 123] [--without-body-check] [--held-out]
-        [--features F]
+    python -m benchmarks.fold_draws [--seeds 42 7 123] [--held-out] [--features F]
 
 Prints the outcomes and appends them to benchmarks/fold_draws.txt (`--out`).
 """
@@ -25,7 +21,6 @@ Prints the outcomes and appends them to benchmarks/fold_draws.txt (`--out`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from functools import cache
@@ -96,13 +91,17 @@ def collect() -> dict[str, Any]:
     }
 
 
-def draw(found: dict[str, Any], seed: int, without_body: bool) -> tuple[dict, dict[int, str]]:
+def draw(found: dict[str, Any], seed: int) -> tuple[dict, dict[int, str]]:
     """The kinds report and each committed image's final outcome under the folds of `seed`."""
-    import pneumonia.evaluation.view as view
-    from pneumonia.decision.view import decide_kind
     from pneumonia.evaluation.intended_use import fit_and_measure
+    from pneumonia.evaluation.view import (
+        VIEW_REJECTION_RATE,
+        Reasons,
+        fit_and_measure_view,
+        load_kept,
+    )
 
-    outcomes: dict[int, str] = {}
+    head_outcomes: dict[int, str] = {}
     fit_and_measure(
         found["external"],
         found["train"],
@@ -111,38 +110,27 @@ def draw(found: dict[str, Any], seed: int, without_body: bool) -> tuple[dict, di
         found["gate"].threshold,
         found["rate"],
         seed,
+        outcomes=head_outcomes,
+    )
+    outcomes: dict[int, str] = {}
+    _, _, report = fit_and_measure_view(
+        found["training"],
+        found["validation"],
+        found["external"].kinds,
+        found["rows"],
+        head_outcomes,
+        load_kept(),
+        VIEW_REJECTION_RATE,
+        seed,
+        Reasons(found["training_reasons"], found["reasons"]),
         outcomes=outcomes,
     )
-    final: list[dict[int, str]] = []
-    report_kinds = view.kinds_report
-
-    def kept(kinds: list[str], outcome: dict[int, str]) -> dict:
-        final.append(dict(outcome))  # the first call is the outcome as named
-        return report_kinds(kinds, outcome)
-
-    view.kinds_report = kept  # type: ignore[assignment]
-    if without_body:
-        view.decide_kind = lambda head, lateral, body=False: decide_kind(head, lateral, False)  # type: ignore[assignment]
-    try:
-        _, _, report = view.fit_and_measure_view(
-            found["training"],
-            found["validation"],
-            found["external"].kinds,
-            found["rows"],
-            outcomes,
-            view.load_kept(),
-            view.VIEW_REJECTION_RATE,
-            seed,
-            view.Reasons(found["training_reasons"], found["reasons"]),
-        )
-    finally:
-        view.kinds_report, view.decide_kind = report_kinds, decide_kind
-    return report, final[0]
+    return report, outcomes
 
 
 def held_out() -> list[str]:
     """The held-out splits' refusals under each framing by the committed models, with and
-    without the body-part check: one line each."""
+    without the view check: one line each."""
     from pneumonia import paths
     from pneumonia.data.prepared import preprocess_config
     from pneumonia.decision.band import Band
@@ -167,7 +155,7 @@ def held_out() -> list[str]:
     decision = metrics["decision"]
     band = Band(decision["low"], decision["high"], decision["error_rate"])
     lines = []
-    for name, used in (("with", check), ("without", dataclasses.replace(check, body_weights=None))):
+    for name, used in (("with", check), ("without", None)):
         report, _, _ = framing_report(
             scorer, gate, band, metrics["threshold"], config, ["test", "early", "late"], head,
             None, used,
@@ -176,7 +164,7 @@ def held_out() -> list[str]:
             f"{shift} {100 * row['refused']:.2f}% (view {100 * row['refused_view']:.2f}%)"
             for shift, row in report.items()
         )
-        lines.append(f"- {name} the body-part check: {shares}")
+        lines.append(f"- {name} the view check: {shares}")
     return lines
 
 
@@ -184,7 +172,6 @@ def main() -> None:
     """Parse the arguments, measure, print and record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
-    parser.add_argument("--without-body-check", action="store_true")
     parser.add_argument("--held-out", action="store_true")
     parser.add_argument(
         "--features", type=Path, help="a pickle this script wrote (--save-features)"
@@ -198,15 +185,14 @@ def main() -> None:
 
     found = features_once(collect, args.features, args.save_features)
     files = [entry["file"] for entry in external_radiographs_manifest()]
-    body = "without" if args.without_body_check else "with"
     lines = [
-        f"## {len(files)} external radiographs, {body} the body-part check",
+        f"## {len(files)} external radiographs",
         "",
         describe(),
         "",
     ]
     for seed in args.seeds:
-        report, outcome = draw(found, seed, args.without_body_check)
+        report, outcome = draw(found, seed)
         lines += [f"folds seed {seed}:", ""]
         for kind, figures in report["kinds"].items():
             lines.append(

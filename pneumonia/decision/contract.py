@@ -75,38 +75,22 @@ class OodGate(_Strict):
 
 class ViewCheckSpec(_Strict):
     """The view check (pneumonia.decision.view): lateral when the view features' score,
-    features @ weights + bias, is above `threshold`; with `body_weights`, another body part
-    when features @ body_weights + body_bias is above `body_threshold`."""
+    features @ weights + bias, is above `threshold`."""
 
     weights: tuple[float, ...] = Field(min_length=VIEW_FEATURES, max_length=VIEW_FEATURES)
     bias: float = Field(allow_inf_nan=False)
     threshold: float = Field(allow_inf_nan=False)
     false_rejection_rate: float = Field(gt=0, lt=0.5)  # targeted on validation, per framing
-    # The body-part check (all three or none; None: a model from before it).
-    body_weights: tuple[float, ...] | None = Field(
-        default=None, min_length=VIEW_FEATURES, max_length=VIEW_FEATURES
-    )
-    body_bias: float | None = Field(default=None, allow_inf_nan=False)
-    body_threshold: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _finite(self) -> ViewCheckSpec:
         if not all(math.isfinite(weight) for weight in self.weights):
             raise ValueError("view_check.weights must be finite")
-        body = (self.body_weights, self.body_bias, self.body_threshold)
-        if any(part is None for part in body) and any(part is not None for part in body):
-            raise ValueError("view_check.body_weights, body_bias and body_threshold: all or none")
-        if self.body_weights is not None and not all(map(math.isfinite, self.body_weights)):
-            raise ValueError("view_check.body_weights must be finite")
         return self
 
     def check(self) -> ViewCheck:
         """The check serving runs."""
-        check = ViewCheck(np.array(self.weights), self.bias, self.threshold)
-        if self.body_weights is None or self.body_bias is None or self.body_threshold is None:
-            return check
-        body = ViewCheck(np.array(self.body_weights), self.body_bias, self.body_threshold)
-        return check.with_body(body)
+        return ViewCheck(np.array(self.weights), self.bias, self.threshold)
 
 
 class ReasonSpec(_Strict):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pneumonia.decision.use import ANSWERED, UseHead
+from pneumonia.decision.use import ANSWERED, UseHead, fit_use_head
 
 REASON_SIZE = 128  # px, the whole image's side for the fixed network
 REASON_FEATURES = 1280  # Lite0's pooled head channels
@@ -59,8 +59,6 @@ def fit_reason_head(features: dict[str, np.ndarray], strength: float) -> UseHead
     """The head from each kind's (N_k, REASON_FEATURES + 392) rows (`fit_use_head`: balanced
     classes, L2); the answered kind must be among them, so a refused pediatric image is named
     by its runner-up."""
-    from pneumonia.decision.use import fit_use_head
-
     if ANSWERED not in features:
         raise ValueError(f"the reason head needs {ANSWERED} rows")
     return fit_use_head(features, strength)

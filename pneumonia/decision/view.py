@@ -21,11 +21,11 @@ Serving refuses a lateral with 422 `lateral_view`, unless the intended-use head 
 image another body part: a spine, shoulder or skull radiograph can look lateral at 16x16,
 and `not_a_chest_xray` is the truer answer for it (`decide_kind`).
 
-A second score on the same features, the body-part check, is fitted on the other body parts
-against every chest radiograph (frontal and lateral, pediatric and adult). Its threshold is
-set on validation X-rays the same way; above it, an image is refused as `not_a_chest_xray`
-whatever the head names it. It overrules the head where the head has few examples to go on:
-a pelvis the head named an adult chest, a cervical spine it named a lateral chest.
+Other body parts are left to the intended-use head and the reason head, which see the
+network's features: a second linear score on these 16x16 features, fitted on other body parts
+against every chest radiograph, was tried and taken out of the decision. It changed no
+external radiograph's outcome on evaluate's folds and refused held-out X-rays under a tight
+crop (docs/model-quality.md#the-body-part-check-taken-out).
 """
 
 from __future__ import annotations
@@ -113,15 +113,11 @@ VIEW_STRENGTH = 0.05  # inverse L2 penalty on standardised features
 @dataclass(frozen=True)
 class ViewCheck:
     """score = features @ weights + bias (standardisation folded in); lateral above
-    `threshold`. With `body_weights`, the body-part check likewise: body_score = features @
-    body_weights + body_bias, another body part above `body_threshold`."""
+    `threshold`."""
 
     weights: np.ndarray  # (F,)
     bias: float
     threshold: float
-    body_weights: np.ndarray | None = None  # (F,); None: no body-part check
-    body_bias: float = 0.0
-    body_threshold: float = 0.0
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(N,) scores for (N, F) view features."""
@@ -131,32 +127,9 @@ class ViewCheck:
         """(N,) whether each image is called a lateral view."""
         return self.scores(features) > self.threshold
 
-    def body_scores(self, features: np.ndarray) -> np.ndarray:
-        """(N,) body-part scores for (N, F) view features; -inf without a body-part check."""
-        values = np.asarray(features, dtype=np.float64)
-        if self.body_weights is None:
-            return np.full(len(values), -np.inf)
-        return values @ self.body_weights + self.body_bias
-
-    def body_part(self, features: np.ndarray) -> np.ndarray:
-        """(N,) whether each image is called another body part (never without the check)."""
-        return self.body_scores(features) > self.body_threshold
-
-    def with_body(self, body: ViewCheck) -> ViewCheck:
-        """This lateral check with `body`'s score and threshold as its body-part check."""
-        return ViewCheck(
-            self.weights, self.bias, self.threshold, body.weights, body.bias, body.threshold
-        )
-
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Its arrays by name; evaluate saves them in models/gate.npz under `view_`."""
         named: dict = {"weights": self.weights, "bias": self.bias, "threshold": self.threshold}
-        if self.body_weights is not None:
-            named |= {
-                "body_weights": self.body_weights,
-                "body_bias": self.body_bias,
-                "body_threshold": self.body_threshold,
-            }
         return {prefix + name: np.asarray(value) for name, value in named.items()}
 
     @classmethod
@@ -164,16 +137,10 @@ class ViewCheck:
         """The check saved by `arrays(prefix)`, or None when `arrays` hold none."""
         if prefix + "weights" not in arrays:
             return None
-        body = prefix + "body_weights" in arrays
         return cls(
             weights=np.asarray(arrays[prefix + "weights"], dtype=np.float64),
             bias=float(arrays[prefix + "bias"]),
             threshold=float(arrays[prefix + "threshold"]),
-            body_weights=np.asarray(arrays[prefix + "body_weights"], dtype=np.float64)
-            if body
-            else None,
-            body_bias=float(arrays[prefix + "body_bias"]) if body else 0.0,
-            body_threshold=float(arrays[prefix + "body_threshold"]) if body else 0.0,
         )
 
 
@@ -199,44 +166,30 @@ def fit_view_check(
     return ViewCheck(coefficients, bias, 0.0)
 
 
-def fit_body_check(
-    chest: np.ndarray, body: np.ndarray, strength: float = VIEW_STRENGTH
-) -> ViewCheck:
-    """The body-part score, as a lone check (`with_body` joins it to the lateral one), from
-    (N, F) view features of chest radiographs of every kind and of other body parts; both
-    sides balanced, its threshold 0 until `with_view_threshold` sets it."""
-    return fit_view_check(chest, body, None, strength)
-
-
 def with_view_threshold(
     check: ViewCheck, validation: Sequence[np.ndarray], false_rejection_rate: float
 ) -> ViewCheck:
     """The check whose threshold calls at most `false_rejection_rate` of each block of
     `validation` (validation X-rays unchanged, and under each framing) lateral: the largest
-    split-conformal quantile, never below 0 (the fit's own boundary). Any body-part check
-    it carries is kept as it is."""
+    split-conformal quantile, never below 0 (the fit's own boundary)."""
     level = 1 - false_rejection_rate
     quantiles = [conformal_quantile(check.scores(block), level) for block in validation]
     return replace(check, threshold=max(0.0, *quantiles))
 
 
-def decide_kind(head_kind: str | None, lateral: bool, body_part: bool = False) -> str | None:
-    """The kind an image is refused as by the view check and the intended-use head: another
-    body part when the body-part check calls it one (`body_part`), whatever the head names
-    it; else, when the view check calls it lateral (`lateral`), a lateral view, unless the
-    head named it another body part. Otherwise the head's kind stands (None: no head)."""
-    if body_part:
-        return OTHER_BODY_PART
+def decide_kind(head_kind: str | None, lateral: bool) -> str | None:
+    """The kind an image is refused as by the view check and the intended-use head: a lateral
+    view when the view check calls it lateral (`lateral`), unless the head named it another
+    body part; otherwise the head's kind (None: no head)."""
     if lateral and head_kind != OTHER_BODY_PART:
         return LATERAL
     return head_kind
 
 
 def refused_by_view(check: ViewCheck | None, rows: np.ndarray, head_kinds: list[str]) -> np.ndarray:
-    """(N,) whether serving refuses each image by the view check: the body-part check calls
-    its unchanged rows (N, F) another body part, or the lateral check calls them lateral and
-    the head does not name it another body part."""
+    """(N,) whether serving refuses each image by the view check: it calls its unchanged rows
+    (N, F) lateral and the head does not name it another body part."""
     if check is None:
         return np.zeros(len(rows), dtype=bool)
     not_body = np.array([kind != OTHER_BODY_PART for kind in head_kinds], dtype=bool)
-    return (check.lateral(rows) & not_body) | check.body_part(rows)
+    return check.lateral(rows) & not_body

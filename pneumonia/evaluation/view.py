@@ -10,8 +10,6 @@ lateral as lateral and a tight or bordered frontal as frontal. It is fitted on:
 - other body parts (committed), as negatives.
 
 Its threshold calls at most `rate` of validation, unchanged and under each framing, lateral.
-The body-part check is fitted on the same images: the other body parts against every chest
-radiograph (the frontal and lateral ones above), its threshold set on validation the same way.
 Measured by the same cross-validation as the intended-use head (`kind_folds`): each external
 image by checks fitted without it. A committed image's outcome combines the head's
 cross-validated outcome with the check's as serving does (`decide_kind`); a kept one has no
@@ -40,7 +38,6 @@ from pneumonia.decision.view import (
     VIEW_GRID,
     ViewCheck,
     decide_kind,
-    fit_body_check,
     fit_view_check,
     view_features,
     view_grid,
@@ -67,7 +64,6 @@ VIEW_REJECTION_RATE = 0.001
 VIEW_SHIFTS = ("unchanged", *FRAMING)  # the rows of each image's view features, in order
 KEPT_KINDS = ("adult_chest", LATERAL)  # what kept statistics may hold
 VIEWED = "refused by the view check as " + LATERAL  # a committed image's outcome when it fires
-BODY_VIEWED = "refused by the view check as " + OTHER_BODY_PART  # ... when the body-part one does
 
 
 def framings(gray: np.ndarray) -> list[np.ndarray]:
@@ -208,7 +204,7 @@ def load_kept(folder: Path = KEPT_STATISTICS) -> list[Kept]:
     return kept
 
 
-def combined(head_outcome: str, lateral: bool, body_part: bool = False) -> str:
+def combined(head_outcome: str, lateral: bool) -> str:
     """A committed image's outcome when the view check also runs, decided as serving decides
     (`decide_kind`) from the kind the head named (pediatric when it answered or left the
     image to the gate), unless a check before the model refused it: the head's outcome where
@@ -217,7 +213,7 @@ def combined(head_outcome: str, lateral: bool, body_part: bool = False) -> str:
         return head_outcome
     named = head_outcome.removeprefix("refused as ")
     head_kind = named if named != head_outcome else ANSWERED
-    kind = decide_kind(head_kind, lateral, body_part)
+    kind = decide_kind(head_kind, lateral)
     return head_outcome if kind == head_kind else f"refused by the view check as {kind}"
 
 
@@ -252,22 +248,20 @@ def _cross_validate(
     images: list[tuple[str, np.ndarray, int | None, np.ndarray]],
     fit: Callable[[list[int]], tuple[ViewCheck, UseHead | None]],
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-    """Each image's calls by checks fitted without it (`kind_folds`): lateral, another body
-    part, and the kind the reason head and the checks name it (None without the head)."""
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each image's calls by the check and head fitted without it (`kind_folds`): lateral,
+    and the kind the reason head and the check name it (None without the head)."""
     fold_of = kind_folds([kind for kind, *_ in images], FOLDS, seed)
     called = np.zeros(len(images), dtype=bool)
-    called_body = np.zeros(len(images), dtype=bool)
     reason_named: list[str | None] = [None] * len(images)
     for fold in range(FOLDS):
         check, head = fit([i for i, f in enumerate(fold_of) if f != fold])
         for i in np.flatnonzero(fold_of == fold):
             called[i] = bool(check.lateral(images[i][1][:1])[0])
-            called_body[i] = bool(check.body_part(images[i][1][:1])[0])
             if head is not None:
                 kind = refused_kind(head.logits(images[i][3][:1])[0])
-                reason_named[i] = decide_kind(kind, bool(called[i]), bool(called_body[i]))
-    return called, called_body, reason_named
+                reason_named[i] = decide_kind(kind, bool(called[i]))
+    return called, reason_named
 
 
 def _fit(
@@ -277,8 +271,8 @@ def _fit(
     rate: float,
     reasons: Reasons | None,
 ) -> tuple[ViewCheck, UseHead | None]:
-    """The view check (with its body-part check) and, with `reasons`, the reason head, fitted
-    on the training X-rays' rows (`frontal`, `reasons.training`) and the `chosen` images'."""
+    """The view check and, with `reasons`, the reason head, fitted on the training X-rays'
+    rows (`frontal`, `reasons.training`) and the `chosen` images'."""
     by: dict[str, list[np.ndarray]] = {}
     for kind, rows, _, _ in chosen:
         by.setdefault(kind, []).append(rows)
@@ -286,9 +280,6 @@ def _fit(
     sides = np.concatenate(by[LATERAL])
     other = np.concatenate(by[OTHER_BODY_PART]) if OTHER_BODY_PART in by else None
     check = with_view_threshold(fit_view_check(front, sides, other), blocks, rate)
-    if other is not None:
-        body = fit_body_check(np.concatenate([front, sides]), other)
-        check = check.with_body(with_view_threshold(body, blocks, rate))
     if reasons is None:
         return check, None
     grouped: dict[str, list[np.ndarray]] = {ANSWERED: reasons.training}
@@ -338,16 +329,18 @@ def fit_and_measure_view(
     rate: float,
     seed: int,
     reasons: Reasons | None = None,
+    outcomes: dict[int, str] | None = None,
 ) -> tuple[ViewCheck, UseHead | None, dict]:
-    """The check (with its body-part check) and, with `reasons`, the reason head fitted on
-    everything, and their cross-validated outcomes.
+    """The check and, with `reasons`, the reason head fitted on everything, and their
+    cross-validated outcomes.
 
     `training`, `validation`: view rows of pediatric X-rays (`split_view_rows`);
     `external_kinds`, `external_rows`: the committed external radiographs' head kinds and
     view rows (empty for those refused before the model); `head_outcomes`: the intended-use
     head's cross-validated outcome of each (`fit_and_measure(outcomes=)`); `kept`: kept
     statistics (with `reasons`, each must keep reason features too); `rate`: the share of
-    validation under each framing it may call lateral.
+    validation under each framing it may call lateral; `outcomes`: where given, filled with
+    each committed image's outcome as the endpoint refuses and names it, by manifest index.
     """
     blocks = [np.stack([rows[i] for rows in validation]) for i in range(len(VIEW_SHIFTS))]
     frontal = np.concatenate(training)
@@ -361,17 +354,17 @@ def fit_and_measure_view(
     def fit(chosen: list[int]) -> tuple[ViewCheck, UseHead | None]:
         return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons)
 
-    called, called_body, reason_named = _cross_validate(images, fit, seed)
+    called, reason_named = _cross_validate(images, fit, seed)
     by_view = dict(head_outcomes)
-    outcomes = dict(head_outcomes)
-    for (_, _, index, _), lateral, body, kind in zip(
-        images, called, called_body, reason_named, strict=True
-    ):
+    final = dict(head_outcomes)
+    for (_, _, index, _), lateral, kind in zip(images, called, reason_named, strict=True):
         if index is not None:
-            by_view[index] = combined(head_outcomes[index], lateral, body)
-            outcomes[index] = by_view[index] if kind is None else named(by_view[index], kind)
+            by_view[index] = combined(head_outcomes[index], lateral)
+            final[index] = by_view[index] if kind is None else named(by_view[index], kind)
+    if outcomes is not None:
+        outcomes.update(final)
     check, reason_head = fit(list(range(len(images))))
-    report = kinds_report(external_kinds, outcomes)
+    report = kinds_report(external_kinds, final)
     groups = [f"{'kept' if index is None else 'committed'} {kind}" for kind, _, index, _ in images]
 
     def by_group(flags: np.ndarray) -> dict:
@@ -389,9 +382,6 @@ def fit_and_measure_view(
         "false_rejection_rate": rate,
         "validation_called_lateral": max(float(np.mean(check.lateral(b))) for b in blocks),
         "called_lateral": by_group(called),
-        "body_threshold": check.body_threshold if check.body_weights is not None else None,
-        "validation_called_body_part": max(float(np.mean(check.body_part(b))) for b in blocks),
-        "called_body_part": by_group(called_body),
         "sources": sorted({source.source for source in kept}),
     }
     if reason_head is not None:
@@ -402,11 +392,9 @@ def fit_and_measure_view(
         }
     for group, figures in report["view_check"]["called_lateral"].items():
         log.info(
-            "view check: %s called lateral %.1f%%, another body part %.1f%%, of %d "
-            "(cross-validated)%s",
+            "view check: %s called lateral %.1f%% of %d (cross-validated)%s",
             group,
             100 * figures["share"],
-            100 * report["view_check"]["called_body_part"][group]["share"],
             figures["images"],
             f"; named {report['reason']['named'][group]}" if reason_head is not None else "",
         )

@@ -140,8 +140,7 @@ def reason_card_fields(evaluation: dict) -> dict[str, str]:
 
 def view_fields(evaluation: dict) -> dict[str, str]:
     """The view check's cross-validated figures: how many laterals it was fitted on, and the
-    share of each group of external images it calls lateral, and another body part (its
-    body-part check), as counts."""
+    share of each group of external images it calls lateral, as counts."""
     view = evaluation.get("intended_use", {}).get("view_check")
     if not view:
         return {
@@ -149,7 +148,6 @@ def view_fields(evaluation: dict) -> dict[str, str]:
             "view_kept": "0",
             "view_source": "none",
             "view_rates": "",
-            "view_body_rates": "not measured",
         }
     groups = view["called_lateral"]
     laterals = sum(row["images"] for name, row in groups.items() if name.endswith("lateral_chest"))
@@ -163,13 +161,11 @@ def view_fields(evaluation: dict) -> dict[str, str]:
             for name, row in called.items()
         )
 
-    body = view.get("called_body_part")
     return {
         "view_laterals": str(laterals),
         "view_kept": str(kept),
         "view_source": ", ".join(view["sources"]) or "none",
         "view_rates": counts(groups) + bound,
-        "view_body_rates": counts(body) + bound if body else "not measured",
     }
 
 

@@ -62,8 +62,7 @@ def load_decision(evaluation: dict) -> Decision:
 
 def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
     """model.json's `view_check`: the check's weights, bias and threshold, and the rate it
-    was set at (evaluate's `intended_use.view_check`); with its body-part check, that
-    check's weights, bias and threshold too."""
+    was set at (evaluate's `intended_use.view_check`)."""
     if view is None:
         return None
     fields: dict = {  # the arrays it is saved as: vectors as tuples, the rest as floats
@@ -74,13 +73,14 @@ def view_check_fields(view: ViewCheck | None, evaluation: dict) -> dict | None:
     return fields | {"false_rejection_rate": rate}
 
 
-def reason_fields() -> dict | None:
-    """model.json's `reason`: reason.onnx's SHA-256 and input size, when evaluate wrote it."""
+def reason_fields() -> dict:
+    """model.json's `reason`: reason.onnx's SHA-256 and input size. Evaluate writes the file
+    beside the view check it fits; export refuses to ship a model without it."""
     from pneumonia.decision.reason import REASON_SIZE
     from pneumonia.release.reason import REASON_MODEL as MODEL
 
     if not MODEL.exists():
-        return None
+        raise FileNotFoundError(f"{MODEL} is missing: dvc repro evaluate writes it")
     return {"sha256": hashlib.sha256(MODEL.read_bytes()).hexdigest(), "image_size": REASON_SIZE}
 
 

@@ -91,21 +91,27 @@ class GraphOutputs:
         return float(self.probabilities[index]), float(self.distances[index]), use
 
 
+REASON_INPUT_BYTES = reason.REASON_SIZE**2 * 4  # the reason head's float32 input, 64 KiB
+
+
 @dataclass(frozen=True)
 class Layout:
     """What the view check reads of the decoded image, and what it calls it; the decoded
     image (by reference) or its reason-head input, for naming a refusal."""
 
     lateral: bool = False
-    body_part: bool = False
     features: np.ndarray | None = None  # (1, F) view features
     gray: np.ndarray | None = None  # the decoded image
     reason_image: np.ndarray | None = None  # (S, S, 1) `reason.reason_input` of it
 
     def detached(self, reason_head: bool) -> Layout:
-        """The same without the decoded image, with `reason_head` its reason-head input
-        computed instead: what a batch keeps of each image until the model has run."""
+        """What a batch keeps of each image until the model has run: without the decoded
+        image, with `reason_head` its reason-head input computed instead; a decoded image
+        that holds no more bytes than that input (a 256 px square or less) is kept as it is, and
+        the input made only if the image is refused."""
         if self.gray is None:
+            return self
+        if reason_head and self.gray.base is None and self.gray.nbytes <= REASON_INPUT_BYTES:
             return self
         return replace(self, gray=None, reason_image=self.reason_pixels() if reason_head else None)
 
@@ -194,16 +200,14 @@ class Classifier:
         )
 
     def layout(self, gray: np.ndarray) -> Layout:
-        """Whether the view check calls the decoded (H, W) image a lateral view, and whether
-        its body-part check calls it another body part (never, for a model without)."""
+        """Whether the view check calls the decoded (H, W) image a lateral view."""
         if self.view is None:
             return Layout(gray=gray)
         features = view_features(view_grid(gray)[np.newaxis])
-        lateral = bool(self.view.lateral(features)[0])
-        return Layout(lateral, bool(self.view.body_part(features)[0]), features, gray)
+        return Layout(bool(self.view.lateral(features)[0]), features, gray)
 
     def named(self, kind: str, layout: Layout) -> str:
-        """What a refused image is named: by the reason head and the view checks
+        """What a refused image is named: by the reason head and the view check
         (`decide_kind`) where the model has the head, else `kind` (the intended-use head's)."""
         image = layout.reason_pixels() if self.reason_session is not None else None
         if self.reason_session is None or image is None or layout.features is None:
@@ -213,7 +217,7 @@ class Classifier:
             reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
         }
         logits = self.reason_session.run([reason.REASON_OUTPUT], feeds)[0][0]
-        return decide_kind(refused_kind(logits), layout.lateral, layout.body_part) or kind
+        return decide_kind(refused_kind(logits), layout.lateral) or kind
 
     def judge(
         self,
@@ -224,15 +228,13 @@ class Classifier:
     ) -> Prediction:
         """Label and decision for one image's outputs; ClientError (422) when the intended-use
         head names another kind than a pediatric frontal chest X-ray, when the view check
-        calls it lateral (unless the head names another body part) or its body-part check
-        another body part (whatever the head names it: `decide_kind`), or when its features
-        are too far from the training X-rays' (`not_a_chest_xray` for a graph without a head).
+        calls it lateral (unless the head names another body part: `decide_kind`), or when its
+        features are too far from the training X-rays' (`not_a_chest_xray` for a graph
+        without a head).
         A refusal's reason is the reason head's (`named`), else the head's kind (its runner-up
         for the gate's refusals, `refused_kind`)."""
         layout = layout if layout is not None else Layout()
-        kind = decide_kind(
-            kind_of(use) if use is not None else None, layout.lateral, layout.body_part
-        )
+        kind = decide_kind(kind_of(use) if use is not None else None, layout.lateral)
         if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
             reason_code, message = USE_REFUSALS[self.named(kind, layout)]

@@ -151,9 +151,9 @@ def test_the_features_end_with_the_inputs_layout(keras_model):
 def served_with_view(tmp_path_factory, keras_model, fitted):
     """(Classifier with the head and a view check, the numpy check), the check fitted as
     evaluate fits it: the sample's X-rays and the adults as frontal, the committed and kept
-    laterals, the body parts as negatives; its body-part check on the body parts against all
-    of those; each threshold at 5% of the sample under each framing."""
-    from pneumonia.decision.view import fit_body_check, fit_view_check, with_view_threshold
+    laterals, the body parts as negatives; its threshold at 5% of the sample under each
+    framing."""
+    from pneumonia.decision.view import fit_view_check, with_view_threshold
     from pneumonia.evaluation.view import load_kept, view_rows
     from pneumonia.images.screening import screen_and_prepare
     from pneumonia.serving.classifier import Classifier
@@ -172,17 +172,11 @@ def served_with_view(tmp_path_factory, keras_model, fitted):
     sides, others = np.concatenate(laterals), np.concatenate(rows(images["other_body_part"]))
     blocks = [np.stack([r[i] for r in pediatric]) for i in range(len(pediatric[0]))]
     check = with_view_threshold(fit_view_check(frontal, sides, others), blocks, 0.05)
-    body = fit_body_check(np.concatenate([frontal, sides]), others)
-    check = check.with_body(with_view_threshold(body, blocks, 0.05))
-    assert check.body_weights is not None
     fields = {
         "weights": tuple(float(w) for w in check.weights),
         "bias": float(check.bias),
         "threshold": float(check.threshold),
         "false_rejection_rate": 0.05,
-        "body_weights": tuple(float(w) for w in check.body_weights),
-        "body_bias": float(check.body_bias),
-        "body_threshold": float(check.body_threshold),
     }
     folder = tmp_path_factory.mktemp("model-with-view")
     write_test_model(folder, keras_model, config, gate, head, view_check=fields)
@@ -201,10 +195,9 @@ def outcome(classifier, data: bytes) -> str:
 
 
 def test_the_endpoint_refuses_what_the_numpy_view_check_calls_lateral(served, served_with_view):
-    """Each image as the numpy check and the graph's head decide (`decide_kind`): a body-part
-    call refuses it as not_a_chest_xray whatever the head names it; a lateral call refuses it
-    as lateral_view unless the head names a body part; otherwise the answer is the one the
-    model without the check gives."""
+    """Each image as the numpy check and the graph's head decide (`decide_kind`): a lateral
+    call refuses it as lateral_view unless the head names a body part; otherwise the answer is
+    the one the model without the check gives."""
     from pneumonia.decision.use import kind_of
     from pneumonia.decision.view import decide_kind, view_features, view_grid
     from pneumonia.images.screening import screen_and_prepare
@@ -212,31 +205,23 @@ def test_the_endpoint_refuses_what_the_numpy_view_check_calls_lateral(served, se
     plain, _, images, _ = served
     with_view, check = served_with_view
     called: dict[str, list[bool]] = {}
-    bodies: dict[str, list[bool]] = {}
     for kind, datas in {**images, "lateral_chest": external("lateral", 3)}.items():
         for data in datas:
             gray, pixels = screen_and_prepare(data, plain.metadata.preprocessing)
             features = view_features(view_grid(gray)[np.newaxis])
-            lateral, body = bool(check.lateral(features)[0]), bool(check.body_part(features)[0])
+            lateral = bool(check.lateral(features)[0])
             use = plain.infer(pixels[np.newaxis]).uses
             assert use is not None
             before, after = outcome(plain, data), outcome(with_view, data)
-            decided = decide_kind(kind_of(use[0]), lateral, body)
-            if body:
-                assert decided == "other_body_part" and after == "not_a_chest_xray", (kind, after)
-            elif decided == "lateral_chest" and lateral:
+            decided = decide_kind(kind_of(use[0]), lateral)
+            if decided == "lateral_chest" and lateral:
                 assert after == "lateral_view", (kind, before, after)
             else:
                 assert after == before, (kind, lateral, before, after)
             called.setdefault(kind, []).append(lateral)
-            bodies.setdefault(kind, []).append(body)
-    # Fitted on them: the laterals are called lateral, the sample's X-rays nearly never; the
-    # body parts are called body parts, the chest radiographs nearly never.
+    # Fitted on them: the laterals are called lateral, the sample's X-rays nearly never.
     assert all(called["lateral_chest"]), called["lateral_chest"]
     assert np.mean(called["pediatric_chest"]) <= 0.05
-    assert np.mean(bodies["other_body_part"]) >= 0.9, bodies["other_body_part"]
-    assert np.mean(bodies["pediatric_chest"]) <= 0.05
-    assert not any(bodies["lateral_chest"]) and np.mean(bodies["adult_chest"]) <= 0.1
 
 
 def test_a_batch_row_is_refused_as_lateral_as_the_single_request_is(served_with_view):
@@ -297,8 +282,8 @@ def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
     served_with_view, served_with_reason
 ):
     """The reason head never changes whether an image is answered; a refused image's reason
-    is the numpy head's kind (its runner-up when it says pediatric), as the view checks
-    decide with it (`decide_kind`)."""
+    is the numpy head's kind (its runner-up when it says pediatric), as the view check
+    decides with it (`decide_kind`)."""
     from pneumonia.decision.use import refused_kind
     from pneumonia.decision.view import decide_kind
 
@@ -312,10 +297,8 @@ def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
             if after == "answered":
                 continue
             view = image_rows[:1, -check.weights.shape[0] :]
-            lateral, body = bool(check.lateral(view)[0]), bool(check.body_part(view)[0])
-            expected = decide_kind(
-                refused_kind(reason_head.logits(image_rows[:1])[0]), lateral, body
-            )
+            lateral = bool(check.lateral(view)[0])
+            expected = decide_kind(refused_kind(reason_head.logits(image_rows[:1])[0]), lateral)
             assert after == REASONS[expected], (kind, before, after, expected)
             renamed += before != after
     assert [outcome(with_reason, data) for data in everything["lateral_chest"]].count(

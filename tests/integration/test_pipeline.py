@@ -217,7 +217,14 @@ def test_onnx_export_agrees_with_keras_and_carries_its_metadata(repo):
     view = evaluation["intended_use"]["view_check"]
     assert metadata["view_check"]["threshold"] == view["threshold"]
     assert metadata["view_check"]["false_rejection_rate"] == view["false_rejection_rate"]
-    assert metadata["view_check"]["body_threshold"] == view["body_threshold"]  # fitted too
+    with np.load(repo / "models/gate.npz") as stored:  # the check evaluate saved, as fitted
+        np.testing.assert_array_equal(metadata["view_check"]["weights"], stored["view_weights"])
+        assert set(metadata["view_check"]) == {
+            "weights",
+            "bias",
+            "threshold",
+            "false_rejection_rate",
+        }
     # ... and the graph computes what evaluate computed with onnxruntime and numpy, on the
     # network whose bytes evaluate recorded.
     assert parity["max_rel_diff_distance"] <= 1e-3

@@ -600,3 +600,27 @@ def test_an_s3_prefix_is_listed_in_key_order_and_an_object_over_the_cap_is_not_r
     whole = batch.s3_items("s3://unit-batch-listing", s3_endpoint)  # no prefix: the whole bucket
     assert [item.file for item in whole][:2] == ["other/d.png", "scans/a.png"]
     assert len(whole) == 6
+
+
+@pytest.mark.parametrize("side", [64, 224, 256, 257, 1024])
+def test_a_batch_keeps_of_each_image_what_names_its_refusal_at_the_least_cost(side):
+    from pneumonia.decision.reason import REASON_SIZE, reason_input
+    from pneumonia.serving.classifier import Layout
+
+    gray = np.random.default_rng(side).integers(0, 256, (side, side), dtype=np.uint8)
+    kept = Layout(lateral=False, gray=gray).detached(reason_head=True)
+    small = side <= 256  # no more bytes than the (128, 128, 1) float32 input it would make
+    assert (kept.gray is gray) == small and (kept.reason_image is None) == small
+    pixels = kept.reason_pixels()
+    assert pixels is not None and pixels.shape == (REASON_SIZE, REASON_SIZE, 1)
+    np.testing.assert_array_equal(pixels, reason_input(gray))
+    dropped = Layout(gray=gray).detached(reason_head=False)  # no head: nothing kept
+    assert dropped.gray is None and dropped.reason_pixels() is None
+
+
+def test_a_batch_never_keeps_a_small_view_of_a_large_decoded_image():
+    from pneumonia.serving.classifier import Layout
+
+    large = np.zeros((1024, 1024), dtype=np.uint8)
+    kept = Layout(gray=large[:100, :100]).detached(reason_head=True)
+    assert kept.gray is None and kept.reason_image is not None

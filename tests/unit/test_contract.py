@@ -20,11 +20,6 @@ VIEW = {
     "threshold": 2.25,
     "false_rejection_rate": 0.003,
 }
-BODY = {
-    "body_weights": tuple(-0.02 * i for i in range(VIEW_FEATURES)),
-    "body_bias": 0.5,
-    "body_threshold": 3.75,
-}
 
 
 def fields(**changes) -> dict:
@@ -90,24 +85,15 @@ def test_the_version_is_sha256_of_the_bytes_a_newline_and_the_sorted_answering_j
         {"max_patient_age_years": 18},
         {"view_check": VIEW},
         {"view_check": {**VIEW, "threshold": 2.5}},
-        {"view_check": {**VIEW, **BODY}},
-        {"view_check": {**VIEW, **BODY, "body_threshold": 4.0}},
+        {"view_check": {**VIEW, "bias": -1.25}},
     ],
-    ids=lambda change: (
-        next(iter(change))
-        + str(change.get("view_check", {}).get("threshold", ""))
-        + str(change.get("view_check", {}).get("body_threshold", ""))
-    ),
+    ids=lambda change: next(iter(change)) + str(change.get("view_check", {}).get("bias", "")),
 )
 def test_every_answering_field_is_in_the_version(change):
     base: dict = {"max_patient_age_years": 17}
     view = change.get("view_check")
-    if view is not None and view["threshold"] != VIEW["threshold"]:
-        base["view_check"] = VIEW  # the threshold alone differs
-    if view is not None and view.get("body_threshold", BODY["body_threshold"]) != 3.75:
-        base["view_check"] = {**VIEW, **BODY}  # the body-part threshold alone differs
-    elif view is not None and "body_weights" in view:
-        base["view_check"] = VIEW  # the body-part check alone differs
+    if view is not None and view != VIEW:
+        base["view_check"] = VIEW  # its threshold or bias alone differs
     before = ModelMetadata.for_graph(GRAPH, fields(**base))
     after = ModelMetadata.for_graph(GRAPH, fields(**{**base, **change}))
     assert after.model_version != before.model_version
@@ -150,13 +136,8 @@ def test_unset_optional_fields_keep_an_older_model_jsons_version():
         ({"view_check": {**VIEW, "weights": VIEW["weights"][:-1]}}, "view_check.weights"),
         ({"view_check": {**VIEW, "weights": (math.nan,) * VIEW_FEATURES}}, "view_check"),
         ({"view_check": {**VIEW, "false_rejection_rate": 0.0}}, "view_check.false_rejection"),
-        ({"view_check": {**VIEW, "body_weights": BODY["body_weights"]}}, "all or none"),
-        ({"view_check": {**VIEW, **BODY, "body_bias": None}}, "all or none"),
-        ({"view_check": {**VIEW, **BODY, "body_weights": (1.0,) * 3}}, "view_check.body_weights"),
-        (
-            {"view_check": {**VIEW, **BODY, "body_weights": (math.inf,) * VIEW_FEATURES}},
-            "view_check",
-        ),
+        # a model exported with the body-part check, since taken out of the decision
+        ({"view_check": {**VIEW, "body_threshold": 3.75}}, "view_check.body_threshold"),
         ({"unknown": 1}, "unknown"),
     ],
 )
@@ -268,14 +249,11 @@ def test_a_version_is_never_computed_over_nan():
         model_version(GRAPH, {"threshold": float("nan")})
 
 
-def test_the_view_check_serving_builds_carries_the_body_part_check_when_present():
-    plain = ModelMetadata.for_graph(GRAPH, fields(view_check=VIEW)).view_check
-    joined = ModelMetadata.for_graph(GRAPH, fields(view_check={**VIEW, **BODY})).view_check
-    assert plain is not None and joined is not None
-    assert plain.check().body_weights is None
-    check = joined.check()
-    assert check.body_weights is not None
-    np.testing.assert_allclose(check.body_weights, BODY["body_weights"])
-    assert (check.body_bias, check.body_threshold) == (0.5, 3.75)
+def test_the_view_check_serving_builds_is_the_one_model_json_holds():
+    spec = ModelMetadata.for_graph(GRAPH, fields(view_check=VIEW)).view_check
+    assert spec is not None
+    check = spec.check()
+    np.testing.assert_allclose(check.weights, VIEW["weights"])
+    assert (check.bias, check.threshold) == (-1.5, 2.25)
     rows = np.zeros((1, VIEW_FEATURES))  # a zero row scores the bias alone
-    assert not check.body_part(rows)[0] and (check.body_scores(rows) == 0.5).all()
+    assert (check.scores(rows) == -1.5).all() and not check.lateral(rows)[0]

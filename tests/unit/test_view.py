@@ -16,7 +16,6 @@ from pneumonia.decision.view import (
     ViewCheck,
     cell_means,
     decide_kind,
-    fit_body_check,
     fit_view_check,
     refused_by_view,
     shrink,
@@ -25,7 +24,6 @@ from pneumonia.decision.view import (
     with_view_threshold,
 )
 from pneumonia.evaluation.view import (
-    BODY_VIEWED,
     KEPT_STATISTICS,
     VIEW_SHIFTS,
     VIEWED,
@@ -101,45 +99,30 @@ def test_the_fit_separates_laterals_and_its_threshold_holds_each_blocks_rate():
     assert raised.lateral(sides[:20]).mean() <= 0.05
 
 
-def test_the_body_part_check_separates_limbs_from_chests_and_keeps_the_lateral_check():
+def test_serving_refuses_by_the_view_check_a_lateral_the_head_does_not_name_a_body_part():
     rng = np.random.default_rng(4)
-    chests = [view_grid(frontal(rng)) for _ in range(60)] + [
-        view_grid(lateral(rng)) for _ in range(30)
-    ]
-    chest = view_features(np.stack(chests))
-    limbs = view_features(np.stack([view_grid(limb(rng)) for _ in range(40)]))
-    body = with_view_threshold(fit_body_check(chest[::2], limbs[:30]), [chest[1::2]], 0.05)
-    sides = chest[60:]
-    check = with_view_threshold(fit_view_check(chest[:60], sides), [chest[:60]], 0.05)
-    joined = check.with_body(body)
-    assert (joined.weights is check.weights) and joined.threshold == check.threshold
-    assert joined.body_part(limbs[30:]).all()  # held-out limbs
-    assert joined.body_part(chest[1::2]).mean() <= 0.05  # the validation chests
-    assert not check.body_part(limbs).any()  # no body-part check: never
-    np.testing.assert_array_equal(joined.lateral(sides), check.lateral(sides))
-    # serving refuses a limb by the view check whatever the head names it, a lateral only
-    # where the head does not name it another body part
+    fronts = view_features(np.stack([view_grid(frontal(rng)) for _ in range(60)]))
+    sides = view_features(np.stack([view_grid(lateral(rng)) for _ in range(30)]))
+    limbs = view_features(np.stack([view_grid(limb(rng)) for _ in range(20)]))
+    check = with_view_threshold(fit_view_check(fronts, sides[:20], limbs), [fronts], 0.05)
+    assert check.lateral(sides[20:]).all()
     kinds = ["pediatric_chest"] * 10
-    assert refused_by_view(joined, limbs[30:], kinds).all()
-    assert not refused_by_view(joined, sides[:10], ["other_body_part"] * 10).any()
-    assert refused_by_view(joined, sides[:10], kinds).sum() == check.lateral(sides[:10]).sum()
+    assert refused_by_view(check, sides[20:], kinds).all()
+    assert not refused_by_view(check, sides[20:], ["other_body_part"] * 10).any()
+    mixed = ["other_body_part", "adult_chest"] * 5
+    np.testing.assert_array_equal(refused_by_view(check, sides[20:], mixed), [False, True] * 5)
+    assert not refused_by_view(check, fronts[:10], kinds).any()
+    assert not refused_by_view(None, sides[20:], kinds).any()  # a model without the check
 
 
-@pytest.mark.parametrize("body", [False, True])
-def test_the_check_round_trips_through_its_arrays(body):
+def test_the_check_round_trips_through_its_arrays():
     check = ViewCheck(np.arange(VIEW_FEATURES, dtype=np.float64), -2.5, 1.25)
-    if body:
-        check = check.with_body(ViewCheck(-np.arange(VIEW_FEATURES, dtype=np.float64), 3.0, 0.5))
-    again = ViewCheck.from_arrays(check.arrays(prefix="view_"), prefix="view_")
+    arrays = check.arrays(prefix="view_")
+    assert set(arrays) == {"view_weights", "view_bias", "view_threshold"}
+    again = ViewCheck.from_arrays(arrays, prefix="view_")
     assert again is not None
     np.testing.assert_array_equal(again.weights, check.weights)
     assert (again.bias, again.threshold) == (-2.5, 1.25)
-    if body:
-        assert again.body_weights is not None
-        np.testing.assert_array_equal(again.body_weights, -np.arange(VIEW_FEATURES))
-        assert (again.body_bias, again.body_threshold) == (3.0, 0.5)
-    else:
-        assert again.body_weights is None
     assert ViewCheck.from_arrays({}, prefix="view_") is None
 
 
@@ -160,12 +143,6 @@ def test_a_lateral_call_refuses_as_a_lateral_unless_the_head_names_a_body_part(
     head_kind, called_lateral, expected
 ):
     assert decide_kind(head_kind, called_lateral) == expected
-
-
-@pytest.mark.parametrize("head_kind", ["pediatric_chest", "adult_chest", "lateral_chest", None])
-@pytest.mark.parametrize("called_lateral", [False, True])
-def test_a_body_part_call_overrules_the_head_and_the_lateral_call(head_kind, called_lateral):
-    assert decide_kind(head_kind, called_lateral, body_part=True) == "other_body_part"
 
 
 @pytest.mark.parametrize(
@@ -189,32 +166,10 @@ def test_a_committed_images_outcome_combines_as_serving_decides(
     assert combined(head_outcome, called_lateral) == expected
 
 
-@pytest.mark.parametrize(
-    ("head_outcome", "expected"),
-    [
-        ("answered", BODY_VIEWED),
-        ("refused as adult_chest", BODY_VIEWED),
-        ("refused as lateral_chest", BODY_VIEWED),
-        ("refused by the gate as adult_chest", BODY_VIEWED),
-        ("refused as other_body_part", "refused as other_body_part"),
-        (
-            "refused before the model (not_a_chest_xray)",
-            "refused before the model (not_a_chest_xray)",
-        ),
-    ],
-)
-@pytest.mark.parametrize("called_lateral", [False, True])
-def test_a_body_part_call_combines_as_serving_decides(head_outcome, called_lateral, expected):
-    assert combined(head_outcome, called_lateral, body_part=True) == expected
-
-
 def test_a_view_check_refusal_is_a_laterals_own_reason_only():
     assert as_such("lateral_chest", VIEWED)
     assert not as_such("adult_chest", VIEWED)
     assert not as_such("other_body_part", VIEWED)
-    assert as_such("other_body_part", BODY_VIEWED)
-    assert not as_such("adult_chest", BODY_VIEWED)
-    assert not as_such("lateral_chest", BODY_VIEWED)
 
 
 def test_each_image_has_a_row_as_it_is_and_under_each_framing():
