@@ -310,24 +310,6 @@ def test_threshold_is_chosen_without_the_test_split(own_repo):
         test_split.write_bytes(original)
 
 
-def test_repro_reruns_only_what_changed(own_repo):
-    repo = own_repo  # a private copy: this test changes it
-    # GIVEN an up-to-date pipeline, WHEN nothing changes, THEN nothing runs.
-    run(repo, "dvc", "repro")
-    assert stages_run(run(repo, "dvc", "repro").stdout) == []
-    # WHEN a train param changes, THEN train and what follows rerun, not ingest/preprocess.
-    set_params(repo, **{"train.epochs": 2})
-    assert stages_run(run(repo, "dvc", "repro").stdout) == ["train", "evaluate", "export_onnx"]
-    assert "up to date" in run(repo, "dvc", "status").stdout
-    # WHEN a preprocess param changes, THEN preprocess reruns and, having changed
-    # data/prepared, leaves every stage after it stale (and ingest up to date); running them
-    # is what the train change above showed.
-    set_params(repo, **{"preprocess.intensity": "equalize"})
-    assert stages_run(run(repo, "dvc", "repro", "preprocess").stdout) == ["preprocess"]
-    stale = re.findall(r"^(\w+):", run(repo, "dvc", "status").stdout, re.M)
-    assert stale == STAGES[2:]
-
-
 def test_training_is_deterministic_on_cpu_and_never_reads_the_test_split(own_repo):
     repo = own_repo  # a private copy: this test changes it
     summaries = []
@@ -345,33 +327,6 @@ def test_training_is_deterministic_on_cpu_and_never_reads_the_test_split(own_rep
         summaries.append(summary)
     assert summaries[0] == summaries[1]
     assert "val_auc" in json.dumps(summaries[0])
-
-
-def test_a_repro_killed_during_train_completes_when_run_again(own_repo):
-    repo = own_repo  # a private copy: this test changes it
-    set_params(repo, **{"train.epochs": 3})
-    process = subprocess.Popen(
-        ["dvc", "repro"],
-        cwd=repo,
-        env=pipeline_env(repo),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "Running stage 'train'" in line:
-            break
-    time.sleep(8)  # inside TensorFlow's start-up or the first epoch
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert process.returncode != 0
-    # train left stale, not half-recorded: it and every stage after it rerun, none before it
-    stale = re.findall(r"^(\w+):", run(repo, "dvc", "status").stdout, re.M)
-    assert stale == ["train", "evaluate", "export_onnx"], stale
-    run(repo, "dvc", "repro")
-    assert "up to date" in run(repo, "dvc", "status").stdout
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -406,51 +361,61 @@ def assert_readable(repo, commands: dict[str, list[str]], changed: bool) -> None
         assert "\u2026" not in result.stdout, f"{start}: a collapsed column\n{result.stdout}"
 
 
-def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
-    repo = own_repo  # a private copy: this test changes it
-    # The README's commands, on the slice (DVC-tracked in data/source: a queued run's
-    # temporary copy checks it out from the cache).
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+def kill_during_train(repo: Path) -> None:
+    """Start `dvc repro` and kill it (the whole process group) during train; train must be
+    the first stage it runs."""
+    process = subprocess.Popen(
+        ["dvc", "repro"],
         cwd=repo,
-        check=True,
+        env=pipeline_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    run(repo, "dvc", "repro")
-    tables = readme_commands()
-    assert_readable(repo, tables, changed=False)  # the default workspace
-    shown = run(repo, "dvc", "metrics", "show", "--json").stdout
-    (workspace,) = json.loads(shown).values()  # keyed by the revision ("" for the workspace)
-    listed = {Path(name).as_posix() for name in workspace["data"]}
-    # Every headline view (the intended-use views included: the sample's run fits all kinds).
-    assert listed == {f"metrics/{view}.json" for view in ("train", *VIEWS)}
-    run(repo, "dvc", "exp", "run", "--set-param", "train.dropout=0.2", "--name", "drop-02")
-    run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.1", "--name", "q-a")
+    assert process.stdout is not None
+    before_train: list[str] = []
+    for line in process.stdout:
+        if "Running stage 'train'" in line:
+            break
+        before_train.append(line)
+    else:
+        pytest.fail("train never ran:\n" + "".join(before_train)[-3000:])
+    assert stages_run("".join(before_train)) == []  # not ingest, not preprocess
+    # Inside TensorFlow's start-up or the first epoch: train takes 15 s or more here.
+    time.sleep(5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+
+
+def stale_stages(repo: Path) -> list[str]:
+    """The stages `dvc status` lists as changed, in its order."""
+    return re.findall(r"^(\w+):", run(repo, "dvc", "status").stdout, re.M)
+
+
+def run_the_queue(repo: Path) -> None:
+    """The README's two queued experiments, run one after another. q-a asks again for
+    drop-02's params, whose results the workspace it is queued from holds: every stage of it
+    is up to date and nothing runs (one training and evaluation fewer, about 100 s of the
+    suite); q-b's dropout is new, and its copy runs train, evaluate and export_onnx."""
+    run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.2", "--name", "q-a")
     run(repo, "dvc", "exp", "run", "--queue", "--set-param", "train.dropout=0.5", "--name", "q-b")
     run(repo, "dvc", "queue", "start", "--jobs", "1")
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", run(repo, "dvc", "queue", "status").stdout):
         assert time.monotonic() < deadline, "the queue did not finish"
-        time.sleep(3)
+        time.sleep(10)  # each `dvc queue status` takes a core for seconds from the runs
     status = run(repo, "dvc", "queue", "status").stdout
     assert status.count("Success") >= 2, status
-    shown = run(repo, "dvc", "exp", "show", "--json").stdout
-    for name in ("drop-02", "q-a", "q-b"):
-        assert name in shown
-    assert_readable(repo, tables, changed=True)  # with the experiments, queued ones included
-    table = run(repo, *tables["dvc exp show"]).stdout
-    assert "q-a" in table and "train.dropout" in table and "metrics/worst_shift.json:spec" in table
-    diff = run(repo, "dvc", "exp", "diff", "q-a", "q-b", "--json").stdout
-    assert "dropout" in diff
-    run(repo, "dvc", "exp", "apply", "q-b")
-    params_diff = run(repo, "dvc", "params", "diff", "main", "--md").stdout
-    assert "train.dropout" in params_diff and "0.5" in params_diff
-    metrics_diff = run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
-    assert "metrics/worst_shift.json" in metrics_diff
-    assert "metrics/evaluate/metrics.json" not in metrics_diff  # the details are not listed
-    run(repo, "dvc", "plots", "diff", "main", "-o", str(tmp_path / "plots"))
-    assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
-    # The pull-request report, as the review workflow runs it.
+    repeated = run(repo, "dvc", "queue", "logs", "q-a").stdout
+    assert "Stage 'train' didn't change" in repeated, repeated[-3000:]
+    assert stages_run(repeated) == [], repeated[-3000:]
+    assert stages_run(run(repo, "dvc", "queue", "logs", "q-b").stdout) == STAGES[2:]
+
+
+def assert_the_review(repo: Path, tmp_path: Path) -> None:
+    """The pull-request report, as the review workflow runs it."""
     review = tmp_path / "review.md"
     run(
         repo,
@@ -473,6 +438,68 @@ def test_the_readme_experiment_walkthrough(own_repo, tmp_path):
     )
     assert "metrics/evaluate/metrics.json" in details and "Metric gate" in text
     assert (tmp_path / "review_plots" / "index.html").exists()
+
+
+def test_repro_reruns_only_what_changed_survives_a_kill_and_walks_the_readme_experiments(
+    own_repo, tmp_path
+):
+    """The README's experiment walkthrough, whose first experiment also shows that `dvc repro`
+    reruns only what changed and that a repro killed during train completes when run again:
+    one training and evaluation for the three (about 200 s of the suite against a test each)."""
+    repo = own_repo  # a private copy: this test changes it
+    # The README's commands, on the slice (DVC-tracked in data/source: a queued run's
+    # temporary copy checks it out from the cache).
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+        cwd=repo,
+        check=True,
+    )
+    # GIVEN an up-to-date pipeline, WHEN nothing changes, THEN nothing runs.
+    run(repo, "dvc", "repro")
+    assert stages_run(run(repo, "dvc", "repro").stdout) == []
+    tables = readme_commands()
+    assert_readable(repo, tables, changed=False)  # the default workspace
+    shown = run(repo, "dvc", "metrics", "show", "--json").stdout
+    (workspace,) = json.loads(shown).values()  # keyed by the revision ("" for the workspace)
+    listed = {Path(name).as_posix() for name in workspace["data"]}
+    # Every headline view (the intended-use views included: the sample's run fits all kinds).
+    assert listed == {f"metrics/{view}.json" for view in ("train", *VIEWS)}
+    # WHEN a train param changes (drop-02's, as --set-param writes it) and the repro is killed
+    # during train, THEN train is left stale, not half-recorded: it and every stage after it
+    # rerun, none before it ...
+    set_params(repo, **{"train.dropout": 0.2})
+    kill_during_train(repo)
+    stale = stale_stages(repo)
+    assert stale == ["train", "evaluate", "export_onnx"], stale
+    # ... AND running it again (the README's first experiment) completes it.
+    drop_02 = ["dvc", "exp", "run", "--set-param", "train.dropout=0.2", "--name", "drop-02"]
+    assert stages_run(run(repo, *drop_02).stdout) == ["train", "evaluate", "export_onnx"]
+    assert "up to date" in run(repo, "dvc", "status").stdout
+    run_the_queue(repo)
+    shown = run(repo, "dvc", "exp", "show", "--json").stdout
+    for name in ("drop-02", "q-a", "q-b"):
+        assert name in shown
+    assert_readable(repo, tables, changed=True)  # with the experiments, queued ones included
+    table = run(repo, *tables["dvc exp show"]).stdout
+    assert "q-a" in table and "train.dropout" in table and "metrics/worst_shift.json:spec" in table
+    diff = run(repo, "dvc", "exp", "diff", "q-a", "q-b", "--json").stdout
+    assert "dropout" in diff
+    run(repo, "dvc", "exp", "apply", "q-b")
+    params_diff = run(repo, "dvc", "params", "diff", "main", "--md").stdout
+    assert "train.dropout" in params_diff and "0.5" in params_diff
+    metrics_diff = run(repo, "dvc", "metrics", "diff", "main", "--md").stdout
+    assert "metrics/worst_shift.json" in metrics_diff
+    assert "metrics/evaluate/metrics.json" not in metrics_diff  # the details are not listed
+    run(repo, "dvc", "plots", "diff", "main", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").stat().st_size > 1000
+    assert_the_review(repo, tmp_path)
+    # WHEN a preprocess param changes, THEN preprocess reruns and, having changed
+    # data/prepared, leaves every stage after it stale (and ingest up to date); running them
+    # is what the train change above showed.
+    set_params(repo, **{"preprocess.intensity": "equalize"})
+    assert stages_run(run(repo, "dvc", "repro", "preprocess").stdout) == ["preprocess"]
+    assert stale_stages(repo) == STAGES[2:]
 
 
 def test_batch_rows_with_features_feed_the_drift_monitor(repo, tmp_path):
