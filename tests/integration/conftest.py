@@ -16,7 +16,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.integration.local_server import start_server
-from tests.integration.pipeline_repo import STAGES, make_slice, run, set_params, stages_run
+from tests.integration.pipeline_repo import (
+    STAGES,
+    make_slice,
+    run,
+    set_params,
+    stages_run,
+    thin_external,
+)
 
 IMAGE_SIZE = 64
 
@@ -38,6 +45,7 @@ def repo(tmp_path_factory, sample_data) -> Path:
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
+    assert thin_external(repo) >= 90  # half of each kind: 2 of the 3 laterals
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
     # The slice takes the dataset's place: DVC-tracked, as data/source is in the repository.
     make_slice(sample_data, repo / "data" / "source" / "chest-xray-pneumonia")

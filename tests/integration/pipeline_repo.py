@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -28,6 +29,32 @@ def make_slice(sample_data: Path, destination: Path) -> Path:
     (normal / "IM-9003-0001.jpeg").write_text("radiology report, not an image\n")
     (normal / "IM-9004-0001.jpeg").write_bytes(encode(Image.fromarray(gradient()), "PNG"))
     return destination
+
+
+def thin_external(repo: Path, every: int = 2) -> int:
+    """Keep every `every`-th committed external radiograph of each kind in the copy `repo`,
+    the first of each kind always (its manifest rows and files): the slice's evaluate fits and
+    cross-validates the intended-use, view and reason heads on every kind at a fraction of the
+    cost; `make repro` fits them on the whole set. Returns how many are kept."""
+    folder = repo / "data" / "external" / "radiographs"
+    manifest = folder / "manifest.csv"
+    with manifest.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    assert fields is not None
+    seen: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        seen[row["kind"]] = seen.get(row["kind"], -1) + 1
+        if seen[row["kind"]] % every:
+            (folder / row["file"]).unlink()
+        else:
+            kept.append(row)
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    return len(kept)
 
 
 def set_params(repo: Path, **changes) -> None:
