@@ -1,12 +1,12 @@
 """How the endpoint refuses and names the external radiographs under other draws of evaluate's
-cross-validation folds, and what the view checks cost real X-rays.
+cross-validation folds, and what the view check costs real X-rays.
 
 Needs `make repro` (models/model.keras, models/gate.npz, the prepared splits, data/raw).
 Everything comes through evaluate's own code, computed once: the served network's features
 (`Scorer`, `split_features`, `external_features`), the gate (`fit_gate`), the view and reason
 rows (`ReasonNetwork`, `split_view_rows`). Then, for each `--seeds` draw of the folds:
 
-- the intended-use head cross-validated (`fit_and_measure`), then the view checks and the
+- the intended-use head cross-validated (`fit_and_measure`), then the view check and the
   reason head (`fit_and_measure_view`): each kind's outcomes as the endpoint refuses and
   names them, and every image not refused with its own reason;
 
@@ -53,7 +53,7 @@ def served() -> Any:
 
 
 def collect() -> dict[str, Any]:
-    """The features evaluate fits the intended-use head, the view checks and the reason head on."""
+    """The features evaluate fits the intended-use head, the view check and the reason head on."""
     from pneumonia.config import load_params
     from pneumonia.data.prepared import preprocess_config
     from pneumonia.evaluation.gate import fit_gate, split_features
