@@ -165,18 +165,45 @@ def head_problem(features: dict[str, np.ndarray], layout_asymmetry: bool = False
     return HeadProblem(present, (x - mean) / scale, y, mean, scale)
 
 
+def solver_start(head: UseHead, present: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`head`'s coefficients and intercepts in sklearn's layout for a problem of `present`
+    kinds (one row for two kinds), or None where `head` fitted other kinds."""
+    fitted = [kind for kind, bias in zip(USE_KINDS, head.bias, strict=True) if bias != NEVER]
+    if fitted != present or head.weights.shape[0] != len(head.mean):
+        return None
+    columns = [USE_KINDS.index(kind) for kind in present]
+    coefficients, intercepts = head.weights[:, columns].T, head.bias[columns]
+    if len(present) == 2:  # sklearn's binary form: the second class's logit minus the first's
+        return (coefficients[1] - coefficients[0])[np.newaxis], intercepts[1:] - intercepts[:1]
+    return coefficients, intercepts
+
+
 def fit_use_head(
-    features: dict[str, np.ndarray], strength: float = 0.05, layout_asymmetry: bool = False
+    features: dict[str, np.ndarray],
+    strength: float = 0.05,
+    layout_asymmetry: bool = False,
+    start: UseHead | None = None,
 ) -> UseHead:
     """The head from each kind's (N_k, F) features; kinds missing or empty are never chosen.
 
     Standardised inputs (`head_problem`), balanced class weights, L2 penalty 1/strength: a few
     dozen external radiographs against thousands of training X-rays, so the fit stays simple.
+
+    `start`: a head of the same kinds and inputs the solver starts from (cross-validation
+    starts each fold from the head fitted on everything). The problem is strictly convex, so
+    its optimum does not depend on the start, only the steps to reach it (HEAD_SOLVER's
+    tolerance); the folds' outcomes were the same with and without it
+    (docs/benchmarks.md#warm-started-folds).
     """
     from sklearn.linear_model import LogisticRegression
 
     problem = head_problem(features, layout_asymmetry)
-    classifier = LogisticRegression(C=strength, class_weight="balanced", **HEAD_SOLVER)
+    initial = solver_start(start, problem.present) if start is not None else None
+    classifier = LogisticRegression(
+        C=strength, class_weight="balanced", warm_start=initial is not None, **HEAD_SOLVER
+    )
+    if initial is not None:
+        classifier.coef_, classifier.intercept_ = initial
     classifier.fit(problem.x, problem.y)
     weights = np.zeros((problem.x.shape[1], len(USE_KINDS)))
     bias = np.full(len(USE_KINDS), NEVER)

@@ -152,11 +152,15 @@ def fit_and_measure(
 
     groups = framing_blocks(validation) if framing_rate is not None else []
 
+    reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
+    # The head on everything first: each fold's solver starts from it (`fit_use_head`).
+    everything = fit_use_head(by_kind(external, reached, pediatric), strength, layout_asymmetry)
+
     def fit(chosen: list[int]) -> UseHead:
-        head = fit_use_head(by_kind(external, chosen, pediatric), strength, layout_asymmetry)
+        features = by_kind(external, chosen, pediatric)
+        head = fit_use_head(features, strength, layout_asymmetry, start=everything)
         return with_margin(head, validation, false_rejection_rate, groups, framing_rate)
 
-    reached = [i for i, reason in enumerate(external.refused_early) if reason is None]
     outcome: dict[int, str] = {
         i: f"refused before the model ({reason})"
         for i, reason in enumerate(external.refused_early)
@@ -178,7 +182,7 @@ def fit_and_measure(
         outcomes.update(outcome)
     report = kinds_report(external.kinds, outcome)
     report["not_fitted"] = [k for k in USE_KINDS if k != ANSWERED and k not in external.kinds]
-    head = fit(reached)
+    head = with_margin(everything, validation, false_rejection_rate, groups, framing_rate)
     report["validation_refused"] = held_out_refusals(head, validation)
     for kind, figures in report["kinds"].items():
         log.info(

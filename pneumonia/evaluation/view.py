@@ -270,9 +270,11 @@ def _fit(
     blocks: list[np.ndarray],
     rate: float,
     reasons: Reasons | None,
+    start: UseHead | None = None,
 ) -> tuple[ViewCheck, UseHead | None]:
-    """The view check and, with `reasons`, the reason head, fitted on the training X-rays'
-    rows (`frontal`, `reasons.training`) and the `chosen` images'."""
+    """The view check and, with `reasons`, the reason head (its solver started from
+    `start`), fitted on the training X-rays' rows (`frontal`, `reasons.training`) and the
+    `chosen` images'."""
     by: dict[str, list[np.ndarray]] = {}
     for kind, rows, _, _ in chosen:
         by.setdefault(kind, []).append(rows)
@@ -286,7 +288,7 @@ def _fit(
     for kind, _, _, reason in chosen:
         grouped.setdefault(kind, []).append(reason)
     rows_by_kind = {kind: np.concatenate(parts) for kind, parts in grouped.items()}
-    return check, fit_reason_head(rows_by_kind, REASON_STRENGTH)
+    return check, fit_reason_head(rows_by_kind, REASON_STRENGTH, start)
 
 
 REASON_STRENGTH = 0.05  # the reason head's inverse L2 penalty (as the intended-use head's)
@@ -351,8 +353,11 @@ def fit_and_measure_view(
         )
     images = _images(external_kinds, external_rows, reasons, kept)
 
+    # Fitted on everything first: each fold's reason head starts from it (`fit_use_head`).
+    check, reason_head = _fit(images, frontal, blocks, rate, reasons)
+
     def fit(chosen: list[int]) -> tuple[ViewCheck, UseHead | None]:
-        return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons)
+        return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons, reason_head)
 
     called, reason_named = _cross_validate(images, fit, seed)
     by_view = dict(head_outcomes)
@@ -363,7 +368,6 @@ def fit_and_measure_view(
             final[index] = by_view[index] if kind is None else named(by_view[index], kind)
     if outcomes is not None:
         outcomes.update(final)
-    check, reason_head = fit(list(range(len(images))))
     report = kinds_report(external_kinds, final)
     groups = [f"{'kept' if index is None else 'committed'} {kind}" for kind, _, index, _ in images]
 

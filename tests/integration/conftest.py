@@ -23,6 +23,7 @@ from tests.integration.pipeline_repo import (
     set_params,
     stages_run,
     thin_external,
+    thin_kept,
 )
 
 IMAGE_SIZE = 64
@@ -46,6 +47,7 @@ def repo(tmp_path_factory, sample_data) -> Path:
             shutil.copyfile(source, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
     assert thin_external(repo) >= 90  # half of each kind: 2 of the 3 laterals
+    assert thin_kept(repo) == 117  # half of CheXpert's statistics: 101 frontal, 16 lateral
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
     # The slice takes the dataset's place: DVC-tracked, as data/source is in the repository.
     make_slice(sample_data, repo / "data" / "source" / "chest-xray-pneumonia")

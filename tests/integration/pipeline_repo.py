@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -55,6 +56,30 @@ def thin_external(repo: Path, every: int = 2) -> int:
         writer.writeheader()
         writer.writerows(kept)
     return len(kept)
+
+
+def thin_kept(repo: Path, every: int = 2) -> int:
+    """Keep every `every`-th image of each kind in the copy `repo`'s kept view statistics
+    (`data/external/view_statistics/*.npz`, the first of each kind always), as `thin_external`
+    does the committed radiographs: the reason head's fits in the slice's evaluate take rows
+    from fewer images. Returns how many are kept."""
+    kept = 0
+    for path in sorted((repo / "data" / "external" / "view_statistics").glob("*.npz")):
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        kinds = arrays["kinds"].tolist()
+        seen: dict[str, int] = {}
+        chosen = []
+        for index, kind in enumerate(kinds):
+            seen[kind] = seen.get(kind, -1) + 1
+            if seen[kind] % every == 0:
+                chosen.append(index)
+        count = len(kinds)
+        per_image = {key for key, value in arrays.items() if value.ndim and len(value) == count}
+        arrays |= {key: arrays[key][chosen] for key in per_image}
+        np.savez_compressed(path, allow_pickle=False, **arrays)
+        kept += len(chosen)
+    return kept
 
 
 def set_params(repo: Path, **changes) -> None:

@@ -1,8 +1,9 @@
 """`python -m pneumonia.dataset add NEW_FOLDER`: a new version of the DVC-tracked dataset.
 
 Cheap cases run in a tiny DVC repository (eight committed real images, no pipeline); the
-end-to-end case adds twenty images to the reproduced slice repository, reruns the pipeline
-once and reviews the result against `main`, as the retrain workflow does.
+end-to-end case (twenty images added to a clone of the reproduced slice, the pipeline rerun
+once and reviewed against `main`, as the retrain workflow does) is in
+tests/integration/test_remote.py, where the clone comes from the S3 remote.
 
 The added images are real radiographs of the committed sample, mirrored left-right and
 re-encoded under patient ids the dataset does not have: new bytes, new patients, still
@@ -17,14 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
 from pneumonia.data.splits import patient_id
 from tests.conftest import REPO_ROOT
 from tests.images import encode, gradient
-from tests.integration.pipeline_repo import STAGES, run, stages_run
 from tests.integration.test_dataset import SOURCE, git, sh, small_dataset
 
 pytestmark = pytest.mark.integration
@@ -271,50 +270,3 @@ def test_an_image_that_is_not_a_radiograph_but_decodes_is_added_as_ingest_would(
     result = add(tracked, tmp_path / "new")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NORMAL 2, PNEUMONIA 1" in result.stdout
-
-
-def test_retraining_on_added_images_reruns_the_pipeline_and_is_reviewed_against_main(
-    own_repo, tmp_path, sample_data
-):
-    repo = own_repo
-    # The reproduced slice is `main`, as a merged pipeline run leaves it.
-    run(repo, "git", "add", "-A")
-    git(repo, "commit", "-qm", "main: the slice, reproduced")
-    git(repo, "checkout", "-q", "-b", "retrain/1")
-    before = content_hash(repo)
-    taken = names_in(repo)
-    made = new_folder(tmp_path / "new", taken, sample_data, 10, layout="train")
-    assert len(made) == 20 and not set(made) & taken
-
-    added = run(repo, sys.executable, "-m", "pneumonia.dataset", "add", str(tmp_path / "new"))
-    assert "NORMAL 10, PNEUMONIA 10" in added.stdout
-    after = content_hash(repo)
-    assert after != before and f"{before} -> {after}" in added.stdout
-    run(repo, "git", "add", str(DVC_FILE))
-    git(repo, "commit", "-qm", "Dataset: 20 images added")
-
-    repro = run(repo, "dvc", "repro")
-    assert stages_run(repro.stdout) == STAGES  # from ingest on: the data changed
-
-    manifest = pd.read_csv(repo / "data" / "manifest.csv")
-    rows = manifest.set_index("file")
-    for name, label in made.items():
-        row = rows.loc[f"train/{label}/{name}"]
-        assert row["label"] == label and row["patient_id"] == patient_id(name)
-        assert row["split"] != "excluded"
-    run(repo, "git", "add", "-A")
-    git(repo, "commit", "-qm", "Retrain on the new dataset version")
-
-    review = tmp_path / "review.md"
-    run(repo, "python", "-m", "pneumonia.review", "report", "--base", "main", "--output",
-        str(review))  # fmt: skip
-    text = review.read_text()
-    assert "## Model review" in text and "Compared with `main`." in text
-    assert re.search(r"\| test \| roc_auc \| (\d\.\d{4}|nan) \| \d\.\d{4}", text), text
-    headline, details = text.split("<details>")
-    assert "| Path" in headline and "| main" in headline and "| workspace" in headline
-    # The ingest counts, main against this branch: 20 more files found.
-    found = re.search(r"metrics/ingest\.json\s*\|\s*files_found\s*\|\s*(\d+)\s*\|\s*(\d+)", details)
-    assert found, details
-    assert int(found.group(2)) - int(found.group(1)) == 20
-    assert "Metric gate" in text

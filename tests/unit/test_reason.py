@@ -215,3 +215,22 @@ def test_kept_statistics_without_reason_features_are_refused_with_the_head():
 def test_the_head_needs_the_answered_kind():
     with pytest.raises(ValueError, match="pediatric_chest"):
         fit_reason_head({"adult_chest": np.ones((3, 2)), "lateral_chest": np.zeros((3, 2))}, 0.05)
+
+
+def test_the_body_part_prior_raises_only_the_other_body_parts_logit():
+    from pneumonia.decision.use import NEVER, fit_use_head
+
+    rng = np.random.default_rng(4)
+    rows = {
+        "pediatric_chest": rng.normal(0, 1, (60, 5)),
+        "adult_chest": rng.normal(2, 1, (20, 5)),
+        "other_body_part": rng.normal(-2, 1, (20, 5)),
+    }
+    plain = fit_use_head(rows, 0.05)
+    head = fit_reason_head(rows, 0.05, body_part_prior=1.5)
+    body_part = USE_KINDS.index("other_body_part")
+    np.testing.assert_array_equal(head.weights, plain.weights)
+    np.testing.assert_allclose(head.bias - plain.bias, np.eye(len(USE_KINDS))[body_part] * 1.5)
+    # A head fitted without other body parts never names one, prior or not.
+    del rows["other_body_part"]
+    assert fit_reason_head(rows, 0.05, body_part_prior=1.5).bias[body_part] == NEVER

@@ -201,3 +201,35 @@ def test_the_cross_validation_gives_each_external_image_one_outcome_and_counts_t
     # far-apart clusters: every image is refused with its own kind's reason
     assert report["kinds"]["adult_chest"]["outcomes"] == {"refused as adult_chest": 30}
     assert report["kinds"]["other_body_part"]["refused_as_such"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        {ANSWERED: (0, 300), "adult_chest": (3, 40), "other_body_part": (-3, 40)},
+        {ANSWERED: (0, 300), "other_body_part": (2, 60)},  # sklearn's binary form
+    ],
+)
+def test_a_fold_started_from_the_head_on_everything_reaches_the_same_head(kinds):
+    from pneumonia.decision.use import solver_start
+
+    rng = np.random.default_rng(5)
+    features = clusters(rng, kinds)
+    everything = fit_use_head(features)
+    problem = head_problem(features)
+    # The start is the head itself, in the solver's layout: its logits (for two kinds, the
+    # second kind's logit less the first's) on the standardised inputs.
+    start = solver_start(everything, problem.present)
+    assert start is not None
+    coefficients, intercepts = start
+    logits = everything.logits(np.concatenate([features[kind] for kind in problem.present]))
+    columns = [USE_KINDS.index(kind) for kind in problem.present]
+    expected = logits[:, columns] if len(columns) > 2 else np.diff(logits[:, columns], axis=1)
+    np.testing.assert_allclose(problem.x @ coefficients.T + intercepts, expected, atol=1e-9)
+    # A fold (every image but a fifth of each kind) reaches the same head from it as from zero.
+    fold = {kind: rows[: len(rows) * 4 // 5] for kind, rows in features.items()}
+    held_out = np.concatenate([rows[len(rows) * 4 // 5 :] for rows in features.values()])
+    cold, warm = fit_use_head(fold), fit_use_head(fold, start=everything)
+    np.testing.assert_allclose(warm.logits(held_out), cold.logits(held_out), atol=1e-3)
+    # A head of other kinds is no start.
+    assert solver_start(everything, [ANSWERED, "lateral_chest"]) is None

@@ -1,0 +1,116 @@
+"""How the reason head names the external radiographs under each prior for other body parts
+(`pneumonia.decision.reason.BODY_PART_PRIOR`), under several draws of evaluate's folds.
+
+For each `--seeds` draw, the view check and the reason head are cross-validated as evaluate
+does (`kind_folds`, the folds fitted by `pneumonia.evaluation.view`'s own fit), keeping each
+image's cross-validated reason logits and lateral call. The prior is a constant added to one
+logit after the fit, so every `--priors` value is then applied to the same logits: the fitted
+prior is taken off and the candidate added. Prints, per prior and draw, each group's images
+named as such (committed and kept), and how many adults are named another body part.
+
+Needs the features `python -m benchmarks.fold_draws --save-features F` keeps.
+
+    python -m benchmarks.body_part_prior --features F [--seeds 42 7 123 1 2 3]
+
+Prints the table and appends it to benchmarks/body_part_prior.txt (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.cache import features_once
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIORS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def cross_validated(found: dict, seed: int) -> tuple[list[str], list[bool], np.ndarray, np.ndarray]:
+    """(each image's kind, whether it is committed, its reason logits without the prior,
+    whether the view check calls it lateral), each image measured by checks fitted without it
+    (evaluate's `_cross_validate`, logits kept)."""
+    from pneumonia.decision.reason import BODY_PART_PRIOR
+    from pneumonia.decision.use import USE_KINDS
+    from pneumonia.evaluation.intended_use import FOLDS, kind_folds
+    from pneumonia.evaluation.view import (
+        VIEW_REJECTION_RATE,
+        VIEW_SHIFTS,
+        Reasons,
+        _fit,
+        _images,
+        load_kept,
+    )
+
+    reasons = Reasons(found["training_reasons"], found["reasons"])
+    images = _images(found["external"].kinds, found["rows"], reasons, load_kept())
+    frontal = np.concatenate(found["training"])
+    validation = found["validation"]
+    blocks = [np.stack([rows[i] for rows in validation]) for i in range(len(VIEW_SHIFTS))]
+    _, everything = _fit(images, frontal, blocks, VIEW_REJECTION_RATE, reasons)
+    kinds = [kind for kind, *_ in images]
+    fold_of = kind_folds(kinds, FOLDS, seed)
+    logits = np.zeros((len(images), len(USE_KINDS)))
+    called = np.zeros(len(images), dtype=bool)
+    for fold in range(FOLDS):
+        chosen = [images[i] for i in np.flatnonzero(fold_of != fold)]
+        check, head = _fit(chosen, frontal, blocks, VIEW_REJECTION_RATE, reasons, everything)
+        assert head is not None
+        for i in np.flatnonzero(fold_of == fold):
+            called[i] = bool(check.lateral(images[i][1][:1])[0])
+            logits[i] = head.logits(images[i][3][:1])[0]
+    logits[:, USE_KINDS.index("other_body_part")] -= BODY_PART_PRIOR
+    committed = [index is not None for _, _, index, _ in images]
+    return kinds, committed, logits, called
+
+
+def names(logits: np.ndarray, called: np.ndarray, prior: float) -> list[str]:
+    """The kind each image's refusal is named with the prior `prior` (serving's
+    `refused_kind`, then `decide_kind` with the view check's call)."""
+    from pneumonia.decision.use import USE_KINDS, refused_kind
+    from pneumonia.decision.view import decide_kind
+
+    shifted = logits.copy()
+    shifted[:, USE_KINDS.index("other_body_part")] += prior
+    return [decide_kind(refused_kind(row), bool(c)) for row, c in zip(shifted, called, strict=True)]
+
+
+def main() -> None:
+    """Parse the arguments, cross-validate each draw, print and record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123, 1, 2, 3])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/body_part_prior.txt")
+    args = parser.parse_args()
+    from pneumonia.machine import describe
+
+    found = features_once(dict, args.features, None)
+    draws = {seed: cross_validated(found, seed) for seed in args.seeds}
+    lines = [f"machine: {describe()}; reason logits cross-validated under each fold draw", ""]
+    lines += [
+        "| prior | draw | named as such (committed / kept) | adults named another body part |",
+        "|---:|---:|---|---:|",
+    ]
+    for prior in PRIORS:
+        for seed, (kinds, committed, logits, called) in draws.items():
+            named = names(logits, called, prior)
+            groups: dict[str, list[bool]] = {}
+            for kind, mine, name in zip(kinds, committed, named, strict=True):
+                group = f"{'committed' if mine else 'kept'} {kind}"
+                groups.setdefault(group, []).append(name == kind)
+            shares = ", ".join(f"{g} {sum(v)}/{len(v)}" for g, v in sorted(groups.items()))
+            adults = sum(
+                kind == "adult_chest" and name == "other_body_part"
+                for kind, name in zip(kinds, named, strict=True)
+            )
+            lines.append(f"| {prior:g} | {seed} | {shares} | {adults} |")
+    text = "\n".join(lines)
+    print(text)
+    with args.out.open("a") as handle:
+        handle.write(text + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
