@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cache import features_once
+from benchmarks.cache import print_and_record, read_features
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIORS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     from pneumonia.machine import describe
 
-    found = features_once(dict, args.features, None)
+    found = read_features(args.features)
     draws = {seed: cross_validated(found, seed) for seed in args.seeds}
     lines = [f"machine: {describe()}; reason logits cross-validated under each fold draw", ""]
     lines += [
@@ -106,10 +106,7 @@ def main() -> None:
                 for kind, name in zip(kinds, named, strict=True)
             )
             lines.append(f"| {prior:g} | {seed} | {shares} | {adults} |")
-    text = "\n".join(lines)
-    print(text)
-    with args.out.open("a") as handle:
-        handle.write(text + "\n\n")
+    print_and_record("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Features a benchmark computes once and may keep: a pickle it wrote itself."""
+"""Features a benchmark computes once and may keep (a pickle it wrote itself), and its
+printed record."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def features_once(collect: Callable[[], T], read: Path | None, write: Path | Non
         with write.open("wb") as handle:
             pickle.dump(found, handle)
     return found
+
+
+def read_features(path: Path) -> dict:
+    """The features a benchmark kept with `features_once(..., write=path)`."""
+    return features_once(dict, path, None)
+
+
+def print_and_record(text: str, out: Path) -> None:
+    """Print a benchmark's text and append it to its record `out`, a blank line after it."""
+    print(text)
+    with out.open("a") as handle:
+        handle.write(text + "\n\n")

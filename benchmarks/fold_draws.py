@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.cache import features_once
+from benchmarks.cache import features_once, print_and_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,10 +210,7 @@ def main() -> None:
     if args.held_out:
         lines += ["held-out X-rays refused under each framing (committed models):", ""]
         lines += [*held_out(), ""]
-    text = "\n".join(lines)
-    print(text)
-    with args.out.open("a") as handle:
-        handle.write(text + "\n")
+    print_and_record("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

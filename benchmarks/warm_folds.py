@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cache import features_once
+from benchmarks.cache import print_and_record, read_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     from pneumonia.machine import describe
 
-    found = features_once(dict, args.features, None)
+    found = read_features(args.features)
     lines = [
         f"machine: {describe()}; folds of seed {args.seed}",
         "| head | images | 5 folds from scratch (s) | 5 folds warm-started (s) "
@@ -108,10 +108,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [compare(name, problem, args.seed) for name, problem in problems(found).items()]
-    text = "\n".join(lines)
-    print(text)
-    with args.out.open("a") as handle:
-        handle.write(text + "\n\n")
+    print_and_record("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """DVC remote storage for real: the pipeline's data and models pushed to an S3-compatible
-server on 127.0.0.1 (moto's standalone server), pulled into a fresh clone."""
+server on 127.0.0.1 (moto's standalone server), pulled into a fresh clone, which then retrains
+on added images and is reviewed against main, as a runner does."""
 
 from __future__ import annotations
 
