@@ -45,8 +45,13 @@ lint: install
 	check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	zizmor --offline --no-progress .github/workflows/
 
+# On two processes (pytest-xdist), a test file at a time (--dist loadfile: a module's fixtures,
+# such as the arm64 root file system, are built once), in collection order (the integration
+# files, the longest, first; the unit files fill in after). Each process builds the reproduced
+# slice (the `repo` fixture) once for the files it runs. -n 0 runs it in one process.
+# (Not --dist loadgroup: pytest-xdist 3.8 marks groups in node ids, which pytest 9.2 ignores.)
 test: lint
-	pytest
+	pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The unit tier alone (no dvc repro, no TensorFlow, no servers), on every core (pytest-xdist):
 # collecting tests/unit only skips the integration modules' imports; tests/conftest.py holds

@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # 150 real images of the training split, committed (tests/data/chest-xray-sample/README.md):
 # the tests never read a folder outside the repository.
 SAMPLE_DATA = REPO_ROOT / "tests" / "data" / "chest-xray-sample"
+# The test file that takes longest (the slice's pipeline: about 40% of `make test`).
+LONGEST = "tests/integration/test_pipeline.py"
 
 
 @pytest.fixture
@@ -36,3 +38,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if misplaced:
         raise pytest.UsageError(f"a test's tier mark does not match its folder: {misplaced}")
+    # The longest file first: `make test` runs a file at a time on two processes (pytest-xdist,
+    # --dist loadfile, in this order), so one process runs it while the other runs the rest.
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != LONGEST)

@@ -10,6 +10,7 @@ a body that does not match its response schema.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import schemathesis
@@ -31,10 +32,33 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 
-@schema.parametrize()
-@settings(max_examples=150, deadline=None)
-def test_the_endpoint_keeps_its_openapi_contract(case, local_url):
-    case.call_and_validate(base_url=local_url)
+COVERED: set[tuple[str, str]] = set()  # the operations given a test below
+
+
+def keeps_its_contract(method: str, path: str) -> Callable:
+    """One operation's test. A test per operation, not one `schema.parametrize()` over all:
+    schemathesis gives each operation's case of one function the same node id, and
+    pytest-xdist (`make test` runs on two processes) runs only one test per node id."""
+    COVERED.add((method, path))
+
+    @schema.include(method=method, path=path).parametrize()
+    @settings(max_examples=150, deadline=None)
+    def test(case, local_url):
+        case.call_and_validate(base_url=local_url)
+
+    return test
+
+
+test_predict_keeps_its_openapi_contract = keeps_its_contract("POST", "/predict")
+test_health_keeps_its_openapi_contract = keeps_its_contract("GET", "/health")
+test_the_page_keeps_its_openapi_contract = keeps_its_contract("GET", "/")
+
+
+def test_every_operation_of_the_document_has_its_contract_test():
+    documented = {
+        (method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item
+    }
+    assert documented == COVERED
 
 
 def test_the_document_says_image_is_non_empty_base64():
