@@ -8,7 +8,8 @@ rows (`ReasonNetwork`, `split_view_rows`). Then, for each `--seeds` draw of the 
 
 - the intended-use head cross-validated (`fit_and_measure`), then the view check and the
   reason head (`fit_and_measure_view`): each kind's outcomes as the endpoint refuses and
-  names them, and every image not refused with its own reason;
+  names them, every image not refused with its own reason, and every image that only the
+  gate refused (the intended-use head passed it) with its name;
 
 and with `--held-out`, the held-out splits (test, early, late) under each framing shift
 (`framing_report`) refused by the committed models/gate.npz, with and without its view check.
@@ -91,8 +92,10 @@ def collect() -> dict[str, Any]:
     }
 
 
-def draw(found: dict[str, Any], seed: int) -> tuple[dict, dict[int, str]]:
-    """The kinds report and each committed image's final outcome under the folds of `seed`."""
+def draw(found: dict[str, Any], seed: int) -> tuple[dict, dict[int, str], dict[int, str]]:
+    """The kinds report, each committed image's final outcome and its outcome by the
+    intended-use head and the gate (before the view check and the reason head) under the folds
+    of `seed`."""
     from pneumonia.evaluation.intended_use import fit_and_measure
     from pneumonia.evaluation.view import (
         VIEW_REJECTION_RATE,
@@ -125,7 +128,7 @@ def draw(found: dict[str, Any], seed: int) -> tuple[dict, dict[int, str]]:
         Reasons(found["training_reasons"], found["reasons"]),
         outcomes=outcomes,
     )
-    return report, outcomes
+    return report, outcomes, head_outcomes
 
 
 def held_out() -> list[str]:
@@ -192,7 +195,7 @@ def main() -> None:
         "",
     ]
     for seed in args.seeds:
-        report, outcome = draw(found, seed)
+        report, outcome, by_head = draw(found, seed)
         lines += [f"folds seed {seed}:", ""]
         for kind, figures in report["kinds"].items():
             lines.append(
@@ -205,6 +208,13 @@ def main() -> None:
             f"- {files[i]}: {outcome[i]}"
             for i in range(len(kinds))
             if not as_such(kinds[i], outcome[i])
+        ]
+        # The intended-use head passed these as pediatric chest X-rays; only the gate refused.
+        lines += ["", "refused by the gate alone, as the endpoint names them:", ""]
+        lines += [
+            f"- {files[i]} ({kinds[i]}): {outcome[i]}"
+            for i in range(len(kinds))
+            if by_head[i].startswith("refused by the gate")
         ]
         lines.append("")
     if args.held_out:
