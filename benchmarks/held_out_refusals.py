@@ -99,8 +99,14 @@ def reasons(splits: list[str]) -> Found:
                 # the gate's refusals say their distance; the heads' and the view check's do not
                 by = " (gate)" if "feature distance" in str(refusal) else ""
                 counts[refusal.reason + by] += 1
-                named = named_refusal(model, prepare(sent, model.metadata.preprocessing)[0])
-                if refusal.reason in REFUSAL_REASONS.values() and named is not None:
+                if refusal.reason not in REFUSAL_REASONS.values():
+                    continue
+                try:  # decoded as serving decodes it; the cheap checks refuse here again
+                    served, _ = prepare(sent, model.metadata.preprocessing)
+                except ClientError:
+                    continue  # refused before the model: the reason head does not name it
+                named = named_refusal(model, served)
+                if named is not None:
                     found.logits.append(named[0])
                     found.lateral.append(named[1])
         found.codes[name] = counts
