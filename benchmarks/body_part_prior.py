@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,14 +32,14 @@ PRIORS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 def cross_validated(found: dict, seed: int) -> tuple[list[str], list[bool], np.ndarray, np.ndarray]:
     """(each image's kind, whether it is committed, its reason logits without the prior,
     whether the view check calls it lateral), each image measured by checks fitted without it
-    (evaluate's `_cross_validate`, logits kept)."""
+    (evaluate's own `_cross_validate`)."""
     from pneumonia.decision.reason import BODY_PART_PRIOR
     from pneumonia.decision.use import USE_KINDS
-    from pneumonia.evaluation.intended_use import FOLDS, kind_folds
     from pneumonia.evaluation.view import (
         VIEW_REJECTION_RATE,
         VIEW_SHIFTS,
         Reasons,
+        _cross_validate,
         _fit,
         _images,
         load_kept,
@@ -50,17 +51,14 @@ def cross_validated(found: dict, seed: int) -> tuple[list[str], list[bool], np.n
     validation = found["validation"]
     blocks = [np.stack([rows[i] for rows in validation]) for i in range(len(VIEW_SHIFTS))]
     _, everything = _fit(images, frontal, blocks, VIEW_REJECTION_RATE, reasons)
+
+    def fit(chosen: list[int]) -> tuple[Any, Any]:
+        picked = [images[i] for i in chosen]
+        return _fit(picked, frontal, blocks, VIEW_REJECTION_RATE, reasons, everything)
+
+    called, rows = _cross_validate(images, fit, seed)
     kinds = [kind for kind, *_ in images]
-    fold_of = kind_folds(kinds, FOLDS, seed)
-    logits = np.zeros((len(images), len(USE_KINDS)))
-    called = np.zeros(len(images), dtype=bool)
-    for fold in range(FOLDS):
-        chosen = [images[i] for i in np.flatnonzero(fold_of != fold)]
-        check, head = _fit(chosen, frontal, blocks, VIEW_REJECTION_RATE, reasons, everything)
-        assert head is not None
-        for i in np.flatnonzero(fold_of == fold):
-            called[i] = bool(check.lateral(images[i][1][:1])[0])
-            logits[i] = head.logits(images[i][3][:1])[0]
+    logits = np.stack([row for row in rows if row is not None])
     logits[:, USE_KINDS.index("other_body_part")] -= BODY_PART_PRIOR
     committed = [index is not None for _, _, index, _ in images]
     return kinds, committed, logits, called

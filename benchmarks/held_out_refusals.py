@@ -6,11 +6,12 @@ chest X-rays of the training population's hospital, never trained on), reframed 
 shift of `FRAMING` as evaluate reframes it, encoded as a 16-bit PNG and sent through the
 served model as the endpoint loads it (`Classifier.load(models/)`, `classify`): the reason
 code of every 4xx, per shift, with " (gate)" where the learned gate refused (the heads and the
-view check passed it). A real chest X-ray refused as `not_a_chest_xray` is named
-wrongly (the intended-use issue: a chest X-ray unlike the training cohort is never
-`not_a_chest_xray`). For the refusals the reason head names, its logits are kept and each is
-named again under each prior for other body parts (`--priors`, in place of
-`pneumonia.decision.reason.BODY_PART_PRIOR`): what the prior costs real X-rays.
+view check passed it: `ClientError.check`). evaluate reports the same names pooled over the
+framings (`metrics/refusals.json`), on the images as it decodes them. A real chest X-ray
+refused as `not_a_chest_xray` is named wrongly (the intended-use issue: a chest X-ray unlike
+the training cohort is never `not_a_chest_xray`). For the refusals the reason head names, its
+logits are kept and each is named again under each prior for other body parts (`--priors`,
+in place of `pneumonia.decision.reason.BODY_PART_PRIOR`): what the prior costs real X-rays.
 
 Needs `make repro` (models/, data/raw, data/prepared).
 
@@ -25,7 +26,6 @@ import argparse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -56,28 +56,10 @@ class Found:
     lateral: list[bool]  # the view check's call on each of those
 
 
-def named_refusal(model: Any, gray: np.ndarray) -> tuple[np.ndarray, bool] | None:
-    """The reason head's logits for the image as serving decoded it (`prepare`) and the
-    view check's call, as `Classifier.named` computes them (None for a model without the
-    head)."""
-    from pneumonia.decision import reason
-
-    layout = model.layout(gray)
-    image = layout.reason_pixels()
-    if model.reason_session is None or image is None or layout.features is None:
-        return None
-    feeds = {
-        reason.REASON_INPUTS[0]: image[np.newaxis],
-        reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
-    }
-    return model.reason_session.run([reason.REASON_OUTPUT], feeds)[0][0], layout.lateral
-
-
 def reasons(splits: list[str]) -> Found:
     """Every held-out image of `splits` under each framing shift (and `unchanged`) through
     the served model."""
     from pneumonia import paths
-    from pneumonia.decision.use import REFUSAL_REASONS
     from pneumonia.evaluation.framing import UNCHANGED, held_out_files
     from pneumonia.evaluation.shifts import FRAMING
     from pneumonia.images.decode import decode_image
@@ -96,19 +78,16 @@ def reasons(splits: list[str]) -> Found:
             try:
                 model.classify(sent)
             except ClientError as refusal:
-                # the gate's refusals say their distance; the heads' and the view check's do not
-                by = " (gate)" if "feature distance" in str(refusal) else ""
+                by = " (gate)" if refusal.check == "gate" else ""
                 counts[refusal.reason + by] += 1
-                if refusal.reason not in REFUSAL_REASONS.values():
-                    continue
-                try:  # decoded as serving decodes it; the cheap checks refuse here again
-                    served, _ = prepare(sent, model.metadata.preprocessing)
-                except ClientError:
+                if refusal.check is None:
                     continue  # refused before the model: the reason head does not name it
-                named = named_refusal(model, served)
-                if named is not None:
-                    found.logits.append(named[0])
-                    found.lateral.append(named[1])
+                # decoded as serving decodes it (the logits the endpoint named it by)
+                layout = model.namer.layout(prepare(sent, model.metadata.preprocessing)[0])
+                logits = model.namer.logits(layout)
+                if logits is not None:
+                    found.logits.append(logits)
+                    found.lateral.append(layout.lateral)
         found.codes[name] = counts
     return found
 

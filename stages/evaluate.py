@@ -49,6 +49,8 @@ from pneumonia.evaluation.view import view_check
 from pneumonia.release.export import network_to_serve
 from pneumonia.release.quantize import network_sha256
 from pneumonia.release.reason import REASON_MODEL
+from pneumonia.serving import inference
+from pneumonia.serving.classifier import Namer
 
 log = logging.getLogger("evaluate")
 
@@ -126,6 +128,7 @@ def main() -> None:
         head,
         other_bands(pooled_val, threshold),
         view,
+        Namer(inference.session(reason_graph), view),  # names the refusals as served
     )
 
     results["worst_shift"] = worst_shift(results)

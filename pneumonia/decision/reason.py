@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, UseHead, fit_use_head
+from pneumonia.images.decode import to_float
 
 REASON_SIZE = 128  # px, the whole image's side for the fixed network
 REASON_FEATURES = 1280  # Lite0's pooled head channels
@@ -33,20 +34,22 @@ IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
 REASON_INPUTS = ("image", "layout")
 REASON_OUTPUT = "reason_logits"
 # Added to the fitted head's other-body-part logit. Other body parts are many anatomies, each
-# with a few images, where adults and laterals are one each: the balanced linear head names
-# an unusual limb or spine an adult or a lateral chest. Chosen on evaluate's cross-validation
-# under three fold draws (0 to 4 in steps of 0.5) and checked on three others: at 1.0 the body
-# parts named as such went from 96.3% to 98.0% over the six draws, no adult was named another
-# body part, and CheXpert's laterals lost two images in one draw
-# (docs/model-quality.md#a-prior-for-other-body-parts).
-BODY_PART_PRIOR = 1.0
+# with a few images, where adults and laterals are one each. Chosen on evaluate's
+# cross-validation under three fold draws and checked on three others, as the smallest prior
+# at which the choosing draws gain body parts and lose no chest kind: 0 once every image
+# reaches the fixed network in [0, 1] (`reason_input`). A prior of 0.5 gains one body part in
+# one draw and names two more adults another body part in another
+# (docs/model-quality.md#one-scale-for-the-reason-head).
+BODY_PART_PRIOR = 0.0
 
 
 def reason_input(gray: np.ndarray) -> np.ndarray:
-    """(REASON_SIZE, REASON_SIZE, 1) float32 in [0, 1]: the decoded (H, W) image in [0, 1],
-    area-resized to a square, whatever its aspect."""
+    """(REASON_SIZE, REASON_SIZE, 1) float32 in [0, 1]: the decoded (H, W) image, of any depth
+    (uint8, uint16 or float in [0, 1], `to_float`), area-resized to a square, whatever its
+    aspect. Scaled by its depth, so that an 8-bit and a 16-bit copy of an image, and the
+    float training X-rays, reach the fixed network alike."""
     square = cv2.resize(
-        np.asarray(gray, dtype=np.float32),
+        to_float(np.asarray(gray)),
         (REASON_SIZE, REASON_SIZE),
         interpolation=cv2.INTER_AREA,
     )

@@ -13,26 +13,28 @@ from tqdm import tqdm
 from pneumonia import paths
 from pneumonia.data.prepared import load_files, load_split
 from pneumonia.decision.band import band_metrics
-from pneumonia.decision.use import ANSWERED
-from pneumonia.decision.view import refused_by_view, view_features, view_grid
+from pneumonia.decision.use import ANSWERED, REFUSAL_REASONS, refused_kind
+from pneumonia.decision.view import decide_kind, refused_by_view, view_features, view_grid
 from pneumonia.evaluation.metrics import ROBUSTNESS_METRICS, binary_metrics
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import FRAMING
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_image
 from pneumonia.images.prepare import prepare_image
-from pneumonia.images.screening import screen
+from pneumonia.images.screening import NOT_A_CHEST_XRAY, screen
 
 if TYPE_CHECKING:
     from pneumonia.decision.band import Band
     from pneumonia.decision.gate import FeatureGate
     from pneumonia.decision.use import UseHead
     from pneumonia.decision.view import ViewCheck
+    from pneumonia.serving.classifier import Namer
 
 WORST = (*ROBUSTNESS_METRICS, "accuracy_decided")  # lowest over the shifts is the worst
 MOST = ("refused", "share_indeterminate")  # highest over the shifts is the worst
 BAND_KEYS = ("share_indeterminate", "accuracy_decided")
 UNCHANGED = "unchanged"  # the report's baseline row: the images as they are
+REASON_CODES = sorted(set(REFUSAL_REASONS.values()))  # what a refused chest X-ray is named
 
 
 def held_out_files(splits: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -67,13 +69,15 @@ def framing_report(
     head: UseHead | None = None,
     other_bands: dict[str, Band] | None = None,
     view: ViewCheck | None = None,
+    namer: Namer | None = None,
 ) -> tuple[dict, dict, dict]:
     """Per framing shift: AUC, accuracy, sensitivity and specificity at the threshold, the
     band's share indeterminate and accuracy on the decided, and the share of real X-rays the
     endpoint refuses (cheap checks, the intended-use head, the view check or the learned
-    check); then the
-    worst of each over the shifts; then the evidence for choosing the band on the framings:
-    those two figures for each of `other_bands`, per shift and at their worst (`worst_band`)."""
+    check), with `namer` what each refusal is named (`refusal_names`); then the worst of
+    each over the shifts, and the names pooled over every framing; then the evidence for
+    choosing the band on the framings: those two figures for each of `other_bands`, per shift
+    and at their worst (`worst_band`)."""
     files, labels = held_out_files(splits)
     report: dict = {}
     bands: dict = {}
@@ -86,6 +90,7 @@ def framing_report(
         kinds = head.kinds(features) if head is not None else [ANSWERED] * len(labels)
         off_use = np.array([kind != ANSWERED for kind in kinds])
         by_view = refused_by_view(view, views, kinds) & ~off_use
+        by_gate = ~(distances <= gate.threshold) & ~off_use & ~by_view & ~cheap
         metrics = binary_metrics(labels, probabilities, threshold)
         decided = band_metrics(labels, probabilities, band)
         report[name] = {
@@ -98,18 +103,57 @@ def framing_report(
             "refused_cheap": float(np.mean(cheap)),
             "refused_use": float(np.mean(off_use & ~cheap)),
             "refused_view": float(np.mean(by_view & ~cheap)),
-            "refused_gate": float(
-                np.mean(~(distances <= gate.threshold) & ~off_use & ~by_view & ~cheap)
-            ),
+            "refused_gate": float(np.mean(by_gate)),
         }
+        if namer is not None:
+            refused = np.flatnonzero(cheap | off_use | by_view | by_gate)
+            gate_kinds = {
+                int(i): refused_kind(head.logits(features[i : i + 1])[0]) if head else None
+                for i in np.flatnonzero(by_gate)
+            }
+            report[name]["refusals_named"] = refusal_names(
+                [files[i] for i in refused],
+                shift,
+                namer,
+                [None if cheap[i] else gate_kinds.get(int(i), kinds[i]) for i in refused],
+                [bool(by_gate[i]) for i in refused],
+            )
         if other_bands:
             bands[name] = {
                 rate: {key: band_metrics(labels, probabilities, other)[key] for key in BAND_KEYS}
                 for rate, other in other_bands.items()
             }
     worst = worst_framing({name: row for name, row in report.items() if name != UNCHANGED})
+    if namer is not None:  # every framing, the images as they are included
+        worst["refusals_named"] = {
+            code: sum(row["refusals_named"][code] for row in report.values())
+            for code in REASON_CODES
+        }
     evidence = {"by_framing": bands, "worst": worst_band(bands)} if bands else {}
     return report, {**worst, "images": len(labels)}, evidence
+
+
+def refusal_names(
+    files: list[Path],
+    shift: Callable[[np.ndarray], np.ndarray],
+    namer: Namer,
+    kinds: list[str | None],
+    gate_only: list[bool],
+) -> dict[str, int]:
+    """How the endpoint names the refused `files` under `shift`: each reason code's count.
+    `kinds`: the kind each was refused as by the intended-use head (its runner-up where only
+    the gate refused it, `gate_only`); None where the cheap checks refused it, or the gate
+    without a head, both `not_a_chest_xray`. The view check and the reason head name the
+    others, as serving's `Classifier.judge` does (`Namer.named`)."""
+    counts = dict.fromkeys(REASON_CODES, 0)
+    for path, kind, gate in zip(files, kinds, gate_only, strict=True):
+        if kind is None:
+            counts[NOT_A_CHEST_XRAY] += 1
+            continue
+        layout = namer.layout(shift(decode_image(path.read_bytes())))
+        decided = kind if gate else decide_kind(kind, layout.lateral) or kind
+        counts[REFUSAL_REASONS[namer.named(decided, layout)]] += 1
+    return counts
 
 
 def worst_band(bands: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

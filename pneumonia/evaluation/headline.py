@@ -17,7 +17,10 @@ Views:
   held-out splits as they are;
 - `adult`, `body_part`, `lateral`: the share of the external adult chest X-rays, of the
   radiographs of other body parts and of the lateral chest views that the endpoint refuses
-  (cross-validated), and how many there are.
+  (cross-validated), and how many there are;
+- `refusals`: the real held-out X-rays the endpoint refuses, counted over every framing
+  shift and the images as they are (`n`), and the share of them it names a chest X-ray
+  (`as_such`: `outside_training_population` or `lateral_view`, never `not_a_chest_xray`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ VIEWS = (
     "adult",
     "body_part",
     "lateral",
+    "refusals",
 )
 # The external radiographs' kinds by view (the intended-use check, cross-validated).
 EXTERNAL_VIEWS = {
@@ -119,6 +123,13 @@ def headline(results: dict) -> dict[str, dict]:
                 "as_such": _rounded(kinds[kind]["refused_as_such"]),
                 "n": kinds[kind]["images"],  # how many images (short: one table's width)
             }
+    names = results["worst_framing"].get("refusals_named")
+    if names is not None:
+        refused = sum(names.values())
+        views["refusals"] = {
+            "as_such": _rounded(1 - names["not_a_chest_xray"] / refused) if refused else 1.0,
+            "n": refused,
+        }
     return views
 
 

@@ -248,20 +248,25 @@ def _cross_validate(
     images: list[tuple[str, np.ndarray, int | None, np.ndarray]],
     fit: Callable[[list[int]], tuple[ViewCheck, UseHead | None]],
     seed: int,
-) -> tuple[np.ndarray, list[str | None]]:
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Each image's calls by the check and head fitted without it (`kind_folds`): lateral,
-    and the kind the reason head and the check name it (None without the head)."""
+    and the reason head's (K,) logits (None without the head)."""
     fold_of = kind_folds([kind for kind, *_ in images], FOLDS, seed)
     called = np.zeros(len(images), dtype=bool)
-    reason_named: list[str | None] = [None] * len(images)
+    logits: list[np.ndarray | None] = [None] * len(images)
     for fold in range(FOLDS):
         check, head = fit([i for i, f in enumerate(fold_of) if f != fold])
         for i in np.flatnonzero(fold_of == fold):
             called[i] = bool(check.lateral(images[i][1][:1])[0])
             if head is not None:
-                kind = refused_kind(head.logits(images[i][3][:1])[0])
-                reason_named[i] = decide_kind(kind, bool(called[i]))
-    return called, reason_named
+                logits[i] = head.logits(images[i][3][:1])[0]
+    return called, logits
+
+
+def reason_named(logits: np.ndarray | None, lateral: bool) -> str | None:
+    """The kind the endpoint names a refusal with these reason logits and view call
+    (`refused_kind`, then `decide_kind`); None without the head."""
+    return None if logits is None else decide_kind(refused_kind(logits), lateral)
 
 
 def _fit(
@@ -359,12 +364,13 @@ def fit_and_measure_view(
     def fit(chosen: list[int]) -> tuple[ViewCheck, UseHead | None]:
         return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons, reason_head)
 
-    called, reason_named = _cross_validate(images, fit, seed)
+    called, logits = _cross_validate(images, fit, seed)
     by_view = dict(head_outcomes)
     final = dict(head_outcomes)
-    for (_, _, index, _), lateral, kind in zip(images, called, reason_named, strict=True):
+    for (_, _, index, _), lateral, row in zip(images, called, logits, strict=True):
         if index is not None:
             by_view[index] = combined(head_outcomes[index], lateral)
+            kind = reason_named(row, bool(lateral))
             final[index] = by_view[index] if kind is None else named(by_view[index], kind)
     if outcomes is not None:
         outcomes.update(final)
@@ -392,7 +398,10 @@ def fit_and_measure_view(
         report["kinds_before_reason"] = kinds_report(external_kinds, by_view)["kinds"]
         report["reason"] = {
             "strength": REASON_STRENGTH,
-            "named": named_by_group(groups, reason_named),  # as if refused, cross-validated
+            # as if refused, cross-validated
+            "named": named_by_group(
+                groups, [reason_named(row, bool(c)) for row, c in zip(logits, called, strict=True)]
+            ),
         }
     for group, figures in report["view_check"]["called_lateral"].items():
         log.info(

@@ -207,7 +207,9 @@ def handle_client_error(error: ClientError) -> Response:
     metrics.add_metric(name="ClientErrors", unit=MetricUnit.Count, value=1)
     if error.reason == NOT_A_CHEST_XRAY:
         metrics.add_metric(name="NotAChestXray", unit=MetricUnit.Count, value=1)
-    logger.info("rejected", extra={"status": error.status.value, "reason": error.reason})
+    # which of the model's checks refused (None: the request, the decoder, the cheap checks)
+    extra = {"status": error.status.value, "reason": error.reason, "check": error.check}
+    logger.info("rejected", extra=extra)
     return error_response(error.status, str(error), error.reason)
 
 

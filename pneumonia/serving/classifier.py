@@ -123,6 +123,44 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Namer:
+    """What names a refusal by the model: the view check (`ViewCheck`, None: none) and the
+    reason head's session (reason.onnx, None: the intended-use head's kind stands). Serving's
+    `Classifier` holds one; evaluate builds one of the graph it has just fitted, so that it
+    names the held-out refusals as the endpoint will."""
+
+    session: onnxruntime.InferenceSession | None = None
+    view: ViewCheck | None = None
+
+    def layout(self, gray: np.ndarray) -> Layout:
+        """Whether the view check calls the decoded (H, W) image a lateral view."""
+        if self.view is None:
+            return Layout(gray=gray)
+        features = view_features(view_grid(gray)[np.newaxis])
+        return Layout(bool(self.view.lateral(features)[0]), features, gray)
+
+    def logits(self, layout: Layout) -> np.ndarray | None:
+        """The reason head's (K,) logits, one per USE_KINDS entry (None without the head)."""
+        image = layout.reason_pixels() if self.session is not None else None
+        if self.session is None or image is None or layout.features is None:
+            return None
+        feeds = {
+            reason.REASON_INPUTS[0]: image[np.newaxis],
+            reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
+        }
+        return self.session.run([reason.REASON_OUTPUT], feeds)[0][0]
+
+    def named(self, kind: str, layout: Layout) -> str:
+        """What a refused image is named: by the reason head (`refused_kind` of its logits)
+        and the view check (`decide_kind`) where there is the head, else `kind` (the
+        intended-use head's)."""
+        logits = self.logits(layout)
+        if logits is None:
+            return kind
+        return decide_kind(refused_kind(logits), layout.lateral) or kind
+
+
+@dataclass(frozen=True)
 class Classifier:
     """The ONNX session and the metadata that says how to feed and read it."""
 
@@ -131,11 +169,13 @@ class Classifier:
     reason_session: onnxruntime.InferenceSession | None = None  # reason.onnx, when named
     # model.json's view check as arrays, built once from `metadata` (None: no check).
     view: ViewCheck | None = field(init=False, repr=False, compare=False)
+    namer: Namer = field(init=False, repr=False, compare=False)  # the view check and reason.onnx
 
     def __post_init__(self) -> None:
         """The view check from the metadata, so each request need not build it again."""
         spec = self.metadata.view_check
         object.__setattr__(self, "view", None if spec is None else spec.check())
+        object.__setattr__(self, "namer", Namer(self.reason_session, self.view))
 
     @classmethod
     def load(cls, model_dir: Path, threads: int = 1) -> Classifier:
@@ -201,23 +241,7 @@ class Classifier:
 
     def layout(self, gray: np.ndarray) -> Layout:
         """Whether the view check calls the decoded (H, W) image a lateral view."""
-        if self.view is None:
-            return Layout(gray=gray)
-        features = view_features(view_grid(gray)[np.newaxis])
-        return Layout(bool(self.view.lateral(features)[0]), features, gray)
-
-    def named(self, kind: str, layout: Layout) -> str:
-        """What a refused image is named: by the reason head and the view check
-        (`decide_kind`) where the model has the head, else `kind` (the intended-use head's)."""
-        image = layout.reason_pixels() if self.reason_session is not None else None
-        if self.reason_session is None or image is None or layout.features is None:
-            return kind
-        feeds = {
-            reason.REASON_INPUTS[0]: image[np.newaxis],
-            reason.REASON_INPUTS[1]: layout.features.astype(np.float32),
-        }
-        logits = self.reason_session.run([reason.REASON_OUTPUT], feeds)[0][0]
-        return decide_kind(refused_kind(logits), layout.lateral) or kind
+        return self.namer.layout(gray)
 
     def judge(
         self,
@@ -231,14 +255,17 @@ class Classifier:
         calls it lateral (unless the head names another body part: `decide_kind`), or when its
         features are too far from the training X-rays' (`not_a_chest_xray` for a graph
         without a head).
-        A refusal's reason is the reason head's (`named`), else the head's kind (its runner-up
-        for the gate's refusals, `refused_kind`)."""
+        A refusal's reason is the reason head's (`Namer.named`), else the head's kind (its
+        runner-up for the gate's refusals, `refused_kind`). The error says which check refused
+        (`ClientError.check`)."""
         layout = layout if layout is not None else Layout()
-        kind = decide_kind(kind_of(use) if use is not None else None, layout.lateral)
+        head_kind = kind_of(use) if use is not None else None
+        kind = decide_kind(head_kind, layout.lateral)
         if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
-            reason_code, message = USE_REFUSALS[self.named(kind, layout)]
-            raise ClientError(status, message, reason_code)
+            check = "view_check" if kind != head_kind else "intended_use"
+            reason_code, message = USE_REFUSALS[self.namer.named(kind, layout)]
+            raise ClientError(status, message, reason_code, check=check)
         gate = self.metadata.ood_gate
         if not distance <= gate.threshold:  # NaN is refused too
             far = (
@@ -246,10 +273,12 @@ class Classifier:
                 f"(feature distance {distance:.1f}, limit {gate.threshold:.1f})"
             )
             if use is None:
-                raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, far, NOT_A_CHEST_XRAY)
+                raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, far, NOT_A_CHEST_XRAY, "gate")
             # the gate knows only distance; the heads name what the image is like
-            reason_code, message = USE_REFUSALS[self.named(refused_kind(use), layout)]
-            raise ClientError(HTTPStatus.UNPROCESSABLE_ENTITY, f"{far}; {message}", reason_code)
+            reason_code, message = USE_REFUSALS[self.namer.named(refused_kind(use), layout)]
+            raise ClientError(
+                HTTPStatus.UNPROCESSABLE_ENTITY, f"{far}; {message}", reason_code, "gate"
+            )
         return Prediction(
             label=self.metadata.label_for(probability),
             probability=probability,

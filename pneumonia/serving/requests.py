@@ -20,12 +20,21 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "application/dicom")  # raw bodies
 class ClientError(Exception):
     """Something the client sent; answered with its status and a JSON error."""
 
-    def __init__(self, status: HTTPStatus, message: str, reason: str = "bad_request") -> None:
+    def __init__(
+        self,
+        status: HTTPStatus,
+        message: str,
+        reason: str = "bad_request",
+        check: str | None = None,
+    ) -> None:
         """`status` is the 4xx to answer; `message` and `reason` (a stable short code) go
-        into the JSON error."""
+        into the JSON error. `check`: which of the model's checks refused the image
+        (`intended_use`, `view_check` or `gate`; None for the request, the decoder and the
+        cheap checks), for the logs and the benchmarks, not the answer."""
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.check = check
 
 
 # No docstring: pydantic would publish it as the request schema's description in

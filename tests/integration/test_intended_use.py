@@ -185,13 +185,19 @@ def served_with_view(tmp_path_factory, keras_model, fitted):
 
 def outcome(classifier, data: bytes) -> str:
     """ "answered", or the reason the endpoint refuses the image with."""
+    return refusal(classifier, data)[0]
+
+
+def refusal(classifier, data: bytes) -> tuple[str, str | None]:
+    """("answered", None), or the reason the endpoint refuses the image with and the check
+    that refused it."""
     from pneumonia.serving.requests import ClientError
 
     try:
         classifier.classify(data)
     except ClientError as refused:
-        return refused.reason
-    return "answered"
+        return refused.reason, refused.check
+    return "answered", None
 
 
 def test_the_endpoint_refuses_what_the_numpy_view_check_calls_lateral(served, served_with_view):
@@ -290,17 +296,21 @@ def test_the_endpoint_names_a_refusal_as_the_numpy_reason_head_does(
     with_view, check = served_with_view
     with_reason, reason_head, everything, rows, _ = served_with_reason
     renamed = 0
+    checks = set()
     for kind, datas in everything.items():
         for data, image_rows in zip(datas, rows[kind], strict=True):
-            before, after = outcome(with_view, data), outcome(with_reason, data)
+            before, (after, by) = outcome(with_view, data), refusal(with_reason, data)
             assert (before == "answered") == (after == "answered"), (kind, before, after)
             if after == "answered":
                 continue
+            checks.add(by)
             view = image_rows[:1, -check.weights.shape[0] :]
             lateral = bool(check.lateral(view)[0])
-            expected = decide_kind(refused_kind(reason_head.logits(image_rows[:1])[0]), lateral)
+            logits = reason_head.logits(image_rows[:1])[0]
+            expected = decide_kind(refused_kind(logits), lateral)
             assert after == REASONS[expected], (kind, before, after, expected)
             renamed += before != after
+    assert checks <= {"intended_use", "view_check", "gate"} and "intended_use" in checks
     # This head is fitted on the 150-image sample, unshifted: it names at least 2 of the 3
     # committed laterals `lateral_view` without the prior for other body parts, 1 with it
     # (evaluate's cross-validation, on every 4th training X-ray under each framing, names 2
@@ -341,3 +351,32 @@ def test_a_reason_onnx_other_than_the_one_model_json_names_is_refused(served_wit
     (source / "reason.onnx").write_bytes(bytes(data))
     with pytest.raises(MetadataError, match=r"reason\.onnx"):
         Classifier.load(source)
+
+
+def test_evaluate_names_the_held_out_refusals_as_the_endpoint_does(served_with_reason, tmp_path):
+    """`framing.refusal_names`, which evaluate runs on every framing of the held-out X-rays,
+    given the check that refused each image and the intended-use head's kind, counts each
+    reason code as the endpoint answers it."""
+    from collections import Counter
+
+    from pneumonia.decision.use import kind_of, refused_kind
+    from pneumonia.evaluation.framing import REASON_CODES, refusal_names
+    from pneumonia.serving.classifier import prepare
+
+    classifier, _, everything, _, _ = served_with_reason
+    files, kinds, gate_only, answered = [], [], [], Counter[str]()
+    for index, data in enumerate(d for datas in everything.values() for d in datas):
+        reason, by = refusal(classifier, data)
+        if reason == "answered":
+            continue
+        answered[reason] += 1
+        path = tmp_path / f"{index}.png"
+        path.write_bytes(data)
+        files.append(path)
+        _, pixels = prepare(data, classifier.metadata.preprocessing)
+        use = classifier.infer(pixels[np.newaxis]).uses[0]
+        kinds.append(refused_kind(use) if by == "gate" else kind_of(use))
+        gate_only.append(by == "gate")
+    counts = refusal_names(files, lambda gray: gray, classifier.namer, kinds, gate_only)
+    assert counts == {code: answered[code] for code in REASON_CODES}
+    assert sum(counts.values()) >= 30

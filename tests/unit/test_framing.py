@@ -204,3 +204,16 @@ def test_clahe_depends_on_the_field_of_view():
     zoom_first = apply_intensity(cv2.resize(centre, (128, 128)), config)
     clahe_first = cv2.resize(apply_intensity(before, config)[16:112, 16:112], (128, 128))
     assert np.abs(zoom_first.astype(int) - clahe_first.astype(int)).mean() > 3
+
+
+def test_each_refusal_is_counted_under_the_name_the_endpoint_gives_it():
+    """Without the reason head or the view check, the intended-use head's kind names a
+    refusal; the cheap checks' refusals are `not_a_chest_xray`; every code is counted."""
+    from pneumonia.evaluation.framing import REASON_CODES, refusal_names
+    from pneumonia.serving.classifier import Namer
+
+    kinds = [None, "adult_chest", "lateral_chest", "other_body_part", "adult_chest"]
+    counts = refusal_names(FILES[:5], FRAMING["crop 8%"], Namer(), kinds, [False] * 4 + [True])
+    assert counts == {"lateral_view": 1, "not_a_chest_xray": 2, "outside_training_population": 2}
+    assert list(counts) == REASON_CODES
+    assert refusal_names([], FRAMING["crop 8%"], Namer(), [], []) == dict.fromkeys(REASON_CODES, 0)

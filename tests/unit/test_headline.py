@@ -40,6 +40,13 @@ def results() -> dict:
         "ood_gate": {
             "false_rejections": {"test": 0.2, "test, darker": 0.08, "test, brighter": 0.003}
         },
+        "worst_framing": {
+            "refusals_named": {
+                "lateral_view": 3,
+                "not_a_chest_xray": 5,
+                "outside_training_population": 32,
+            }
+        },
         "intended_use": {
             "kinds": {
                 "adult_chest": {
@@ -74,6 +81,8 @@ def test_each_split_view_is_its_four_figures_rounded():
     assert views["adult"] == {"refused": 0.9062, "as_such": 0.875, "n": 32}
     assert views["body_part"] == {"refused": 0.98, "as_such": 0.96, "n": 50}
     assert views["lateral"] == {"refused": 0.5, "as_such": 0.5, "n": 2}
+    # 40 held-out refusals over the framings, 5 of them named not_a_chest_xray
+    assert views["refusals"] == {"as_such": 0.875, "n": 40}
     assert views["decision"] == {
         "threshold": 0.8653,
         "undecided": 0.05,
@@ -133,3 +142,11 @@ def test_dvc_yaml_lists_the_headline_views_and_nothing_else_as_metrics():
         "evaluate": [f"metrics/{view}.json" for view in VIEWS],
         "export_onnx": [],
     }
+
+
+def test_no_held_out_refusal_is_every_one_named_a_chest_x_ray():
+    figures = results()
+    figures["worst_framing"]["refusals_named"] = dict.fromkeys(
+        ("lateral_view", "not_a_chest_xray", "outside_training_population"), 0
+    )
+    assert headline(figures)["refusals"] == {"as_such": 1.0, "n": 0}

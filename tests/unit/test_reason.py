@@ -25,6 +25,7 @@ from pneumonia.evaluation.view import (
     fit_and_measure_view,
     load_kept,
     named,
+    reason_named,
     save_kept,
 )
 
@@ -61,6 +62,27 @@ def test_the_input_is_the_whole_image_squared_in_zero_to_one():
 def test_a_refused_image_the_head_calls_pediatric_is_named_by_its_runner_up():
     assert refused_kind(np.array([5.0, 1.0, 3.0, 2.0])) == "lateral_chest"
     assert refused_kind(np.array([0.0, 1.0, 3.0, 4.0])) == "other_body_part"
+
+
+def test_evaluate_names_a_refusal_as_serving_does_with_the_view_call_on_top():
+    logits = np.array([0.0, 3.0, 1.0, 2.0])  # an adult chest by the reason head
+    assert reason_named(logits, False) == "adult_chest"
+    assert reason_named(logits, True) == "lateral_chest"
+    body_part = np.array([0.0, 1.0, 3.0, 4.0])  # another body part stands over a lateral call
+    assert reason_named(body_part, True) == "other_body_part"
+    assert reason_named(None, True) is None
+
+
+def test_an_8_bit_and_a_16_bit_copy_reach_the_fixed_network_alike():
+    """The decoder keeps each file's depth; the reason head's input is in [0, 1] for every
+    depth, as the float training X-rays are."""
+    ramp = np.linspace(0.0, 1.0, 300 * 200).reshape(300, 200)
+    eight = np.round(ramp * 255).astype(np.uint8)
+    sixteen = np.round(ramp * 65535).astype(np.uint16)
+    inputs = [reason_input(image) for image in (ramp.astype(np.float32), eight, sixteen)]
+    assert all(image.min() >= 0.0 and image.max() <= 1.0 for image in inputs)
+    np.testing.assert_allclose(inputs[1], inputs[0], atol=1 / 255)
+    np.testing.assert_allclose(inputs[2], inputs[0], atol=1e-4)
 
 
 def test_reason_onnx_computes_the_head_on_the_networks_features(tmp_path):
