@@ -14,7 +14,7 @@ be kept as these statistics and fitted on (CheXpert's 32 lateral and 202 frontal
 `models/reason.onnx` (`pneumonia.release.reason`) is that network with the head folded into
 one matrix product: inputs `image` (N, REASON_SIZE, REASON_SIZE, 1) in [0, 1] and `layout`
 (N, 392), output `reason_logits` (N, K), one column per `USE_KINDS` entry; a refusal is named by its
-`refused_kind`. Serving runs it
+`reason_kind`. Serving runs it
 only for a refused image, so an answered request costs nothing more. model.json names its
 SHA-256 (`reason`), so the model version covers it.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, UseHead, fit_use_head
+from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, UseHead, fit_use_head, kind_of
 from pneumonia.images.decode import to_float
 
 REASON_SIZE = 128  # px, the whole image's side for the fixed network
@@ -74,8 +74,7 @@ def fit_reason_head(
 ) -> UseHead:
     """The head from each kind's (N_k, REASON_FEATURES + 392) rows (`fit_use_head`: balanced
     classes, L2, the solver started from `start`), `body_part_prior` added to the other body
-    part's logit; the answered kind must be among them, so a refused pediatric image is named
-    by its runner-up."""
+    part's logit; the answered kind must be among them (`reason_kind`)."""
     if ANSWERED not in features:
         raise ValueError(f"the reason head needs {ANSWERED} rows")
     head = fit_use_head(features, strength, start=start)
@@ -84,3 +83,13 @@ def fit_reason_head(
     if bias[body_part] != NEVER:
         bias[body_part] += body_part_prior
     return UseHead(head.mean, head.scale, head.weights, bias, head.layout_asymmetry)
+
+
+def reason_kind(logits: np.ndarray) -> str:
+    """The kind the reason head names a refused image: the kind it calls it, pediatric
+    included. The model refused the image, so a frontal chest X-ray that the head calls
+    pediatric is one unlike those the model answers (its framing, its exposure), refused as
+    `outside_training_population` (`REFUSAL_REASONS`), never by the runner-up among the
+    other kinds: on the held-out X-rays refused under the framings, that runner-up was
+    another body part for 19 of 85 (docs/model-quality.md#a-refused-chest-x-ray-is-named-one)."""
+    return kind_of(logits)

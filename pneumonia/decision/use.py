@@ -26,8 +26,11 @@ from pneumonia.images.layout import LAYOUT_GRID  # the last LAYOUT_GRID^2 featur
 
 USE_KINDS = ("pediatric_chest", "adult_chest", "lateral_chest", "other_body_part")
 ANSWERED = "pediatric_chest"  # the one kind the model answers
-# The 422 reason the endpoint refuses each other kind with.
+# The 422 reason the endpoint refuses each other kind with, and a refused image that the
+# reason head (`pneumonia.decision.reason.reason_kind`) calls a pediatric chest X-ray: a chest
+# X-ray unlike the ones the model answers, so outside the training population.
 REFUSAL_REASONS = {
+    ANSWERED: "outside_training_population",
     "adult_chest": "outside_training_population",
     "lateral_chest": "lateral_view",
     "other_body_part": "not_a_chest_xray",

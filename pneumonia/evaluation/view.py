@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files
-from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input
-from pneumonia.decision.use import ANSWERED, UseHead, refused_kind
+from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input, reason_kind
+from pneumonia.decision.use import ANSWERED, UseHead
 from pneumonia.decision.view import (
     LATERAL,
     OTHER_BODY_PART,
@@ -265,8 +265,8 @@ def _cross_validate(
 
 def reason_named(logits: np.ndarray | None, lateral: bool) -> str | None:
     """The kind the endpoint names a refusal with these reason logits and view call
-    (`refused_kind`, then `decide_kind`); None without the head."""
-    return None if logits is None else decide_kind(refused_kind(logits), lateral)
+    (`reason_kind`, then `decide_kind`); None without the head."""
+    return None if logits is None else decide_kind(reason_kind(logits), lateral)
 
 
 def _fit(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pneumonia import paths
 from pneumonia.decision.contract import ModelMetadata
-from pneumonia.decision.use import as_such
+from pneumonia.decision.use import REFUSAL_REASONS, as_such
 
 MODEL_CARD_TEMPLATE = Path(__file__).with_name("card_template.md")  # string.Template, ${name}
 INTERVALS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -119,6 +119,26 @@ def use_fields(evaluation: dict) -> dict[str, str]:
         "use_laterals": str(kinds.get("lateral_chest", {}).get("images", 0)),
         **view_fields(evaluation),
         **reason_card_fields(evaluation),
+        **refusal_fields(evaluation),
+    }
+
+
+def named_as_such(kind: str, counts: dict[str, int]) -> int:
+    """Of a group of `kind`, the images named with that kind's own reason (`counts`: by the
+    kind named; a pediatric call is refused as an adult is, `outside_training_population`)."""
+    own = REFUSAL_REASONS[kind]
+    return sum(n for named, n in counts.items() if REFUSAL_REASONS.get(named) == own)
+
+
+def refusal_fields(evaluation: dict) -> dict[str, str]:
+    """How many real held-out X-rays the endpoint refuses over the framing shifts, and how
+    many of those it names `not_a_chest_xray` (evaluate's `refusals_named`)."""
+    names = evaluation.get("worst_framing", {}).get("refusals_named")
+    if names is None:
+        return {"refusals": "(not counted)", "refusals_not_chest": "(not counted)"}
+    return {
+        "refusals": str(sum(names.values())),
+        "refusals_not_chest": str(names.get("not_a_chest_xray", 0)),
     }
 
 
@@ -130,7 +150,7 @@ def reason_card_fields(evaluation: dict) -> dict[str, str]:
         return {"reason_fitted": "not fitted", "reason_rates": "nothing: the model has no head"}
     named = reason["named"]
     parts = [
-        f"{group.replace('_', ' ')} {counts.get(group.split()[-1], 0)} of "
+        f"{group.replace('_', ' ')} {named_as_such(group.split()[-1], counts)} of "
         f"{sum(counts.values())} as such"
         for group, counts in named.items()
     ]

@@ -52,10 +52,12 @@ STATUS_FOR_REASON = {
 }
 
 
-# What the intended-use head's kinds are refused as: (reason, message).
+# What the intended-use head's and the reason head's kinds are refused as: (reason, message).
 USE_REFUSALS = {
     kind: (REFUSAL_REASONS[kind], message)
     for kind, message in {
+        ANSWERED: "the image looks like a frontal chest X-ray, but not like the ones the model "
+        "was trained on (its framing or its exposure)",
         "adult_chest": "the image looks like an adult chest X-ray; "
         "the model was trained on pediatric ones",
         "lateral_chest": "the image looks like a lateral view; send a frontal one",
@@ -151,13 +153,13 @@ class Namer:
         return self.session.run([reason.REASON_OUTPUT], feeds)[0][0]
 
     def named(self, kind: str, layout: Layout) -> str:
-        """What a refused image is named: by the reason head (`refused_kind` of its logits)
-        and the view check (`decide_kind`) where there is the head, else `kind` (the
+        """What a refused image is named: by the reason head (`reason.reason_kind` of its
+        logits) and the view check (`decide_kind`) where there is the head, else `kind` (the
         intended-use head's)."""
         logits = self.logits(layout)
         if logits is None:
             return kind
-        return decide_kind(refused_kind(logits), layout.lateral) or kind
+        return decide_kind(reason.reason_kind(logits), layout.lateral) or kind
 
 
 @dataclass(frozen=True)

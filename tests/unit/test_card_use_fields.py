@@ -138,3 +138,29 @@ def test_the_card_counts_what_the_reason_head_names_each_group():
     assert "kept lateral chest 31 of 32 as such" in fields["reason_rates"]
     assert "committed other body part 43 of 45 as such" in fields["reason_rates"]
     assert use_fields({})["reason_fitted"] == "not fitted"
+
+
+def test_the_card_counts_a_pediatric_call_as_an_adults_reason_and_the_held_out_names():
+    report = {
+        "intended_use": {
+            "kinds": {},
+            "reason": {
+                "named": {
+                    "kept adult_chest": {"adult_chest": 200, "pediatric_chest": 1, "other": 1},
+                    "committed other_body_part": {"other_body_part": 68, "pediatric_chest": 2},
+                }
+            },
+        },
+        "worst_framing": {
+            "refusals_named": {
+                "lateral_view": 11,
+                "not_a_chest_xray": 2,
+                "outside_training_population": 72,
+            }
+        },
+    }
+    fields = use_fields(report)
+    assert "kept adult chest 201 of 202 as such" in fields["reason_rates"]
+    assert "committed other body part 68 of 70 as such" in fields["reason_rates"]
+    assert (fields["refusals"], fields["refusals_not_chest"]) == ("85", "2")
+    assert use_fields({})["refusals"] == "(not counted)"

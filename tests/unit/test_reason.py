@@ -15,6 +15,7 @@ from pneumonia.decision.reason import (
     fit_reason_head,
     fold_head,
     reason_input,
+    reason_kind,
 )
 from pneumonia.decision.use import USE_KINDS, UseHead, refused_kind
 from pneumonia.decision.view import VIEW_FEATURES, VIEW_GRID
@@ -71,6 +72,18 @@ def test_evaluate_names_a_refusal_as_serving_does_with_the_view_call_on_top():
     body_part = np.array([0.0, 1.0, 3.0, 4.0])  # another body part stands over a lateral call
     assert reason_named(body_part, True) == "other_body_part"
     assert reason_named(None, True) is None
+
+
+def test_a_refused_image_the_reason_head_calls_pediatric_is_outside_the_training_population():
+    """Not its runner-up: a chest X-ray the model refused all the same is a chest X-ray unlike
+    the ones it answers, however close another body part's logit comes."""
+    from pneumonia.decision.use import REFUSAL_REASONS
+
+    logits = np.array([5.0, 1.0, 3.0, 4.9])
+    assert reason_kind(logits) == "pediatric_chest"
+    assert REFUSAL_REASONS[reason_named(logits, False)] == "outside_training_population"
+    assert reason_named(logits, True) == "lateral_chest"  # the view check's call stands
+    assert reason_kind(np.array([0.0, 1.0, 3.0, 4.0])) == "other_body_part"
 
 
 def test_an_8_bit_and_a_16_bit_copy_reach_the_fixed_network_alike():
