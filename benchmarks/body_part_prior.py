@@ -58,6 +58,7 @@ def cross_validated(found: dict, seed: int) -> tuple[list[str], list[bool], np.n
 
     called, rows = _cross_validate(images, fit, seed)
     kinds = [kind for kind, *_ in images]
+    assert all(row is not None for row in rows)  # `_fit` fits the head with `reasons`
     logits = np.stack([row for row in rows if row is not None])
     logits[:, USE_KINDS.index("other_body_part")] -= BODY_PART_PRIOR
     committed = [index is not None for _, _, index, _ in images]
@@ -83,6 +84,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123, 1, 2, 3])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/body_part_prior.txt")
     args = parser.parse_args()
+    from pneumonia.decision.use import REFUSAL_REASONS
     from pneumonia.machine import describe
 
     found = read_features(args.features)
@@ -98,7 +100,8 @@ def main() -> None:
             groups: dict[str, list[bool]] = {}
             for kind, mine, name in zip(kinds, committed, named, strict=True):
                 group = f"{'committed' if mine else 'kept'} {kind}"
-                groups.setdefault(group, []).append(name == kind)
+                # as such: with the kind's own reason (a pediatric call is an adult's)
+                groups.setdefault(group, []).append(REFUSAL_REASONS[name] == REFUSAL_REASONS[kind])
             shares = ", ".join(f"{g} {sum(v)}/{len(v)}" for g, v in sorted(groups.items()))
             adults = sum(
                 kind == "adult_chest" and name == "other_body_part"

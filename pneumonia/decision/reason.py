@@ -4,12 +4,14 @@ fixed ImageNet network's features of the whole image.
 The intended-use head (`pneumonia.decision.use`) decides whether an image is answered; it
 reads the trained network's features, so it can be fitted only on images we hold (3 lateral
 views). This head only names the reason of a refusal (adult, lateral view, another body
-part), and reads features that do not depend on the trained network: EfficientNet-Lite0 with
-its pinned ImageNet weights (`pneumonia.model.pretrained`), never trained here, on the whole
-decoded image at REASON_SIZE px, average-pooled (1,280 values), then the view check's 392
-layout features (`pneumonia.decision.view`). So radiographs whose licence allows no copy can
-be kept as these statistics and fitted on (CheXpert's 32 lateral and 202 frontal films,
-`data/external/view_statistics`), and every CPU computes nearly the same features.
+part; a pediatric chest X-ray the model refused all the same is outside the training
+population, `reason_kind`), and reads features that do not depend on the trained network:
+EfficientNet-Lite0 with its pinned ImageNet weights (`pneumonia.model.pretrained`), never
+trained here, on the whole decoded image at REASON_SIZE px, average-pooled (1,280 values),
+then the view check's 392 layout features (`pneumonia.decision.view`). So radiographs whose
+licence allows no copy can be kept as these statistics and fitted on (CheXpert's 32 lateral
+and 202 frontal films, `data/external/view_statistics`), and every CPU computes nearly the
+same features.
 
 `models/reason.onnx` (`pneumonia.release.reason`) is that network with the head folded into
 one matrix product: inputs `image` (N, REASON_SIZE, REASON_SIZE, 1) in [0, 1] and `layout`
@@ -36,10 +38,11 @@ REASON_OUTPUT = "reason_logits"
 # Added to the fitted head's other-body-part logit. Other body parts are many anatomies, each
 # with a few images, where adults and laterals are one each. Chosen on evaluate's
 # cross-validation under three fold draws and checked on three others, as the smallest prior
-# at which the choosing draws gain body parts and lose no chest kind: 0 once every image
-# reaches the fixed network in [0, 1] (`reason_input`). A prior of 0.5 gains one body part in
-# one draw and names two more adults another body part in another
-# (docs/model-quality.md#one-scale-for-the-reason-head).
+# at which the choosing draws gain body parts and lose no chest kind: none does once every
+# image reaches the fixed network in [0, 1] (`reason_input`) and a pediatric call is named
+# one (`reason_kind`). On the choosing draws 0.5 gains no body part and names one more adult
+# another body part; 1.0 gains two body parts in one draw and names one more adult so in
+# each of two draws (docs/model-quality.md#one-scale-for-the-reason-head).
 BODY_PART_PRIOR = 0.0
 
 

@@ -7,7 +7,9 @@ the training split's X-rays and on real radiographs from public repositories
 (output `use_logits`), so the model version covers it; serving refuses by its answer:
 another body part is `not_a_chest_xray`, a lateral view `lateral_view`, an adult
 `outside_training_population`. A kind with no examples is never chosen (its bias is -1e4).
-An image the learned gate refuses is refused as the head's runner-up kind (`refused_kind`).
+An image the learned gate refuses is refused as the head's runner-up kind (`refused_kind`)
+where the model has no reason head; with one, the reason head names every refusal by the
+model (`pneumonia.decision.reason.reason_kind`).
 
 With `layout_asymmetry`, the head also reads how far the input's layout (the last features:
 its mean intensity per cell of a grid) is from its mirror image (`layout_asymmetry`): a

@@ -84,7 +84,10 @@ def log_plots(
         live.log_image("held_out_roc.png", held_out_figure(scores, threshold))
         live.log_plot(
             "framing",
-            [{"shift": name, **values} for name, values in results["framing"].items()],
+            [  # the figures per shift; the refusals' names stay in metrics.json
+                {"shift": name, **{k: v for k, v in values.items() if k != "refusals_named"}}
+                for name, values in results["framing"].items()
+            ],
             x="specificity",
             y="shift",
             template="bar_horizontal",

@@ -265,7 +265,8 @@ class Classifier:
         kind = decide_kind(head_kind, layout.lateral)
         if kind is not None and kind != ANSWERED:
             status = HTTPStatus.UNPROCESSABLE_ENTITY
-            check = "view_check" if kind != head_kind else "intended_use"
+            # the head refuses first (as evaluate counts it); else the view check's call did
+            check = "intended_use" if head_kind not in (None, ANSWERED) else "view_check"
             reason_code, message = USE_REFUSALS[self.namer.named(kind, layout)]
             raise ClientError(status, message, reason_code, check=check)
         gate = self.metadata.ood_gate

@@ -144,7 +144,7 @@ def test_dvc_yaml_lists_the_headline_views_and_nothing_else_as_metrics():
     }
 
 
-def test_no_held_out_refusal_is_every_one_named_a_chest_x_ray():
+def test_with_no_held_out_refusal_the_share_named_a_chest_x_ray_is_one():
     figures = results()
     figures["worst_framing"]["refusals_named"] = dict.fromkeys(
         ("lateral_view", "not_a_chest_xray", "outside_training_population"), 0

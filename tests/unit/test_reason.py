@@ -60,7 +60,7 @@ def test_the_input_is_the_whole_image_squared_in_zero_to_one():
     assert image[:, REASON_SIZE // 2 + 1 :].min() == 1.0
 
 
-def test_a_refused_image_the_head_calls_pediatric_is_named_by_its_runner_up():
+def test_the_intended_use_heads_kind_for_a_gate_refusal_is_its_runner_up_if_it_says_pediatric():
     assert refused_kind(np.array([5.0, 1.0, 3.0, 2.0])) == "lateral_chest"
     assert refused_kind(np.array([0.0, 1.0, 3.0, 4.0])) == "other_body_part"
 
