@@ -365,12 +365,13 @@ def fit_and_measure_view(
         return _fit([images[i] for i in chosen], frontal, blocks, rate, reasons, reason_head)
 
     called, logits = _cross_validate(images, fit, seed)
+    # each image's name as if refused (None without the head), cross-validated
+    reason_kinds = [reason_named(row, bool(c)) for row, c in zip(logits, called, strict=True)]
     by_view = dict(head_outcomes)
     final = dict(head_outcomes)
-    for (_, _, index, _), lateral, row in zip(images, called, logits, strict=True):
+    for (_, _, index, _), lateral, kind in zip(images, called, reason_kinds, strict=True):
         if index is not None:
             by_view[index] = combined(head_outcomes[index], lateral)
-            kind = reason_named(row, bool(lateral))
             final[index] = by_view[index] if kind is None else named(by_view[index], kind)
     if outcomes is not None:
         outcomes.update(final)
@@ -398,10 +399,7 @@ def fit_and_measure_view(
         report["kinds_before_reason"] = kinds_report(external_kinds, by_view)["kinds"]
         report["reason"] = {
             "strength": REASON_STRENGTH,
-            # as if refused, cross-validated
-            "named": named_by_group(
-                groups, [reason_named(row, bool(c)) for row, c in zip(logits, called, strict=True)]
-            ),
+            "named": named_by_group(groups, reason_kinds),  # as if refused, cross-validated
         }
     for group, figures in report["view_check"]["called_lateral"].items():
         log.info(

@@ -169,15 +169,14 @@ class Classifier:
     session: onnxruntime.InferenceSession
     metadata: ModelMetadata
     reason_session: onnxruntime.InferenceSession | None = None  # reason.onnx, when named
-    # model.json's view check as arrays, built once from `metadata` (None: no check).
-    view: ViewCheck | None = field(init=False, repr=False, compare=False)
-    namer: Namer = field(init=False, repr=False, compare=False)  # the view check and reason.onnx
+    # model.json's view check as arrays (None: no check) and reason.onnx, built once
+    namer: Namer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """The view check from the metadata, so each request need not build it again."""
         spec = self.metadata.view_check
-        object.__setattr__(self, "view", None if spec is None else spec.check())
-        object.__setattr__(self, "namer", Namer(self.reason_session, self.view))
+        view = None if spec is None else spec.check()
+        object.__setattr__(self, "namer", Namer(self.reason_session, view))
 
     @classmethod
     def load(cls, model_dir: Path, threads: int = 1) -> Classifier:
