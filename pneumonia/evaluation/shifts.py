@@ -4,9 +4,11 @@ metrics of a split under each.
 SHIFTS change exposure, encoding, resolution and orientation. FRAMING changes what the
 frame holds, from each image's own thorax box (`pneumonia.images.framing`): a crop to the
 thorax (tight collimation: the lungs fill the frame), fixed crops, black borders even and
-uneven (a scanned film, a wider collimation) and a rotation with black corners. The
-training images are framed wide, so a shift of the frame alone shows whether the model
-reads the label off the framing.
+uneven (a scanned film, a wider collimation), zoomed-out copies whose margins repeat the
+image's edges (the same thorax smaller in the frame, with no black border to cut off) and a
+rotation with black corners. The training images are framed wide, so a shift of the frame
+alone shows whether the model reads the label off the framing, and the zoomed-out copies
+whether it reads it off the thorax's scale.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def _border(
     return np.pad(gray, ((top, bottom), (left, right)))
 
 
+def _zoom_out(gray: np.ndarray, share: float) -> np.ndarray:
+    """A margin of `share` of the height (top, bottom) and width (left, right) that repeats
+    the image's edge rows and columns: the image zoomed out, the thorax smaller in a frame
+    that has no black border."""
+    height, width = gray.shape
+    top, left = round(height * share), round(width * share)
+    return np.pad(gray, ((top, top), (left, left)), mode="edge")
+
+
 def _rotate_black(gray: np.ndarray, degrees: float) -> np.ndarray:
     """Rotated about the centre, the corners it uncovers black (a film turned on a scanner)."""
     height, width = gray.shape
@@ -87,6 +98,8 @@ FRAMING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "border 5% uneven": lambda gray: _border(gray, 0.05, UNEVEN),
     "border 10% uneven": lambda gray: _border(gray, 0.10, UNEVEN),
     "border 20% uneven": lambda gray: _border(gray, 0.20, UNEVEN),
+    "zoom out 10%": lambda gray: _zoom_out(gray, 0.10),
+    "zoom out 20%": lambda gray: _zoom_out(gray, 0.20),
     "rotation 5 deg, black corners": lambda gray: _rotate_black(gray, 5),
 }
 ALL_SHIFTS = SHIFTS | FRAMING  # what the gate is fitted and thresholded on

@@ -88,6 +88,17 @@ def test_borders_are_black_and_uneven_ones_put_the_same_area_on_two_sides():
     assert uneven[4:104, 32:232].min() == 1  # ...32 px on the left, 8 on the right
 
 
+def test_a_zoom_out_repeats_the_edges_around_the_whole_image():
+    image = np.arange(100 * 200, dtype=np.float32).reshape(100, 200) / (100 * 200)
+    zoomed = FRAMING["zoom out 10%"](image)
+    assert zoomed.shape == (120, 240)
+    np.testing.assert_array_equal(zoomed[10:110, 20:220], image)
+    np.testing.assert_array_equal(zoomed[:10, 20:220], np.repeat(image[:1], 10, axis=0))
+    np.testing.assert_array_equal(zoomed[10:110, :20], np.repeat(image[:, :1], 20, axis=1))
+    assert (zoomed[:10, :20] == image[0, 0]).all()
+    assert FRAMING["zoom out 20%"](image).shape == (140, 280)
+
+
 def test_the_rotation_leaves_black_corners_and_crops_cut_the_share_asked():
     image = np.ones((100, 100), np.float32)
     rotated = FRAMING["rotation 5 deg, black corners"](image)

@@ -151,7 +151,9 @@ def test_reason_features_of_another_shape_are_refused(tmp_path):
     grids = np.zeros((2, len(VIEW_SHIFTS), VIEW_GRID, VIEW_GRID))
     source = {"repository": "a/b", "commit": "0" * 40, "licence": "none"}
     kinds = ["lateral_chest", "adult_chest"]
-    save_kept(tmp_path / "ok.npz", grids, kinds, ["x", "y"], source, np.ones((2, 11, 1280)))
+    save_kept(
+        tmp_path / "ok.npz", grids, kinds, ["x", "y"], source, np.ones((2, len(VIEW_SHIFTS), 1280))
+    )
     (kept,) = load_kept(tmp_path)
     assert kept.reasons is not None and kept.reasons[1][:, :REASON_FEATURES].min() == 1.0
     save_kept(tmp_path / "ok.npz", grids, kinds, ["x", "y"], source, np.ones((2, 3, 1280)))
