@@ -27,6 +27,7 @@ SIDE = 128  # px of the square copy the profiles are read on
 PREVIEW = 256  # px of the longest side the search runs at: a full-resolution image is shrunk
 MARGIN = 0.04  # of the box's width and height, added on each side
 MIN_HEIGHT = 0.5  # of the box's width: a shorter box is extended upwards to this
+FLAT = 0.002  # of the gray range: a border row closer than this to the next one is flat
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def _rows(small: np.ndarray, left: int, centre: int, right: int, gap: int) -> tu
 
 def _content(gray: np.ndarray) -> Box:
     """The image without its black border: rows and columns of which at least a fifth is
-    brighter than 4% of the gray range (the whole image when that leaves too little)."""
+    brighter than 4% of the gray range, then without flat bands (`_flat_bands`); the whole
+    image when that leaves too little."""
     values = gray.astype(np.float32)
     low, high = np.percentile(values[:: max(1, values.shape[0] // 64)], (1, 99))
     lit = values > low + 0.04 * max(high - low, 1e-6) if high > low else np.ones_like(values)
@@ -90,7 +92,32 @@ def _content(gray: np.ndarray) -> Box:
     height, width = gray.shape
     if len(rows) < height // 4 or len(columns) < width // 4:
         return Box(0, 0, height, width)
-    return Box(int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1)
+    top, left, bottom, right = (
+        int(rows[0]),
+        int(columns[0]),
+        int(rows[-1]) + 1,
+        int(columns[-1]) + 1,
+    )
+    inside = values[top:bottom, left:right]
+    cut = FLAT * max(high - low, 1e-6)
+    top_rows, bottom_rows = _flat_bands(inside, cut)
+    left_columns, right_columns = _flat_bands(inside.T, cut)
+    if bottom - top - top_rows - bottom_rows < height // 4:
+        top_rows = bottom_rows = 0
+    if right - left - left_columns - right_columns < width // 4:
+        left_columns = right_columns = 0
+    return Box(top + top_rows, left + left_columns, bottom - bottom_rows, right - right_columns)
+
+
+def _flat_bands(values: np.ndarray, cut: float) -> tuple[int, int]:
+    """How many of the first and of the last rows of `values` repeat the row inside them
+    (mean absolute difference below `cut`): a margin filled by replicating the edge, or any
+    other flat band, which holds no anatomy. It would widen the box, so that the thorax
+    reaches the model smaller than the same X-ray without it."""
+    steps = np.abs(np.diff(values, axis=0)).mean(axis=1) >= cut
+    if not steps.any():
+        return 0, 0
+    return int(np.argmax(steps)), int(np.argmax(steps[::-1]))
 
 
 def find_thorax(gray: np.ndarray) -> Box:

@@ -129,7 +129,8 @@ def error_response(status: HTTPStatus, message: str, reason: str) -> Response:
             "or a DICOM of a patient older than the training population "
             "(outside_training_population); a lateral view (lateral_view); a DICOM that is "
             "multi-frame, colour or of another modality; an image unlike the training "
-            "X-rays, with the reason of the kind it is most like; a JPEG or PNG whose "
+            "X-rays, with the reason of the kind it is most like (a chest X-ray of a child "
+            "refused this way: outside_training_population); a JPEG or PNG whose "
             "structure is over the caps"
         ),
         503: documented("the model did not load"),

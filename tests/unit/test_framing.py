@@ -48,12 +48,14 @@ def test_every_sample_x_ray_has_a_large_central_box_inside_it(path):
     assert abs((box.left + box.right) / 2 - width / 2) <= 0.2 * width
 
 
-def test_a_black_border_moves_the_box_with_the_image_on_most_samples():
-    # The border is cut off before the profiles are read: the box is the same box, offset.
+@pytest.mark.parametrize("mode", ["constant", "edge"], ids=["black border", "edges repeated"])
+def test_a_margin_moves_the_box_with_the_image_on_most_samples(mode):
+    # A black border, and a margin that repeats the edge rows and columns (a zoomed-out copy:
+    # flat bands), are cut off before the profiles are read: the box is the same box, offset.
     moved = []
     for path in FILES:
         image = gray(path)
-        box, padded = find_thorax(image), find_thorax(np.pad(image, ((10, 40), (50, 5))))
+        box, padded = find_thorax(image), find_thorax(np.pad(image, ((10, 40), (50, 5)), mode=mode))
         moved.append(
             max(
                 abs(padded.top - 10 - box.top),
@@ -63,6 +65,25 @@ def test_a_black_border_moves_the_box_with_the_image_on_most_samples():
             )
         )
     assert np.median(moved) <= 2 and np.percentile(moved, 90) <= 12
+
+
+def test_flat_bands_are_the_border_rows_that_repeat_the_row_inside_them():
+    from pneumonia.images.framing import _flat_bands
+
+    image = np.random.default_rng(0).random((50, 40)).astype(np.float32)
+    assert _flat_bands(image, 0.01) == (0, 0)
+    padded = np.pad(image, ((7, 3), (0, 0)), mode="edge")
+    assert _flat_bands(padded, 0.01) == (7, 3)
+    assert _flat_bands(np.full((20, 20), 0.5, np.float32), 0.01) == (0, 0)  # nothing to keep
+
+
+def test_a_flat_band_is_cut_but_never_below_a_quarter_of_the_image():
+    from pneumonia.images.framing import _content
+
+    image = np.random.default_rng(1).random((100, 100)).astype(np.float32)
+    assert _content(np.pad(image, ((20, 20), (30, 10)), mode="edge")) == Box(20, 30, 120, 130)
+    mostly_flat = np.pad(image[:10, :10], ((60, 60), (60, 60)), mode="edge")  # 10 of 130 px
+    assert _content(mostly_flat) == Box(0, 0, 130, 130)
 
 
 def test_a_uniform_image_still_gets_a_box_inside_it():
