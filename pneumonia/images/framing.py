@@ -10,9 +10,11 @@ Classical image processing on a 128 px copy, in about a millisecond:
   most positive at the diaphragm (dark lungs above, bright abdomen below) in the lower half.
 
 A black border (a scanned film, a wider collimation) is cut off first: its columns would
-be darker than any lung. A small margin is added on every side. The evaluation builds
-framing shifts from the box (a crop to the thorax stands for tight collimation); nothing
-here decides an answer.
+be darker than any lung. So is a flat band, a margin that repeats the image's edge rows or
+columns (a zoomed-out copy): it would widen the box, and the thorax would reach the model
+smaller than the same X-ray's without it. A small margin is added on every side. The
+evaluation builds framing shifts from the box (a crop to the thorax stands for tight
+collimation); nothing here decides an answer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ SIDE = 128  # px of the square copy the profiles are read on
 PREVIEW = 256  # px of the longest side the search runs at: a full-resolution image is shrunk
 MARGIN = 0.04  # of the box's width and height, added on each side
 MIN_HEIGHT = 0.5  # of the box's width: a shorter box is extended upwards to this
-FLAT = 0.002  # of the gray range: a border row closer than this to the next one is flat
+FLAT = 0.002  # of the gray range: a border row closer than this to the row inside it is flat
+MIN_BAND = 3  # rows of the search copy: a flat band is at least this deep ...
+BAND_SLACK = 2  # ... and starts within this many rows of the edge
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,15 @@ def _rows(small: np.ndarray, left: int, centre: int, right: int, gap: int) -> tu
 
 def _content(gray: np.ndarray) -> Box:
     """The image without its black border: rows and columns of which at least a fifth is
-    brighter than 4% of the gray range, then without flat bands (`_flat_bands`); the whole
-    image when that leaves too little."""
+    brighter than 4% of the gray range (the whole image when that leaves too little); then
+    without its flat bands (`_flat_bands`), each axis only where a quarter of it is left."""
     values = gray.astype(np.float32)
     low, high = np.percentile(values[:: max(1, values.shape[0] // 64)], (1, 99))
     lit = values > low + 0.04 * max(high - low, 1e-6) if high > low else np.ones_like(values)
     rows = np.flatnonzero(lit.mean(axis=1) >= 0.2)
     columns = np.flatnonzero(lit.mean(axis=0) >= 0.2)
     height, width = gray.shape
-    if len(rows) < height // 4 or len(columns) < width // 4:
+    if len(rows) < max(1, height // 4) or len(columns) < max(1, width // 4):
         return Box(0, 0, height, width)
     top, left, bottom, right = (
         int(rows[0]),
@@ -110,14 +114,28 @@ def _content(gray: np.ndarray) -> Box:
 
 
 def _flat_bands(values: np.ndarray, cut: float) -> tuple[int, int]:
-    """How many of the first and of the last rows of `values` repeat the row inside them
-    (mean absolute difference below `cut`): a margin filled by replicating the edge, or any
-    other flat band, which holds no anatomy. It would widen the box, so that the thorax
-    reaches the model smaller than the same X-ray without it."""
-    steps = np.abs(np.diff(values, axis=0)).mean(axis=1) >= cut
-    if not steps.any():
-        return 0, 0
-    return int(np.argmax(steps)), int(np.argmax(steps[::-1]))
+    """How many of the first and of the last rows of `values` are a flat band: a margin that
+    repeats the row inside it (a zoomed-out copy whose edges were replicated, or any other
+    flat band), which holds no anatomy and would widen the box, so that the thorax reached
+    the model smaller than in the same X-ray without it.
+
+    A band starts within BAND_SLACK rows of the edge (a black border's last row, blended by
+    the shrink, may come first and is cut with it), is at least MIN_BAND rows, and every row
+    of it is within `cut` (mean absolute difference) of the first row inside it: an
+    upsampled or blurred image's nearly repeated edge rows, or a smooth gradient, are not."""
+    return _leading_band(values, cut), _leading_band(values[::-1], cut)
+
+
+def _leading_band(values: np.ndarray, cut: float) -> int:
+    """`_flat_bands` at the top of `values`."""
+    steps = np.abs(np.diff(values, axis=0)).mean(axis=1) >= cut  # row i differs from i + 1
+    for start in range(min(BAND_SLACK, len(steps) - 1) + 1):
+        if steps[start] or not steps[start:].any():
+            continue
+        inner = start + int(np.argmax(steps[start:]))  # the first row that is not a copy
+        flat = np.abs(values[start:inner] - values[inner]).mean(axis=1) < cut
+        return inner if inner - start >= MIN_BAND and flat.all() else 0
+    return 0
 
 
 def find_thorax(gray: np.ndarray) -> Box:

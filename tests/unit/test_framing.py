@@ -67,23 +67,61 @@ def test_a_margin_moves_the_box_with_the_image_on_most_samples(mode):
     assert np.median(moved) <= 2 and np.percentile(moved, 90) <= 12
 
 
-def test_flat_bands_are_the_border_rows_that_repeat_the_row_inside_them():
+def test_flat_bands_are_border_rows_that_repeat_the_row_inside_them():
     from pneumonia.images.framing import _flat_bands
 
     image = np.random.default_rng(0).random((50, 40)).astype(np.float32)
     assert _flat_bands(image, 0.01) == (0, 0)
-    padded = np.pad(image, ((7, 3), (0, 0)), mode="edge")
-    assert _flat_bands(padded, 0.01) == (7, 3)
-    assert _flat_bands(np.full((20, 20), 0.5, np.float32), 0.01) == (0, 0)  # nothing to keep
+    assert _flat_bands(np.pad(image, ((7, 3), (0, 0)), mode="edge"), 0.01) == (7, 3)
+    assert _flat_bands(np.pad(image, ((2, 0), (0, 0)), mode="edge"), 0.01) == (0, 0)  # < 3 rows
+    # a row that differs (a black border's last one, blended) may come first: cut with it
+    blended = np.vstack(
+        [np.full((1, 40), 0.9, np.float32), np.pad(image, ((6, 0), (0, 0)), "edge")]
+    )
+    assert _flat_bands(blended, 0.01) == (7, 0)
+    # a smooth gradient: each row is close to the next one, but not to the row inside it
+    ramp = np.vstack([np.full((1, 40), v, np.float32) for v in np.linspace(0.2, 0.3, 20)])
+    assert _flat_bands(np.vstack([ramp, image]), 0.01) == (0, 0)
+    assert _flat_bands(np.full((20, 20), 0.5, np.float32), 0.01) == (0, 0)  # nothing inside
 
 
-def test_a_flat_band_is_cut_but_never_below_a_quarter_of_the_image():
+def test_a_flat_band_is_cut_only_where_a_quarter_of_each_axis_is_left():
     from pneumonia.images.framing import _content
 
     image = np.random.default_rng(1).random((100, 100)).astype(np.float32)
     assert _content(np.pad(image, ((20, 20), (30, 10)), mode="edge")) == Box(20, 30, 120, 130)
-    mostly_flat = np.pad(image[:10, :10], ((60, 60), (60, 60)), mode="edge")  # 10 of 130 px
-    assert _content(mostly_flat) == Box(0, 0, 130, 130)
+    # rows: 30 of 130 left (over a quarter, 32, no: kept whole); columns: 100 of 130, cut
+    tall = np.pad(image[:30], ((50, 50), (20, 10)), mode="edge")
+    assert _content(tall) == Box(0, 20, 130, 120)
+    taller = np.pad(image[:40], ((45, 45), (0, 0)), mode="edge")  # 40 of 130 rows: cut
+    assert _content(taller) == Box(45, 0, 85, 100)
+
+
+def test_an_upsampled_or_blurred_x_ray_has_no_flat_band(monkeypatch):
+    # Their edge rows nearly repeat, one or two deep, and smooth rows follow one another
+    # closely: not flat bands, so the box is the one found with no flat band cut at all.
+    from pneumonia.images import framing
+
+    changed = []
+    for path in FILES:
+        image = gray(path)
+        small = cv2.resize(image, (image.shape[1] // 4, image.shape[0] // 4), cv2.INTER_AREA)
+        changed += [
+            cv2.resize(small, image.shape[::-1], interpolation=cv2.INTER_LINEAR),
+            cv2.GaussianBlur(image, (0, 0), 2),
+        ]
+    boxes = [find_thorax(image) for image in changed]
+    monkeypatch.setattr(framing, "FLAT", -1.0)  # every row differs from the next: no band
+    same = [find_thorax(image) == box for image, box in zip(changed, boxes, strict=True)]
+    assert np.mean(same) >= 0.98, np.mean(same)
+
+
+def test_a_black_border_around_a_flat_band_is_cut_with_it_at_full_resolution():
+    image = cv2.resize(gray(FILES[0]), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    box = find_thorax(image)
+    framed = np.pad(np.pad(image, 100, mode="edge"), 120)  # zoomed out, then a black border
+    other = find_thorax(framed)
+    assert max(abs(getattr(other, s) - 220 - getattr(box, s)) for s in Box.__annotations__) <= 24
 
 
 def test_a_uniform_image_still_gets_a_box_inside_it():
