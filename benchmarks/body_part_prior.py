@@ -68,13 +68,13 @@ def cross_validated(found: dict, seed: int) -> tuple[list[str], list[bool], np.n
 def names(logits: np.ndarray, called: np.ndarray, prior: float) -> list[str]:
     """The kind each image's refusal is named with the prior `prior` (serving's
     `reason_kind`, then `decide_kind` with the view check's call)."""
-    from pneumonia.decision.reason import reason_kind
+    from pneumonia.decision.reason import reason_named
     from pneumonia.decision.use import USE_KINDS
-    from pneumonia.decision.view import decide_kind
 
     shifted = logits.copy()
     shifted[:, USE_KINDS.index("other_body_part")] += prior
-    return [decide_kind(reason_kind(row), bool(c)) for row, c in zip(shifted, called, strict=True)]
+    named = [reason_named(row, bool(c)) for row, c in zip(shifted, called, strict=True)]
+    return [kind for kind in named if kind is not None]  # every row has logits: none dropped
 
 
 def main() -> None:

@@ -95,9 +95,8 @@ def reasons(splits: list[str]) -> Found:
 def by_prior(found: Found, priors: list[float]) -> list[str]:
     """The refusals the reason head names, pooled over the framings, named again under each
     prior: how many get each reason code."""
-    from pneumonia.decision.reason import BODY_PART_PRIOR, reason_kind
+    from pneumonia.decision.reason import BODY_PART_PRIOR, reason_named
     from pneumonia.decision.use import REFUSAL_REASONS, USE_KINDS
-    from pneumonia.decision.view import decide_kind
 
     codes = sorted(set(REFUSAL_REASONS.values()))
     lines = [
@@ -110,7 +109,7 @@ def by_prior(found: Found, priors: list[float]) -> list[str]:
         for logits, lateral in zip(found.logits, found.lateral, strict=True):
             shifted = np.asarray(logits, dtype=np.float64).copy()
             shifted[body] += prior - BODY_PART_PRIOR
-            kind = decide_kind(reason_kind(shifted), lateral)
+            kind = reason_named(shifted, lateral)
             counts[REFUSAL_REASONS[str(kind)]] += 1
         cells = " | ".join(str(counts.get(code, 0)) for code in codes)
         mark = " (served)" if prior == BODY_PART_PRIOR else ""

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from pneumonia.decision.use import ANSWERED, NEVER, USE_KINDS, UseHead, fit_use_head, kind_of
+from pneumonia.decision.view import decide_kind
 from pneumonia.images.decode import to_float
 
 REASON_SIZE = 128  # px, the whole image's side for the fixed network
@@ -96,3 +97,10 @@ def reason_kind(logits: np.ndarray) -> str:
     other kinds: on the held-out X-rays refused under the framings, that runner-up was
     another body part for 19 of 85 (docs/model-quality.md#a-refused-chest-x-ray-is-named-one)."""
     return kind_of(logits)
+
+
+def reason_named(logits: np.ndarray | None, lateral: bool) -> str | None:
+    """The kind the endpoint names a refusal with these reason logits and the view check's
+    call (`reason_kind`, then `decide_kind`); None without the head. Serving's `Namer`,
+    evaluate and the benchmarks all name refusals by this."""
+    return None if logits is None else decide_kind(reason_kind(logits), lateral)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pneumonia import paths
 from pneumonia.data.prepared import load_files
-from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input, reason_kind
+from pneumonia.decision.reason import REASON_INPUTS, fit_reason_head, reason_input, reason_named
 from pneumonia.decision.use import ANSWERED, UseHead
 from pneumonia.decision.view import (
     LATERAL,
@@ -261,12 +261,6 @@ def _cross_validate(
             if head is not None:
                 logits[i] = head.logits(images[i][3][:1])[0]
     return called, logits
-
-
-def reason_named(logits: np.ndarray | None, lateral: bool) -> str | None:
-    """The kind the endpoint names a refusal with these reason logits and view call
-    (`reason_kind`, then `decide_kind`); None without the head."""
-    return None if logits is None else decide_kind(reason_kind(logits), lateral)
 
 
 def _fit(

@@ -153,13 +153,11 @@ class Namer:
         return self.session.run([reason.REASON_OUTPUT], feeds)[0][0]
 
     def named(self, kind: str, layout: Layout) -> str:
-        """What a refused image is named: by the reason head (`reason.reason_kind` of its
-        logits) and the view check (`decide_kind`) where there is the head, else `kind` (the
-        intended-use head's)."""
-        logits = self.logits(layout)
-        if logits is None:
-            return kind
-        return decide_kind(reason.reason_kind(logits), layout.lateral) or kind
+        """What a refused image is named: by the reason head and the view check
+        (`reason.reason_named`) where there is the head, else `kind` (the intended-use
+        head's)."""
+        named = reason.reason_named(self.logits(layout), layout.lateral)
+        return kind if named is None else named
 
 
 @dataclass(frozen=True)

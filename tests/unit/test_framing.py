@@ -90,7 +90,7 @@ def test_a_flat_band_is_cut_only_where_a_quarter_of_each_axis_is_left():
 
     image = np.random.default_rng(1).random((100, 100)).astype(np.float32)
     assert _content(np.pad(image, ((20, 20), (30, 10)), mode="edge")) == Box(20, 30, 120, 130)
-    # rows: 30 of 130 left (over a quarter, 32, no: kept whole); columns: 100 of 130, cut
+    # rows: cutting would leave 30 of 130, under a quarter (32): kept whole; columns: cut
     tall = np.pad(image[:30], ((50, 50), (20, 10)), mode="edge")
     assert _content(tall) == Box(0, 20, 130, 120)
     taller = np.pad(image[:40], ((45, 45), (0, 0)), mode="edge")  # 40 of 130 rows: cut

@@ -16,6 +16,7 @@ from pneumonia.decision.reason import (
     fold_head,
     reason_input,
     reason_kind,
+    reason_named,
 )
 from pneumonia.decision.use import USE_KINDS, UseHead, refused_kind
 from pneumonia.decision.view import VIEW_FEATURES, VIEW_GRID
@@ -26,7 +27,6 @@ from pneumonia.evaluation.view import (
     fit_and_measure_view,
     load_kept,
     named,
-    reason_named,
     save_kept,
 )
 
