@@ -35,6 +35,9 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray | bytes]] = {
     "gamma 1.5": lambda gray: gray**1.5,
     "jpeg quality 20": lambda gray: _jpeg(gray, 20),
     "resolution 1/4": lambda gray: _rescale(gray, 0.25),
+    # An original's size: the endpoint decodes a large JPEG at a DCT scale (1/2 to 1/8,
+    # `pneumonia.images.prepare.decode_size`), where the 224 px training copies never are.
+    "original size 1050 px": lambda gray: original_size(gray, 1050),
     "rotation +10 deg": lambda gray: _rotate(gray, 10),
     "rotation -10 deg": lambda gray: _rotate(gray, -10),
     # Framing: another collimation, field of view or orientation on the same patients.
@@ -125,6 +128,14 @@ def _jpeg(gray: np.ndarray, quality: int) -> bytes:
     )
     assert ok
     return encoded.tobytes()
+
+
+def original_size(gray: np.ndarray, side: int) -> bytes:
+    """The image enlarged (cubic) to `side` px on its shorter side, as JPEG quality 95."""
+    height, width = gray.shape
+    scale = side / min(height, width)
+    size = (round(width * scale), round(height * scale))
+    return _jpeg(np.clip(cv2.resize(gray, size, interpolation=cv2.INTER_CUBIC), 0, 1), 95)
 
 
 def _rescale(gray: np.ndarray, factor: float) -> np.ndarray:

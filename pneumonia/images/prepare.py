@@ -14,6 +14,22 @@ from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import array_to_gray, decode_gray, to_uint8
 from pneumonia.images.framing import Box, find_thorax
 
+# A JPEG is decoded at the least DCT scale (1/2, 1/4, 1/8) that leaves both sides at least
+# this many times the model's input, as the thorax box is cut from it before the resize: the
+# box holds at least half of the height on 90% of training images (median 0.61, and nearly
+# all of the width), so it reaches the resize at about twice the input's side or more, and
+# the area resize gives what a full decode gives. On the held-out X-rays enlarged to an
+# original's 1,050-2,900 px (`python -m benchmarks.decode_size`): sensitivity 0.960-0.961
+# against 0.958 as they are; at 1x, a 1,050 px original was decoded at 132 px, its thorax
+# box (76 px) enlarged to 128, and sensitivity fell to 0.938 (0.951 at 2x). The training
+# copies (224 px) are never scaled (docs/model-quality.md#full-resolution-originals).
+DECODE_MARGIN = 4
+
+
+def decode_size(config: PreprocessConfig) -> int:
+    """The least side, in px, that a JPEG is decoded at for the model (`DECODE_MARGIN`)."""
+    return DECODE_MARGIN * config.image_size
+
 
 def model_region(gray: np.ndarray, config: PreprocessConfig) -> Box:
     """The part of an (H, W) gray image that the model sees: all of it, or with
@@ -36,7 +52,7 @@ def prepare_image(
     """
     size = config.image_size
     if isinstance(image, bytes | bytearray):
-        gray = decode_gray(bytes(image), min_size=size)
+        gray = decode_gray(bytes(image), min_size=decode_size(config))
     else:
         gray = array_to_gray(image)
     box = model_region(gray, config)

@@ -18,7 +18,7 @@ import numpy as np
 from pneumonia.images.config import PreprocessConfig
 from pneumonia.images.decode import decode_with_colour, read_header, to_uint8
 from pneumonia.images.formats import ImageError, is_dicom
-from pneumonia.images.prepare import prepare_image
+from pneumonia.images.prepare import decode_size, prepare_image
 
 NOT_A_CHEST_XRAY = "not_a_chest_xray"  # the reason of every refusal that the image is not one
 # A chest X-ray of a patient outside the population the model was trained on (by age).
@@ -110,7 +110,7 @@ def screen_and_prepare(
                 "the patient's age in the DICOM header is outside the population the model "
                 f"was trained on (pediatric, up to {max_age_years:g} years)",
             )
-    gray, thumbnail = decode_with_colour(data, min_size=config.image_size)
+    gray, thumbnail = decode_with_colour(data, min_size=decode_size(config))
     pixels = prepare_image(gray, config)  # (S, S, 1) uint8, as for bytes
     why = screen(gray, thumbnail)
     if why is not None:

@@ -238,12 +238,13 @@ def test_a_nearly_uniform_image_is_refused_saying_how_much_it_spans():
 
 
 def test_screen_and_prepare_gives_the_decoded_gray_and_the_model_input():
-    from pneumonia.images.prepare import prepare_image
+    from pneumonia.images.prepare import decode_size, prepare_image
     from pneumonia.images.screening import screen_and_prepare
 
     data = XRAYS[3].read_bytes()
     gray, pixels = screen_and_prepare(data, config())
-    np.testing.assert_array_equal(gray, decode_gray(data, min_size=32))
+    assert decode_size(config()) == 128  # 224 px: not scaled in the DCT (1/2 would be < 128)
+    np.testing.assert_array_equal(gray, decode_gray(data))
     np.testing.assert_array_equal(pixels, prepare_image(data, config()))
     assert pixels.shape == (32, 32, 1)
 
