@@ -1,11 +1,11 @@
 """What the JPEG decode size does to full-resolution originals (`DECODE_MARGIN` in
 `pneumonia.images.prepare`): the held-out splits pooled, each 224 px image enlarged (cubic)
 to an original's size and saved as JPEG quality 95, then prepared as the endpoint prepares
-bytes and scored by the committed served graph at its threshold. The 224 px training copies
-are never scaled in the DCT; an original is, to the least 1/2, 1/4 or 1/8 that leaves both
-sides at least the margin times the model's input.
+bytes and scored by a served graph at its threshold (on the calibrated probability). The
+224 px training copies are never scaled in the DCT; an original is, to the least 1/2, 1/4 or
+1/8 that leaves both sides at least the margin times the model's input.
 
-    python -m benchmarks.decode_size [--margins 1 2 4] [--sides 1050 1400 2000 2900]
+    python -m benchmarks.decode_size [--margins 1 2 4] [--sides 1050 1400 2000 2900] [--model-dir D]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,16 +32,15 @@ from pneumonia.machine import describe
 SPLITS = ["test", "early", "late"]
 
 
-def scores(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    """P(PNEUMONIA) of (N, S, S, 1) uint8 inputs, before calibration (what the threshold reads)."""
+def scores(session: ort.InferenceSession, output: str, inputs: np.ndarray) -> np.ndarray:
+    """The served P(PNEUMONIA), calibrated (what the threshold reads), of (N, S, S, 1) uint8."""
+    batches = range(0, len(inputs), 128)
     return np.concatenate(
         [
-            session.run(
-                ["probability_pneumonia"], {"image": inputs[i : i + 128].astype(np.float32)}
-            )[0][:, 0]
-            for i in range(0, len(inputs), 128)
+            session.run([output], {"image": inputs[i : i + 128].astype(np.float32)})[0]
+            for i in batches
         ]
-    )
+    ).reshape(-1)
 
 
 def row(
@@ -59,11 +59,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margins", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--sides", type=int, nargs="+", default=[1050, 1400, 2000, 2900])
+    parser.add_argument(
+        "--model-dir", type=Path, default=paths.MODELS, help="model.json, model.onnx"
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    metadata = json.loads((paths.MODELS / "model.json").read_text())
+    metadata = json.loads((args.model_dir / "model.json").read_text())
     config = PreprocessConfig(**metadata["preprocessing"])
-    session = ort.InferenceSession(str(paths.MODELS / "model.onnx"))
+    session = ort.InferenceSession(str(args.model_dir / "model.onnx"))
     files, labels = held_out_files(SPLITS)
     grays = [decode_image(path.read_bytes()) for path in files]
     print(
@@ -77,7 +80,13 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     inputs = np.stack([prepare.prepare_image(gray, config) for gray in grays])
     print(
-        row("224 px as they are", labels, scores(session, inputs), metadata["threshold"], "224, -")
+        row(
+            "224 px as they are",
+            labels,
+            scores(session, metadata["outputs"]["probability"], inputs),
+            metadata["threshold"],
+            "224, -",
+        )
     )
     for side in args.sides:
         originals = [original_size(gray, side) for gray in grays]
@@ -94,7 +103,14 @@ def main() -> None:
             extra = f"{decoded[0].shape[0]}, {np.median(heights):.0f}; {np.median(spent):.2f}"
             name = f"{side} px, {margin}x"
             print(
-                row(name, labels, scores(session, inputs), metadata["threshold"], extra), flush=True
+                row(
+                    name,
+                    labels,
+                    scores(session, metadata["outputs"]["probability"], inputs),
+                    metadata["threshold"],
+                    extra,
+                ),
+                flush=True,
             )
 
 
