@@ -1,16 +1,19 @@
 """What the JPEG decode size does to full-resolution originals (`DECODE_MARGIN` in
 `pneumonia.images.prepare`): the held-out splits pooled, each 224 px image enlarged (cubic)
 to an original's size and saved as JPEG quality 95, then prepared as the endpoint prepares
-bytes and scored by a served graph at its threshold (on the calibrated probability). The
-224 px training copies are never scaled in the DCT; an original is, to the least 1/2, 1/4 or
-1/8 that leaves both sides at least the margin times the model's input.
+bytes and scored by a served graph at its threshold (on the calibrated probability); then a
+whole request's time. The 224 px training copies are never scaled in the DCT; an original is
+decoded at the smallest of 1/8, 1/4, 1/2 or whole that keeps both sides at least the margin
+times the model's input.
 
-    python -m benchmarks.decode_size [--margins 1 2 4] [--sides 1050 1400 2000 2900] [--model-dir D]
+    python -m benchmarks.decode_size [--margins 1 2 4] [--sides 1050 1400 2000 2900]
+        [--model-dir D] [--requests 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -62,6 +65,9 @@ def main() -> None:
     parser.add_argument(
         "--model-dir", type=Path, default=paths.MODELS, help="model.json, model.onnx"
     )
+    parser.add_argument(
+        "--requests", type=int, default=50, help="images timed through the endpoint (0: none)"
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
     metadata = json.loads((args.model_dir / "model.json").read_text())
@@ -112,6 +118,41 @@ def main() -> None:
                 ),
                 flush=True,
             )
+    if args.requests:
+        request_table(args.model_dir, grays[: args.requests], args.sides, args.margins)
+
+
+def request_table(
+    model_dir: Path, grays: list[np.ndarray], sides: list[int], margins: list[int]
+) -> None:
+    """A whole request's p50 through the served model (`Classifier.classify`: decode, the
+    cheap checks, the thorax box, the network, the view check, a refusal's reason; and with
+    the heatmap), one thread, each image once after a warm-up pass."""
+    from pneumonia.serving.classifier import Classifier
+    from pneumonia.serving.requests import ClientError
+
+    model = Classifier.load(model_dir)
+
+    def p50(blobs: list[bytes], explain: bool) -> float:
+        spent = []
+        for repeat in range(2):  # the first pass warms up
+            for data in blobs:
+                started = time.perf_counter()
+                with contextlib.suppress(ClientError):  # a refusal costs a request too
+                    model.classify(data, explain=explain)
+                if repeat:
+                    spent.append(1000 * (time.perf_counter() - started))
+        return float(np.median(spent))
+
+    print(f"\nA request through the endpoint's classifier, p50 ms over {len(grays)} images")
+    print("| original, decode margin | plain | with the heatmap |")
+    print("|---|---:|---:|")
+    for side in sides:
+        blobs = [original_size(gray, side) for gray in grays]
+        for margin in margins:
+            prepare.DECODE_MARGIN = margin
+            plain, explained = p50(blobs, False), p50(blobs, True)
+            print(f"| {side} px, {margin}x | {plain:.2f} | {explained:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pneumonia.evaluation.gate import FRAMING_REJECTION_RATE, framing_blocks
 from pneumonia.evaluation.scoring import Scorer
 from pneumonia.evaluation.shifts import ALL_SHIFTS
 from pneumonia.images.config import PreprocessConfig
+from pneumonia.images.decode import to_float
 from pneumonia.images.formats import ImageError
 from pneumonia.images.prepare import prepare_image
 from pneumonia.images.screening import screen_and_prepare
@@ -95,9 +96,17 @@ def external_features(scorer: Scorer, config: PreprocessConfig) -> External:
             continue
         early.append(None)
         grays.append(gray)
-        inputs = [pixels] + [prepare_image(shift(gray), config) for shift in ALL_SHIFTS.values()]
-        features.append(scorer.outputs(np.stack(inputs))[1])
+        features.append(scorer.outputs(np.stack([pixels, *shifted_copies(gray, config)]))[1])
     return External(kinds, early, features, grays)
+
+
+def shifted_copies(gray: np.ndarray, config: PreprocessConfig) -> list[np.ndarray]:
+    """The model inputs of a decoded (H, W) image of any depth under each shift of ALL_SHIFTS,
+    which read floats in [0, 1]: the endpoint decodes an 8-bit file to uint8, a 16-bit one to
+    uint16 (until 2026-12-08 the exposure shifts got those integers and made near-binary
+    copies of every external radiograph)."""
+    image = to_float(gray)
+    return [prepare_image(shift(image), config) for shift in ALL_SHIFTS.values()]
 
 
 def kind_folds(kinds: list[str], folds: int, seed: int) -> np.ndarray:

@@ -7,10 +7,12 @@ import csv
 import re
 
 import cv2
+import numpy as np
 import pytest
 
 from pneumonia import paths
 from pneumonia.evaluation.intended_use import HEAD_KIND
+from tests.conftest import SAMPLE_DATA
 
 # Licences under which a downsized copy may be committed (the README's sources).
 REDISTRIBUTABLE = {
@@ -71,3 +73,28 @@ def test_the_copies_are_downsized_grayscale_without_identifiers_in_their_names(r
         # a source's image id (a patient and study number in some) is in the manifest only
         name = row["file"].rsplit("/", 1)[-1]
         assert not re.search(r"\d{5,}|[0-9a-f]{8}", name), row["file"]
+
+
+@pytest.mark.parametrize("depth", [np.uint8, np.uint16])
+def test_the_shifted_copies_of_an_integer_image_are_those_of_its_float_copy(depth):
+    # The endpoint decodes an 8-bit file to uint8 and a 16-bit one to uint16; the shifts
+    # read floats in [0, 1], so the exposure shifts once made near-binary copies of them.
+    from pneumonia.evaluation.intended_use import shifted_copies
+    from pneumonia.evaluation.shifts import ALL_SHIFTS
+    from pneumonia.images.config import PreprocessConfig
+    from pneumonia.images.decode import decode_image
+
+    config = PreprocessConfig(
+        image_size=64, intensity="clahe", clahe_clip_limit=2.0, clahe_tile_grid=8, framing="thorax"
+    )
+    path = sorted((SAMPLE_DATA / "train" / "NORMAL").glob("*.jpeg"))[0]
+    floats = decode_image(path.read_bytes())
+    integers = np.rint(floats * np.iinfo(depth).max).astype(depth)
+    copies = shifted_copies(integers, config)
+    assert len(copies) == len(ALL_SHIFTS)
+    for name, copy, expected in zip(
+        ALL_SHIFTS, copies, shifted_copies(floats, config), strict=True
+    ):
+        difference = np.abs(copy.astype(int) - expected.astype(int))
+        assert difference.mean() < 1.0, name
+        assert copy.std() > 20, name  # not a near-binary image

@@ -249,6 +249,19 @@ def test_screen_and_prepare_gives_the_decoded_gray_and_the_model_input():
     assert pixels.shape == (32, 32, 1)
 
 
+def test_screen_and_prepare_decodes_a_large_jpeg_at_decode_size_as_prepare_image_does():
+    from pneumonia.evaluation.shifts import original_size
+    from pneumonia.images.decode import decode_image
+    from pneumonia.images.prepare import decode_size, prepare_image
+    from pneumonia.images.screening import screen_and_prepare
+
+    data = original_size(decode_image(XRAYS[3].read_bytes()), 900)
+    gray, pixels = screen_and_prepare(data, config())
+    # 900 px: 1/8 would give 113 px, under 4 x 32; 1/4 gives 225 (at the input size, 1/8).
+    assert gray.shape == decode_gray(data, decode_size(config())).shape == (225, 225)
+    np.testing.assert_array_equal(pixels, prepare_image(data, config()))
+
+
 @pytest.mark.parametrize(
     ("pixels", "words"),
     [
