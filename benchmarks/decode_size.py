@@ -6,7 +6,7 @@ whole request's time. The 224 px training copies are never scaled in the DCT; an
 decoded at the smallest of 1/8, 1/4, 1/2 or whole that keeps both sides at least the margin
 times the model's input.
 
-    python -m benchmarks.decode_size [--margins 1 2 4] [--sides 1050 1400 2000 2900]
+    python -m benchmarks.decode_size [--margins 1 2 2.75 4] [--sides 1050 1400 2000 2900]
         [--model-dir D] [--requests 50]
 """
 
@@ -60,7 +60,7 @@ def row(
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--margins", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--margins", type=float, nargs="+", default=[1, 2, 2.75, 4])
     parser.add_argument("--sides", type=int, nargs="+", default=[1050, 1400, 2000, 2900])
     parser.add_argument(
         "--model-dir", type=Path, default=paths.MODELS, help="model.json, model.onnx"
@@ -107,7 +107,7 @@ def main() -> None:
                 spent.append(1000 * (time.perf_counter() - started))
             inputs = np.stack([prepare.prepare_image(data, config) for data in originals])
             extra = f"{decoded[0].shape[0]}, {np.median(heights):.0f}; {np.median(spent):.2f}"
-            name = f"{side} px, {margin}x"
+            name = f"{side} px, {margin:g}x"
             print(
                 row(
                     name,
@@ -123,7 +123,7 @@ def main() -> None:
 
 
 def request_table(
-    model_dir: Path, grays: list[np.ndarray], sides: list[int], margins: list[int]
+    model_dir: Path, grays: list[np.ndarray], sides: list[int], margins: list[float]
 ) -> None:
     """A whole request's p50 through the served model (`Classifier.classify`: decode, the
     cheap checks, the thorax box, the network, the view check, a refusal's reason; and with
@@ -152,7 +152,7 @@ def request_table(
         for margin in margins:
             prepare.DECODE_MARGIN = margin
             plain, explained = p50(blobs, False), p50(blobs, True)
-            print(f"| {side} px, {margin}x | {plain:.2f} | {explained:.2f} |", flush=True)
+            print(f"| {side} px, {margin:g}x | {plain:.2f} | {explained:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,22 @@ from pneumonia.images.framing import Box, find_thorax
 
 # A JPEG is decoded at a DCT scale (1/8, 1/4, 1/2 or whole: the smallest for which libjpeg's
 # integer sizes keep both sides at least this many times the model's input), as the thorax
-# box is cut from it before the resize: the box holds at least half of the height on 90% of
-# training images (median 0.61, and nearly all of the width), so it reaches the area resize
-# at about twice the input's side or more, and the resize gives what a full decode gives. On
-# the held-out X-rays enlarged to an original's 1,050-2,900 px (`python -m
-# benchmarks.decode_size`, three seeds), sensitivity stays within 0.003 of the images as they
-# are; at 1x, a 1,050 px original was decoded at 132 px, its thorax box (76 px) enlarged to
-# 128, and sensitivity fell by 1.0-2.7 points. The training copies (224 px) are never scaled
-# (docs/model-quality.md#full-resolution-originals-decoded-at-four-times-the-input).
-DECODE_MARGIN = 4
+# box is cut from it before the resize: the box holds a median 0.61 of the height of training
+# images (at least half on 90%), so a median box reaches the area resize at 1.7 times the
+# input's side and 95% at 1.35 or more (a 224 px training copy's median box: 1.05). On the
+# held-out X-rays enlarged to an original's 1,050-2,900 px (`python -m
+# benchmarks.decode_size`, three seeds), sensitivity
+# stays within 0.004 of the images as they are; at 1x, a 1,050 px original was decoded at
+# 132 px, its thorax box (76 px) enlarged to 128, and sensitivity fell by 1.0-2.7 points.
+# 4x scored the same and cost up to 4 ms more a request at 2,000 px. The training copies
+# (224 px) are never scaled
+# (docs/model-quality.md#full-resolution-originals-decoded-for-the-thorax-box).
+DECODE_MARGIN = 2.75
 
 
 def decode_size(config: PreprocessConfig) -> int:
     """The side, in px, that a JPEG's DCT scaling keeps both sides at or above (`DECODE_MARGIN`)."""
-    return DECODE_MARGIN * config.image_size
+    return round(DECODE_MARGIN * config.image_size)
 
 
 def model_region(gray: np.ndarray, config: PreprocessConfig) -> Box:

@@ -95,11 +95,11 @@ def test_a_large_jpeg_is_scaled_down_in_the_dct_and_matches_the_full_decode():
 
 def test_an_original_size_jpeg_reaches_the_model_as_its_full_decode_does():
     # A 1,050 px original: decoded at 132 px (1/8), its thorax box (about 76 px) was enlarged
-    # to the input; at decode_size (>= 512 px, so 1/2) it is shrunk by the area resize.
+    # to the input; at decode_size (>= 352 px, so 1/2) it is shrunk by the area resize.
     config = PreprocessConfig(
         image_size=128, intensity="none", clahe_clip_limit=2.0, clahe_tile_grid=8, framing="thorax"
     )
-    assert decode_size(config) == 512
+    assert decode_size(config) == 352
 
     def sharpness(pixels: np.ndarray) -> float:
         return float(cv2.Laplacian(pixels[..., 0].astype(np.float32), cv2.CV_32F).std())

@@ -243,8 +243,9 @@ def test_screen_and_prepare_gives_the_decoded_gray_and_the_model_input():
 
     data = XRAYS[3].read_bytes()
     gray, pixels = screen_and_prepare(data, config())
-    assert decode_size(config()) == 128  # 224 px: not scaled in the DCT (1/2 would be < 128)
-    np.testing.assert_array_equal(gray, decode_gray(data))
+    assert decode_size(config()) == 88  # 224 px: 1/2 in the DCT, 112 px >= 88
+    np.testing.assert_array_equal(gray, decode_gray(data, 88))
+    assert gray.shape == (112, 112)
     np.testing.assert_array_equal(pixels, prepare_image(data, config()))
     assert pixels.shape == (32, 32, 1)
 
@@ -255,10 +256,10 @@ def test_screen_and_prepare_decodes_a_large_jpeg_at_decode_size_as_prepare_image
     from pneumonia.images.prepare import decode_size, prepare_image
     from pneumonia.images.screening import screen_and_prepare
 
-    data = original_size(decode_image(XRAYS[3].read_bytes()), 900)
+    data = original_size(decode_image(XRAYS[3].read_bytes()), 600)
     gray, pixels = screen_and_prepare(data, config())
-    # 900 px: 1/8 would give 113 px, under 4 x 32; 1/4 gives 225 (at the input size, 1/8).
-    assert gray.shape == decode_gray(data, decode_size(config())).shape == (225, 225)
+    # 600 px: 1/8 would give 75 px, under 2.75 x 32; 1/4 gives 150 (at the input size, 1/8).
+    assert gray.shape == decode_gray(data, decode_size(config())).shape == (150, 150)
     np.testing.assert_array_equal(pixels, prepare_image(data, config()))
 
 
