@@ -117,6 +117,15 @@ LEVERS: dict[str, list[str]] = {
     # The defaults trained to the last epoch (the best epoch's weights are still restored):
     # whether early stopping, not the draw, costs a seed whose validation AUC peaks early.
     "patience-20": ["train.early_stopping_patience=20"],
+    # The framing issue's two training levers, each taken out of the defaults: black borders
+    # (even and uneven: the box's offset is drawn, so a pad falls on any side) and then every
+    # drawn framing (each image at its thorax box alone, as the data frames it).
+    "no-borders": ["train.augment.pad_max=0.0"],
+    "thorax-box-only": [
+        "train.augment.crop_scale_min=1.0",
+        "train.augment.pad_max=0.0",
+        "train.augment.aspect=0.0",
+    ],
 }
 SPLITS = (*HELD_OUT, "worst_split")
 METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
