@@ -19,12 +19,11 @@ from pneumonia.images.framing import Box, find_thorax
 # box is cut from it before the resize: the box holds a median 0.61 of the height of training
 # images (at least half on 90%), so a median box reaches the area resize at 1.7 times the
 # input's side and 95% at 1.35 or more (a 224 px training copy's median box: 1.05). On the
-# held-out X-rays enlarged to an original's 1,050-2,900 px (`python -m
-# benchmarks.decode_size`, three seeds), sensitivity
-# stays within 0.004 of the images as they are; at 1x, a 1,050 px original was decoded at
-# 132 px, its thorax box (76 px) enlarged to 128, and sensitivity fell by 1.0-2.7 points.
-# 4x scored the same and cost up to 4 ms more a request at 2,000 px. The training copies
-# (224 px) are never scaled
+# held-out X-rays enlarged to an original's 1,050-2,900 px (`python -m benchmarks.decode_size`,
+# three seeds), sensitivity stays within 0.004 of the images as they are; at 1x, a 1,050 px
+# original was decoded at 132 px, its thorax box (76 px) enlarged to 128, and sensitivity fell
+# by 1.0-2.7 points. 4x scored the same and cost up to 4 ms more a request at 2,000 px. The
+# training copies (224 px) are never scaled
 # (docs/model-quality.md#full-resolution-originals-decoded-for-the-thorax-box).
 DECODE_MARGIN = 2.75
 
